@@ -1,0 +1,1 @@
+"""Backstop's control plane: config model, settings, schedules, failover policy, command line."""

@@ -1,0 +1,266 @@
+"""The configuration file as plain data (SPEC section 6).
+
+Each section is a list of named entities. Structure and values are checked here, entity by
+entity; references between entities are checked in :mod:`orchestration.config_refs`, and the
+file is read and every problem collected in :mod:`orchestration.config_load`.
+"""
+
+from __future__ import annotations
+
+import enum
+import zoneinfo
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from orchestration.units import Duration, Size
+
+# Names end up in queue names (backstop.rds.<name>), medium labels and file names, so they
+# are kept to a safe alphabet.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class Level(enum.StrEnum):
+    """Backup level of SPEC section 2."""
+
+    FULL = "FULL"
+    DIFF = "DIFF"
+    INC = "INC"
+    COPY = "COPY"
+
+
+class FollowUpWhen(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ALWAYS = "always"
+
+
+class Model(BaseModel):
+    """Base of every config entity: immutable, and unknown keys are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (e.g. UTC, Europe/Berlin)") from None
+    return name
+
+
+class Interface(Model):
+    name: Name
+    address: str = Field(min_length=1)
+
+
+class Rds(Model):
+    """A storage node; workers started with ``--rds NAME`` serve its data stores."""
+
+    name: Name
+    interfaces: list[Interface] = []
+
+
+class DataStore(Model):
+    name: Name
+    rds: str
+    path: Path
+    capacity: Size | None = None
+    reserve: Size = 0
+
+    @model_validator(mode="after")
+    def _reserve_below_capacity(self) -> DataStore:
+        if self.capacity is not None and self.reserve >= self.capacity:
+            raise ValueError("reserve must be smaller than capacity")
+        return self
+
+
+class Media(Model):
+    count: int | None = Field(default=None, ge=1)
+    size: Size | None = None
+
+    @model_validator(mode="after")
+    def _something_set(self) -> Media:
+        if self.count is None and self.size is None:
+            raise ValueError("media needs a count, a size or both")
+        if self.size is not None and self.size <= 0:
+            raise ValueError("media size must be positive")
+        return self
+
+
+class MediaPool(Model):
+    name: Name
+    data_store: str
+    retention: Duration
+    media: Media | None = None
+    failover_pool: str | None = None
+
+
+class Drive(Model):
+    name: Name
+    data_store: str
+    channels: int = Field(default=1, ge=1)
+
+
+class Task(Model):
+    """What to back up: a source directory on the RDS and gitignore-style excludes."""
+
+    name: Name
+    source: Path
+    exclude: list[str] = []
+    # Fill a missing source with a small generated tree when `backstop up` starts (quickstart).
+    demo: bool = False
+
+
+class Schedule(Model):
+    """A 5-field cron expression with an optional time zone, or a fixed interval."""
+
+    name: Name
+    cron: str | None = None
+    timezone: str | None = None
+    every: Duration | None = None
+    catch_up: Duration = timedelta(hours=1)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None and (len(value.split()) != 5 or not croniter.is_valid(value)):
+            raise ValueError(
+                f"bad cron expression {value!r}: expected 5 fields, e.g. '0 22 * * 1-5'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("a schedule needs exactly one of cron or every")
+        if self.every is not None and self.every <= timedelta(0):
+            raise ValueError("every must be positive")
+        if self.every is not None and self.timezone is not None:
+            raise ValueError("timezone applies to cron schedules only")
+        return self
+
+
+class MigrationTask(Model):
+    name: Name
+    target_pool: str
+    drive: str | None = None
+
+
+class FollowUp(Model):
+    event: str
+    when: FollowUpWhen = FollowUpWhen.SUCCESS
+
+
+class EventBase(Model):
+    name: Name
+    schedule: str | None = None
+    priority: int = 0
+    follow_ups: list[FollowUp] = []
+
+
+class BackupEvent(EventBase):
+    """Task + level + options + storage settings; may name a failover event."""
+
+    kind: Literal["backup"] = "backup"
+    task: str
+    level: Level = Level.FULL
+    enforce_full: bool = False
+    full_interval: Duration | None = None
+    media_pool: str
+    drive: str | None = None
+    interface: str | None = None
+    migration_task: str | None = None
+    failover_event: str | None = None
+
+
+class VerifyEvent(EventBase):
+    """Restore-test the saveset of the triggering occurrence (or the task's newest saveset)."""
+
+    kind: Literal["verify"]
+    task: str | None = None
+
+
+class CommandEvent(EventBase):
+    """Run ``argv`` on a control worker, never through a shell."""
+
+    kind: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    timeout: Duration = timedelta(hours=1)
+
+
+EVENT_KINDS: dict[str, type[EventBase]] = {
+    "backup": BackupEvent,
+    "verify": VerifyEvent,
+    "command": CommandEvent,
+}
+
+
+def _event_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "backup"))
+    return str(getattr(value, "kind", "backup"))
+
+
+Event = Annotated[
+    Annotated[BackupEvent, Tag("backup")]
+    | Annotated[VerifyEvent, Tag("verify")]
+    | Annotated[CommandEvent, Tag("command")],
+    Discriminator(_event_kind),
+]
+
+# Section name -> entity type, in the order the file is checked and summarized.
+SECTIONS: dict[str, type[Model]] = {
+    "rds": Rds,
+    "data_stores": DataStore,
+    "media_pools": MediaPool,
+    "drives": Drive,
+    "tasks": Task,
+    "schedules": Schedule,
+    "migration_tasks": MigrationTask,
+}
+
+
+class Config(Model):
+    """The whole file, with paths as written; :mod:`orchestration.settings` resolves them."""
+
+    state_dir: Path = Path(".backstop")
+    broker_url: str | None = None
+    timezone: str = "UTC"
+    # Hard time limit of one backup run; the broker's visibility timeout is derived from it.
+    backup_time_limit: Duration = timedelta(hours=6)
+    rds: list[Rds] = []
+    data_stores: list[DataStore] = []
+    media_pools: list[MediaPool] = []
+    drives: list[Drive] = []
+    tasks: list[Task] = []
+    schedules: list[Schedule] = []
+    migration_tasks: list[MigrationTask] = []
+    events: list[Event] = []
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    def rds_named(self, name: str) -> Rds:
+        return next(r for r in self.rds if r.name == name)
+
+    def event_named(self, name: str) -> BackupEvent | VerifyEvent | CommandEvent:
+        return next(e for e in self.events if e.name == name)

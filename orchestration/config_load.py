@@ -1,0 +1,163 @@
+"""Read a config file and report every problem in it at once, each with its YAML path and line.
+
+Entities are validated one by one so that a broken entity does not hide the problems of the
+others; references are then checked among the entities that passed. Nothing here raises
+anything but :class:`ConfigError` for bad input, whatever the file holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+
+from orchestration.config import EVENT_KINDS, SECTIONS, Config, Model
+from orchestration.config_refs import check_references, did_you_mean
+from orchestration.errors import ConfigError
+
+_ALL_MODELS: list[type[BaseModel]] = [Config, *SECTIONS.values(), *EVENT_KINDS.values()]
+
+
+def load_config(path: Path) -> Config:
+    """Parse and fully validate ``path``; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read config file: {exc}"]) from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    raw, lines, problems = _read_yaml(text, source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of sections, e.g. 'rds:'"])
+    problems += _validate(raw)
+    if problems:
+        located = sorted((_line_of(p, lines), p) for p in problems)
+        raise ConfigError(source, [f"{p} (line {line})" if line else p for line, p in located])
+    return Config.model_validate(raw)
+
+
+def _read_yaml(text: str, source: str) -> tuple[Any, dict[str, int], list[str]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(source, [f"{where}: invalid YAML: {what}"]) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(source, [f"invalid YAML: {exc}"]) from None
+    lines: dict[str, int] = {}
+    problems: list[str] = []
+    if node is not None:
+        _index_lines(node, "", lines, problems, depth=0)
+    return raw, lines, problems
+
+
+def _index_lines(node: yaml.Node, path: str, lines: dict[str, int], problems: list[str],
+                 depth: int) -> None:
+    """Map every YAML path to its line, and report keys written twice in one mapping."""
+    if depth > 50:
+        return
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            child = f"{path}.{key}" if path else key
+            if key in seen:
+                problems.append(f"{child}: key written twice in one mapping")
+            seen.add(key)
+            _index_lines(value_node, child, lines, problems, depth + 1)
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, f"{path}[{index}]", lines, problems, depth + 1)
+    lines.setdefault(path, node.start_mark.line + 1)
+
+
+def _line_of(problem: str, lines: dict[str, int]) -> int:
+    """The line of the problem's path, or of its nearest enclosing entry; 0 when unknown."""
+    path = problem.split(": ", 1)[0]
+    while path and path not in lines:
+        path = path[: max(path.rfind("."), path.rfind("["), 0)]
+    return lines.get(path, 0)
+
+
+def _validate(raw: dict[Any, Any]) -> list[str]:
+    problems = _validate_model(Config, {k: v for k, v in raw.items()
+                                        if k not in SECTIONS and k != "events"}, "")
+    for section in [*SECTIONS, "events"]:
+        items = raw.get(section)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            problems.append(f"{section}: expected a list, got {type(items).__name__}")
+            continue
+        for index, item in enumerate(items):
+            problems += _validate_model(_entity_class(section, item), item,
+                                        f"{section}[{index}]")
+    return problems + check_references(raw)
+
+
+def _entity_class(section: str, item: Any) -> type[Model]:
+    if section != "events":
+        return SECTIONS[section]
+    kind = item.get("kind", "backup") if isinstance(item, dict) else "backup"
+    return EVENT_KINDS.get(kind, _UnknownKind) if isinstance(kind, str) else _UnknownKind
+
+
+class _UnknownKind(Model):
+    """Stands in for an event whose kind is none of the known ones, to report just that."""
+
+    kind: Literal["backup", "verify", "command"]
+    model_config = ConfigDict(extra="allow")
+
+
+def _validate_model(cls: type[BaseModel], data: Any, path: str) -> list[str]:
+    try:
+        cls.model_validate(data)
+    except ValidationError as exc:
+        return [_describe(error, path) for error in exc.errors()]
+    return []
+
+
+def format_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("backup", "verify", "command", "function-before[parse_size()]"):
+            continue  # pydantic's own names for union tags, not part of the file
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _describe(error: ErrorDetails, prefix: str) -> str:
+    path = format_path(prefix, tuple(error["loc"]))
+    kind, value = error["type"], error.get("input")
+    message = error["msg"]
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        fields = {f for model in _ALL_MODELS for f in model.model_fields}
+        message = f"unknown key {key!r}{did_you_mean(key, fields)}"
+    elif kind == "missing":
+        message = "missing required key"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif kind == "string_pattern_mismatch":
+        message = (f"bad name {value!r}: use letters, digits, '.', '_' and '-', "
+                   "starting with a letter or digit, at most 64 characters")
+    else:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        message = f"bad value {shown}: {message[0].lower()}{message[1:]}"
+    return f"{path}: {message}"

@@ -1,0 +1,1 @@
+"""Backstop's data plane: the Celery app, worker boot steps, the embedded broker."""
