@@ -1,0 +1,123 @@
+"""The ``backstop`` command line (SPEC section 7).
+
+Exit codes: 0 success; 1 the operation ran and failed; 2 bad usage, bad config, unknown
+names, nothing reachable. Settings are built here, once, and passed down.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestration import cli_fleet
+from orchestration.cli_common import (
+    EXIT_USAGE,
+    BackstopGroup,
+    config_option,
+    json_option,
+    print_json,
+    settings_from,
+)
+from orchestration.config import SECTIONS, Config
+from orchestration.errors import ConfigError
+
+
+@click.group(cls=BackstopGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.version_option(package_name="backstop-backup")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None) -> None:
+    """Backstop: scheduled backups on a Celery worker fleet, with failover backup events."""
+    ctx.obj = {"config_file": config_file}
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check the config file, or print its JSON Schema."""
+
+
+@config_group.command("check")
+@config_option
+@json_option
+@click.pass_context
+def config_check(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
+    """Validate the config; exit 2 listing every problem with its YAML path."""
+    try:
+        settings = settings_from(ctx, config_file)
+    except ConfigError as exc:
+        if as_json:
+            print_json({"ok": False, "config": exc.source, "problems": exc.problems})
+        else:
+            click.echo(str(exc))
+        ctx.exit(EXIT_USAGE)
+    summary = config_summary(settings.config)
+    if as_json:
+        print_json({"ok": True, "config": str(settings.config_path), "counts": summary})
+        return
+    counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in summary.items())
+    click.echo(f"{settings.config_path}: OK ({counts})")
+
+
+def config_summary(config: Config) -> dict[str, int]:
+    counts = {section: len(getattr(config, section)) for section in SECTIONS}
+    counts["events"] = len(config.events)
+    counts["scheduled events"] = sum(1 for e in config.events if e.schedule)
+    counts["failover events"] = sum(1 for e in config.events
+                                    if getattr(e, "failover_event", None))
+    return counts
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config file (for editors)."""
+    schema = Config.model_json_schema(mode="validation")
+    schema["title"] = "Backstop configuration"
+    print_json(schema)
+
+
+@main.command()
+@config_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
+    """Workers, RDS liveness, queue depths and the beat leader."""
+    from orchestration.broker import broker_url
+    from orchestration.status import connect, fleet_status
+
+    settings = settings_from(ctx, config_file)
+    client = connect(broker_url(settings))
+    report = fleet_status(client, settings.config)
+    client.close()
+    if as_json:
+        print_json(report)
+    else:
+        print_status(report)
+
+
+def print_status(report: dict[str, Any]) -> None:
+    console = Console()
+    workers = Table("worker", "rds", "control", title="Workers")
+    for w in report["workers"]:
+        workers.add_row(w["name"], ", ".join(w["rds"]) or "-", "yes" if w["control"] else "no")
+    console.print(workers)
+    rds = Table("rds", "live", title="RDS")
+    for r in report["rds"]:
+        rds.add_row(r["name"], "[green]live[/]" if r["live"] else "[red]not served[/]")
+    console.print(rds)
+    queues = Table("queue", "depth", title="Queues")
+    for q in report["queues"]:
+        queues.add_row(q["name"], str(q["depth"]))
+    console.print(queues)
+    console.print(f"beat leader: {report['beat_leader'] or 'none'}")
+
+
+for _command in cli_fleet.COMMANDS:
+    main.add_command(_command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Pieces every ``backstop`` command shares: options, settings, errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from orchestration.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
+from orchestration.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class BackstopGroup(click.Group):
+    """Turns Backstop's errors into a clear message and the exit code of SPEC section 7."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, BrokerUnreachable, AlreadyRunning) as exc:
+            click.echo(f"backstop: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except BackstopError as exc:
+            click.echo(f"backstop: {exc}", err=True)
+            ctx.exit(EXIT_FAILED)
+
+
+def config_option(command: F) -> F:
+    """``-c FILE`` on every command (also accepted before the command name)."""
+    return click.option("-c", "--config", "config_file", default=None, metavar="FILE",
+                        help="Config file (default: $BACKSTOP_CONFIG, else ./backstop.yaml).")(
+        command)
+
+
+def json_option(command: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+
+
+def settings_from(ctx: click.Context, config_file: str | None) -> Settings:
+    chosen = config_file or (ctx.obj or {}).get("config_file")
+    return load_settings(chosen, os.environ)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))

@@ -1,0 +1,52 @@
+"""Settings, built once at the edge (the command line) and passed down explicitly.
+
+Nothing in Backstop reads the environment or the config file at import time; this module is
+the one place that turns ``-c FILE``, ``$BACKSTOP_CONFIG`` and ``$BACKSTOP_BROKER_URL`` into
+values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestration.config import Config
+from orchestration.config_load import load_config
+
+DEFAULT_CONFIG = "backstop.yaml"
+CONFIG_ENV = "BACKSTOP_CONFIG"
+BROKER_ENV = "BACKSTOP_BROKER_URL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path
+    config: Config
+    # A broker named by the environment or the config; None means the embedded broker of
+    # `backstop up`, found through state_dir.
+    broker_url: str | None
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the config are relative to the config file's directory."""
+        return self.config_path.parent
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve(self.config.state_dir)
+
+
+def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
+    """``-c FILE``, else ``$BACKSTOP_CONFIG``, else ``./backstop.yaml``."""
+    return Path(option or environ.get(CONFIG_ENV) or DEFAULT_CONFIG).absolute()
+
+
+def load_settings(option: str | None, environ: Mapping[str, str]) -> Settings:
+    path = config_path(option, environ)
+    config = load_config(path)
+    return Settings(config_path=path, config=config,
+                    broker_url=environ.get(BROKER_ENV) or config.broker_url)

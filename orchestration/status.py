@@ -1,0 +1,47 @@
+"""Fleet status (``backstop status``): workers, RDS liveness, queue depths, beat leader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.utils.url import maybe_sanitize_url
+
+from orchestration.config import Config
+from orchestration.errors import BrokerUnreachable
+from orchestration.leader import current_leader
+from workers.constants import BEAT_LEADER_KEY, CONTROL_QUEUE, rds_queue
+from workers.heartbeat import live_workers
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` that has answered PING; BrokerUnreachable (password masked) if not."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise BrokerUnreachable(f"cannot reach broker {maybe_sanitize_url(url)}: {exc}") from None
+    return client
+
+
+def queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in ``queue``; kombu keeps one Redis list per priority step."""
+    keys = [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.llen(key)
+    return sum(int(n) for n in pipe.execute())
+
+
+def fleet_status(client: redis.Redis, config: Config) -> dict[str, Any]:
+    workers = live_workers(client)
+    served = {name for w in workers for name in w.rds}
+    queues = [CONTROL_QUEUE, *(rds_queue(r.name) for r in config.rds)]
+    return {
+        "workers": [{"name": w.name, "rds": w.rds, "control": w.control, "pid": w.pid,
+                     "host": w.host} for w in sorted(workers, key=lambda w: w.name)],
+        "rds": [{"name": r.name, "live": r.name in served} for r in config.rds],
+        "queues": [{"name": q, "depth": queue_depth(client, q)} for q in queues],
+        "beat_leader": current_leader(client, BEAT_LEADER_KEY),
+    }

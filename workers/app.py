@@ -1,0 +1,85 @@
+"""The Celery app, built from settings at the edge (nothing here reads the environment).
+
+Choices, each for long backups on a fleet (see the README, "Celery settings"):
+
+- JSON only, in both directions: a pickle message is refused before it is decoded.
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only once
+  its task has finished, and goes back to the queue when the worker process running it dies.
+- Prefetch multiplier 1: a worker holds no more backups than it runs.
+- Time limits: a backup run may take ``backup_time_limit`` (config, default 6 h); the Redis
+  visibility timeout is one hour longer, so an unacknowledged message is never handed out a
+  second time while its first run may still be going.
+- Task events and ``task_send_sent_event`` on and ``result_extended``, for Flower.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from orchestration.config import Config
+from orchestration.settings import Settings
+from workers.constants import CONTROL_QUEUE, rds_queue
+from workers.heartbeat import HeartbeatStep
+
+# Control-plane tasks are short: dispatch, bookkeeping, follow-ups.
+CONTROL_SOFT_TIME_LIMIT_S = 60
+CONTROL_TIME_LIMIT_S = 120
+# Slack between a backup's hard time limit and the broker redelivering its message.
+VISIBILITY_MARGIN = timedelta(hours=1)
+# Results (and Flower's view of them) are kept this long.
+RESULT_EXPIRES = timedelta(days=7)
+
+
+class BackstopApp(Celery):
+    """A Celery app that carries the settings it was built from."""
+
+    settings: Settings
+
+
+def celery_config(config: Config, broker_url: str) -> dict[str, Any]:
+    backup_limit_s = int(config.backup_time_limit.total_seconds())
+    visibility_s = backup_limit_s + int(VISIBILITY_MARGIN.total_seconds())
+    transport = {"visibility_timeout": visibility_s, "health_check_interval": 10}
+    return {
+        "broker_url": broker_url,
+        "result_backend": broker_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # A backup cut off by a lost broker connection is redelivered and resumed from
+        # scratch by the run ledger's rules, so letting it finish is the better deal.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_soft_time_limit": CONTROL_SOFT_TIME_LIMIT_S,
+        "task_time_limit": CONTROL_TIME_LIMIT_S,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": RESULT_EXPIRES,
+        "timezone": config.timezone,
+        "enable_utc": True,
+        "task_default_queue": CONTROL_QUEUE,
+        "task_queues": [Queue(CONTROL_QUEUE), *(Queue(rds_queue(r.name)) for r in config.rds)],
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": True,
+    }
+
+
+def create_app(settings: Settings, broker_url: str) -> BackstopApp:
+    app = BackstopApp("backstop", set_as_current=False)
+    app.settings = settings
+    app.conf.update(celery_config(settings.config, broker_url))
+    app.steps["consumer"].add(HeartbeatStep)
+    return app

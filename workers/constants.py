@@ -1,0 +1,37 @@
+"""Queue names, Redis keys and timings shared by every Backstop process.
+
+All keys live under the ``backstop:`` prefix so that a shared Redis can be inspected (and
+cleaned) per application.
+"""
+
+from __future__ import annotations
+
+# Queue of the control plane: dispatch, failover, follow-ups, watchdog. Any worker started
+# with --control consumes it.
+CONTROL_QUEUE = "backstop.control"
+# Prefix of the per-RDS queues; a worker started with --rds NAME consumes RDS_QUEUE_PREFIX+NAME.
+RDS_QUEUE_PREFIX = "backstop.rds."
+# Every task name starts with this.
+TASK_PREFIX = "backstop."
+
+# Hash: worker node name -> JSON {name, rds, control, pid, host, at}; written by each
+# worker's heartbeat step, removed on clean shutdown.
+HEARTBEATS_KEY = "backstop:heartbeats"
+# String: node name of the beat process that currently schedules; expires unless renewed.
+BEAT_LEADER_KEY = "backstop:beat:leader"
+
+# A worker writes its heartbeat this often, in seconds.
+HEARTBEAT_INTERVAL_S = 2.0
+# A worker whose last heartbeat is older than this counts as gone (and with it, the RDS it
+# served, unless another worker serves it).
+HEARTBEAT_TTL_S = 10.0
+# Heartbeat entries older than this are dropped from the hash when status is read.
+HEARTBEAT_FORGET_S = 24 * 3600.0
+# The beat leader's lock lives this long unless renewed; a standby takes over after it.
+BEAT_LOCK_TTL_S = 30.0
+# How often a standby beat tries to become the leader, in seconds.
+BEAT_STANDBY_POLL_S = 5.0
+
+
+def rds_queue(rds_name: str) -> str:
+    return f"{RDS_QUEUE_PREFIX}{rds_name}"

@@ -1,0 +1,129 @@
+"""Worker heartbeats in Redis: who is alive, which RDS it serves, whether it runs control.
+
+Each worker writes ``{name, rds, control, pid, host, at}`` into one hash every
+``HEARTBEAT_INTERVAL_S`` seconds, stamped with the Redis server's clock (so hosts with
+skewed clocks agree), and removes its entry on a clean shutdown. A worker whose stamp is
+older than ``HEARTBEAT_TTL_S`` is gone: killed, hung, or cut off from the broker. Liveness
+of an RDS is "some live worker serves it".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from workers.constants import (
+    CONTROL_QUEUE,
+    HEARTBEAT_FORGET_S,
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TTL_S,
+    HEARTBEATS_KEY,
+    RDS_QUEUE_PREFIX,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    name: str
+    rds: list[str]
+    control: bool
+    pid: int
+    host: str
+    at: float
+
+    def age_s(self, now: float) -> float:
+        return now - self.at
+
+
+def server_time(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1e6
+
+
+def roles_of(queues: list[str]) -> tuple[list[str], bool]:
+    """The RDS names and control role a worker has, from the queues it consumes."""
+    rds = sorted(q.removeprefix(RDS_QUEUE_PREFIX) for q in queues if q.startswith(RDS_QUEUE_PREFIX))
+    return rds, CONTROL_QUEUE in queues
+
+
+def write_heartbeat(client: redis.Redis, name: str, queues: list[str]) -> None:
+    rds, control = roles_of(queues)
+    beat = {"name": name, "rds": rds, "control": control, "pid": os.getpid(),
+            "host": socket.gethostname(), "at": server_time(client)}
+    client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
+
+
+def read_heartbeats(client: redis.Redis) -> tuple[list[WorkerBeat], float]:
+    """Every worker's latest heartbeat (entries older than a day are dropped) and 'now'."""
+    now = server_time(client)
+    beats, forgotten = [], []
+    for name, value in client.hgetall(HEARTBEATS_KEY).items():
+        try:
+            beat = WorkerBeat(**json.loads(value))
+        except (ValueError, TypeError):
+            forgotten.append(name)  # not written by a Backstop worker: not a worker
+            continue
+        if beat.age_s(now) > HEARTBEAT_FORGET_S:
+            forgotten.append(name)
+        else:
+            beats.append(beat)
+    if forgotten:
+        client.hdel(HEARTBEATS_KEY, *forgotten)
+    return beats, now
+
+
+def live_workers(client: redis.Redis) -> list[WorkerBeat]:
+    beats, now = read_heartbeats(client)
+    return [b for b in beats if b.age_s(now) <= HEARTBEAT_TTL_S]
+
+
+class HeartbeatStep(bootsteps.StartStopStep):
+    """Consumer boot step: beats on the worker's own timer, so a wedged worker goes quiet."""
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+        self.client: redis.Redis | None = None
+
+    def start(self, parent: Any) -> None:
+        self.client = redis.Redis.from_url(parent.app.conf.broker_url, socket_timeout=2,
+                                           socket_connect_timeout=2)
+        queues = sorted((parent.app.amqp.queues.consume_from or {}).keys())
+        name = parent.hostname
+
+        def beat() -> None:
+            try:
+                assert self.client is not None
+                write_heartbeat(self.client, name, queues)
+            except redis.RedisError as exc:
+                log.warning("heartbeat not written: %s", exc)
+
+        beat()
+        self.tref = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, beat)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    def shutdown(self, parent: Any) -> None:
+        """A clean shutdown takes the worker out of the fleet at once."""
+        self.stop(parent)
+        if self.client is not None:
+            try:
+                self.client.hdel(HEARTBEATS_KEY, parent.hostname)
+            except redis.RedisError as exc:
+                log.warning("heartbeat not removed: %s", exc)
+            self.client.close()
+            self.client = None
