@@ -18,6 +18,7 @@ from orchestration.config import EVENT_KINDS, SECTIONS, Config, Model
 from orchestration.config_refs import check_references, did_you_mean
 from orchestration.errors import ConfigError
 
+_SECTION_NAMES = {*SECTIONS, "events"}
 _ALL_MODELS: list[type[BaseModel]] = [Config, *SECTIONS.values(), *EVENT_KINDS.values()]
 
 
@@ -38,6 +39,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): expected a mapping of sections, e.g. 'rds:'"])
+    # A section written with nothing under it ("migration_tasks:") is an empty section.
+    raw = {k: v for k, v in raw.items() if v is not None or k not in _SECTION_NAMES}
     problems += _validate(raw)
     if problems:
         located = sorted((_line_of(p, lines), p) for p in problems)

@@ -20,7 +20,7 @@ _SIZE_HINTS = {"K": "KiB", "KB": "KiB", "M": "MiB", "MB": "MiB", "G": "GiB", "GB
                "T": "TiB", "TB": "TiB", "k": "KiB", "kb": "KiB", "mb": "MiB", "gb": "GiB"}
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]+)")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
 
 
 def parse_size(value: object) -> int:
@@ -50,9 +50,9 @@ def parse_duration(value: object) -> timedelta:
         return value
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"bad duration {value!r}: expected e.g. 30s, 15m, 1h, 14d")
-    text = str(value).replace(" ", "")
+    text = str(value).strip()
     parts = _DURATION_PART_RE.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
+    if not parts or _DURATION_PART_RE.sub("", text).strip():
         raise ValueError(f"bad duration {value!r}: expected a number with a unit s, m, h or d")
     seconds = 0.0
     for number, unit in parts:

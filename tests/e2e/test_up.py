@@ -1,0 +1,101 @@
+"""``backstop up`` as an operator runs it: starts, serves, restarts parts, stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.e2e.conftest import Up, backstop
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def gone(processes: list[psutil.Process]) -> bool:
+    return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
+
+
+def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
+        quickstart: Path, start_up: Callable[..., Up]) -> None:
+    # Given backstop up on the quickstart config
+    up = start_up(quickstart)
+    report = up.wait_live()
+    # Then status shows the RDS live, a control worker, an RDS worker and a beat leader
+    assert report["rds"] == [{"name": "local", "live": True}]
+    assert sorted((w["control"], tuple(w["rds"])) for w in report["workers"]) == [
+        (False, ("local",)), (True, ())]
+    assert {q["name"] for q in report["queues"]} == {"backstop.control", "backstop.rds.local"}
+    children = up.processes()
+    assert any("valkey-server" in " ".join(p.cmdline()) for p in children)
+    # And the demo source was created on first start
+    assert (quickstart.parent / "demo-data" / "docs").is_dir()
+
+    # When the operator presses Ctrl-C
+    assert up.stop(signal.SIGINT) == 0
+    # Then nothing it started is left running, and the broker record is gone
+    wait_for(lambda: gone(children), "every child process to exit", limit_s=10)
+    assert not (quickstart.parent / ".backstop" / "broker.json").exists()
+
+
+def test_a_second_up_is_refused_while_the_first_runs_and_starts_after_it_stopped(
+        quickstart: Path, start_up: Callable[..., Up]) -> None:
+    first = start_up(quickstart, "--no-flower")
+    first.wait_live()
+    second = start_up(quickstart, "--no-flower")
+    assert second.process.wait(timeout=30) == 2
+    assert "already running" in second.output()
+
+    assert first.stop() == 0
+    third = start_up(quickstart, "--no-flower")
+    third.wait_live()
+    assert third.stop() == 0
+
+
+def test_a_killed_worker_is_started_again(quickstart: Path,
+                                          start_up: Callable[..., Up]) -> None:
+    up = start_up(quickstart, "--no-flower")
+    report = up.wait_live()
+    [rds_worker] = [w for w in report["workers"] if w["rds"] == ["local"]]
+    os.kill(rds_worker["pid"], signal.SIGKILL)
+
+    def replaced() -> bool:
+        status = up.status() or {"workers": []}
+        pids = [w["pid"] for w in status["workers"] if w["rds"] == ["local"]]
+        return bool(pids) and rds_worker["pid"] not in pids
+
+    wait_for(replaced, "a new worker for RDS local", limit_s=60, every_s=0.5)
+    assert up.stop() == 0
+    assert "exited with" in up.output()
+
+
+def test_a_hard_killed_up_takes_its_children_with_it(quickstart: Path,
+                                                     start_up: Callable[..., Up]) -> None:
+    up = start_up(quickstart, "--no-flower")
+    up.wait_live()
+    children = up.processes()
+    up.stop(signal.SIGKILL)
+    wait_for(lambda: gone(children), "the children of a killed up to exit", limit_s=30)
+
+
+def test_status_without_a_running_up_says_so_and_exits_2(quickstart: Path) -> None:
+    done = backstop("status", "--json", config=quickstart)
+    assert done.returncode == 2
+    assert "no broker" in done.stderr
+
+
+def test_up_with_an_external_broker_url_uses_it(quickstart: Path, broker_url: str,
+                                                start_up: Callable[..., Up]) -> None:
+    text = quickstart.read_text().replace("broker_url: null", f"broker_url: {broker_url}")
+    quickstart.write_text(text)
+    up = start_up(quickstart, "--no-flower")
+    up.wait_live()
+    assert not any("valkey-server" in " ".join(p.cmdline()) for p in up.processes())
+    report = json.loads(backstop("status", "--json", config=quickstart).stdout)
+    assert broker_url.split("@")[0].split(":")[-1] not in json.dumps(report)  # no password
+    assert up.stop() == 0

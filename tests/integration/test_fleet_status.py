@@ -1,0 +1,83 @@
+"""Heartbeats, RDS liveness and queue depths, with a real server and a real Celery worker."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from celery.contrib.testing.worker import start_worker
+
+from orchestration.settings import Settings
+from orchestration.status import fleet_status
+from tests.waiting import wait_for
+from workers.app import create_app
+from workers.constants import CONTROL_QUEUE, HEARTBEAT_TTL_S, HEARTBEATS_KEY, rds_queue
+from workers.heartbeat import read_heartbeats, server_time
+
+
+def rds_live(client: redis.Redis, settings: Settings) -> bool:
+    return bool(fleet_status(client, settings.config)["rds"][0]["live"])
+
+
+def test_a_running_rds_worker_makes_its_rds_live_and_a_stopped_one_not(
+        settings: Settings, broker_url: str, redis_client: redis.Redis) -> None:
+    # Given no worker, the RDS is not served
+    assert not rds_live(redis_client, settings)
+    app = create_app(settings, broker_url)
+    # When a worker for it runs
+    with start_worker(app, queues=[rds_queue("local")], perform_ping_check=False,
+                      hostname="rds-local.test@host"):
+        wait_for(lambda: rds_live(redis_client, settings), "the RDS to be live")
+        report = fleet_status(redis_client, settings.config)
+        # Then status shows the worker with the RDS it serves, and no control role
+        [worker] = report["workers"]
+        assert (worker["name"], worker["rds"], worker["control"]) == (
+            "rds-local.test@host", ["local"], False)
+    # And once it has shut down, its RDS is no longer live
+    assert not rds_live(redis_client, settings)
+    assert redis_client.hlen(HEARTBEATS_KEY) == 0
+
+
+def test_a_control_worker_serves_no_rds(settings: Settings, broker_url: str,
+                                        redis_client: redis.Redis) -> None:
+    app = create_app(settings, broker_url)
+    with start_worker(app, queues=[CONTROL_QUEUE], perform_ping_check=False,
+                      hostname="control.test@host"):
+        report = wait_for(lambda: fleet_status(redis_client, settings.config)["workers"] or None,
+                          "the control worker's heartbeat")
+        assert report[0]["control"] is True
+        assert report[0]["rds"] == []
+        assert not rds_live(redis_client, settings)
+
+
+def test_a_worker_that_stopped_beating_is_not_live(settings: Settings,
+                                                   redis_client: redis.Redis) -> None:
+    # Given a heartbeat from a worker that was killed long enough ago
+    stale = {"name": "rds-local.dead@host", "rds": ["local"], "control": False, "pid": 1,
+             "host": "host", "at": server_time(redis_client) - HEARTBEAT_TTL_S - 1}
+    redis_client.hset(HEARTBEATS_KEY, stale["name"], json.dumps(stale))
+    # Then its RDS is not live, and status does not list it
+    report = fleet_status(redis_client, settings.config)
+    assert report["workers"] == []
+    assert not report["rds"][0]["live"]
+
+
+def test_heartbeats_older_than_a_day_and_garbage_entries_are_forgotten(
+        redis_client: redis.Redis) -> None:
+    ancient = {"name": "old@host", "rds": [], "control": True, "pid": 1, "host": "host",
+               "at": server_time(redis_client) - 2 * 86400}
+    redis_client.hset(HEARTBEATS_KEY, mapping={"old@host": json.dumps(ancient),
+                                               "junk": "not json"})
+    beats, _ = read_heartbeats(redis_client)
+    assert beats == []
+    assert redis_client.hlen(HEARTBEATS_KEY) == 0
+
+
+def test_queue_depth_counts_waiting_messages_of_every_priority(
+        settings: Settings, broker_url: str, redis_client: redis.Redis) -> None:
+    app = create_app(settings, broker_url)
+    queue = rds_queue("local")
+    for priority in (0, 0, 5, 9):
+        app.send_task("backstop.example", queue=queue, priority=priority)
+    depths = {q["name"]: q["depth"] for q in fleet_status(redis_client, settings.config)["queues"]}
+    assert depths == {CONTROL_QUEUE: 0, queue: 4}
