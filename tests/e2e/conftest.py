@@ -49,7 +49,8 @@ class Up:
                   and any(w["control"] for w in report["workers"]))
             return report if ok else None
 
-        return wait_for(live, "backstop up to serve every RDS and the control plane", limit_s=60, every_s=0.5)
+        return wait_for(live, "backstop up to serve every RDS and the control plane",
+                        limit_s=60, every_s=0.5)
 
     def processes(self) -> list[psutil.Process]:
         return psutil.Process(self.process.pid).children(recursive=True)

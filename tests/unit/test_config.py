@@ -42,9 +42,11 @@ def test_the_spec_example_loads_with_every_entity() -> None:
     assert isinstance(config.event_named("docs-verify"), VerifyEvent)
 
 
-def test_the_quickstart_config_is_valid() -> None:
-    config = load_config(REPO / "deploy" / "examples" / "quickstart.yaml")
-    assert {e.name for e in config.events} >= {"demo-often", "demo-spare"}
+@pytest.mark.parametrize("example", sorted((REPO / "deploy" / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_example_config_is_valid(example: Path) -> None:
+    config = load_config(example)
+    assert any(getattr(e, "failover_event", None) for e in config.events)
 
 
 def test_several_mistakes_are_all_reported_with_their_paths() -> None:

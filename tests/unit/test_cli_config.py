@@ -1,0 +1,117 @@
+"""``backstop config check`` / ``config schema`` and where settings come from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestration.cli import main
+from orchestration.settings import config_path, load_settings
+from tests.conftest import MINIMAL_CONFIG
+
+BROKEN = MINIMAL_CONFIG.replace("failover_event: docs-spare", "failover_event: docs-spar") \
+                       .replace("task: docs\n    level: INC", "task: dogs\n    level: INCR") \
+                       .replace("channels: 2", "channels: -1")
+
+
+def test_check_of_a_good_config_exits_0_with_a_summary(
+        write_config: Callable[[str], Path]) -> None:
+    path = write_config(MINIMAL_CONFIG)
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output
+    assert "3 events" in result.output
+
+
+def test_check_of_a_bad_config_exits_2_listing_every_problem(
+        write_config: Callable[[str], Path]) -> None:
+    path = write_config(BROKEN)
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 2
+    for fragment in ("events[0].failover_event: unknown event 'docs-spar' "
+                     "(did you mean 'docs-spare'?)",
+                     "events[0].task: unknown task 'dogs'",
+                     "events[0].level: bad value 'INCR'",
+                     "drives[0].channels: bad value -1"):
+        assert fragment in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_json_lists_problems(write_config: Callable[[str], Path]) -> None:
+    path = write_config(BROKEN)
+    result = CliRunner().invoke(main, ["config", "check", "--json", "-c", str(path)])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert len(report["problems"]) == 4
+
+
+def test_other_commands_also_exit_2_on_a_bad_config(write_config: Callable[[str], Path]) -> None:
+    path = write_config(BROKEN)
+    result = CliRunner().invoke(main, ["status", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "events[0].task: unknown task 'dogs'" in result.stderr
+
+
+def test_the_config_option_also_works_before_the_command(
+        write_config: Callable[[str], Path]) -> None:
+    path = write_config(MINIMAL_CONFIG)
+    result = CliRunner().invoke(main, ["-c", str(path), "config", "check"])
+    assert result.exit_code == 0, result.output
+
+
+def test_schema_is_a_json_schema_naming_every_section() -> None:
+    result = CliRunner().invoke(main, ["config", "schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) >= {"rds", "data_stores", "media_pools", "drives", "tasks",
+                                         "schedules", "migration_tasks", "events", "state_dir"}
+    assert schema["additionalProperties"] is False
+
+
+def test_worker_refuses_to_guess_what_it_serves(write_config: Callable[[str], Path]) -> None:
+    path = write_config(MINIMAL_CONFIG)
+    result = CliRunner().invoke(main, ["worker", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "--rds NAME" in result.output
+
+
+def test_an_unknown_rds_is_a_usage_error(write_config: Callable[[str], Path]) -> None:
+    path = write_config(MINIMAL_CONFIG)
+    result = CliRunner().invoke(main, ["up", "--rds", "locl", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "unknown RDS 'locl' (did you mean 'local'?)" in result.output
+
+
+def test_flower_refuses_a_public_address_without_auth(write_config: Callable[[str], Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+    monkeypatch.delenv("FLOWER_AUTH", raising=False)
+    path = write_config(MINIMAL_CONFIG)
+    result = CliRunner().invoke(main, ["flower", "--address", "0.0.0.0", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "without authentication" in result.output
+
+
+@pytest.mark.parametrize(("option", "environ", "expected"), [
+    ("given.yaml", {"BACKSTOP_CONFIG": "env.yaml"}, "given.yaml"),
+    (None, {"BACKSTOP_CONFIG": "env.yaml"}, "env.yaml"),
+    (None, {}, "backstop.yaml"),
+])
+def test_the_config_file_is_the_option_else_the_environment_else_the_default(
+        option: str | None, environ: dict[str, str], expected: str) -> None:
+    assert config_path(option, environ).name == expected
+
+
+def test_paths_are_relative_to_the_config_file_and_the_broker_env_wins(
+        write_config: Callable[[str], Path]) -> None:
+    path = write_config(MINIMAL_CONFIG + "\nbroker_url: redis://config:6379/0\n")
+    settings = load_settings(str(path), {"BACKSTOP_BROKER_URL": "redis://env:6379/0"})
+    assert settings.broker_url == "redis://env:6379/0"
+    assert settings.state_dir == path.parent / ".backstop"
+    assert settings.resolve(settings.config.tasks[0].source) == path.parent / "data" / "docs"
+    assert load_settings(str(path), {}).broker_url == "redis://config:6379/0"
