@@ -79,6 +79,9 @@ class DataStore(Model):
     path: Path
     capacity: Size | None = None
     reserve: Size = 0
+    # Create the directory and its store marker when the directory does not exist yet.
+    # Not for mount points: an unmounted disk must read as offline, not as a new store.
+    create: bool = False
 
     @model_validator(mode="after")
     def _reserve_below_capacity(self) -> DataStore:

@@ -35,3 +35,17 @@ BEAT_STANDBY_POLL_S = 5.0
 
 def rds_queue(rds_name: str) -> str:
     return f"{RDS_QUEUE_PREFIX}{rds_name}"
+
+# The saveset catalog (the stores are the source of truth; `backstop catalog rebuild`
+# recreates these keys from them).
+# String: JSON record of one saveset, by id.
+CATALOG_SAVESET_KEY = "backstop:catalog:saveset:{id}"
+# Sorted set: every saveset id, scored by creation time (epoch seconds).
+CATALOG_INDEX_KEY = "backstop:catalog:savesets"
+# Sorted set: the saveset ids of one task, scored by creation time.
+CATALOG_TASK_KEY = "backstop:catalog:task:{task}"
+# String: compressed manifest of a saveset that may still be a base (the task's newest FULL
+# and newest FULL/DIFF/INC), so a DIFF/INC works while the base's store is offline.
+CATALOG_MANIFEST_KEY = "backstop:catalog:manifest:{id}"
+# String: JSON {"at", "ok", "run_id"} of the task's newest FULL attempt (Enforce FULL rule a).
+CATALOG_FULL_ATTEMPT_KEY = "backstop:catalog:full-attempt:{task}"

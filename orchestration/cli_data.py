@@ -1,0 +1,263 @@
+"""Data commands: savesets, restore, verify, pools, purge, catalog rebuild, store init.
+
+They work on the stores as this host sees them (run them where the stores are: the host of
+``backstop up``, or the RDS host of a fleet) and on the fleet's catalog in Redis.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from orchestration.cli_common import (
+    EXIT_FAILED,
+    config_option,
+    json_option,
+    print_json,
+    settings_from,
+)
+from orchestration.config_refs import did_you_mean
+from orchestration.settings import Settings
+from orchestration.units import format_size
+from workers.catalog import Catalog
+from workers.engine import path_store
+from workers.model import Saveset
+from workers.store import Store
+
+
+class Data:
+    """What the data commands share: settings, the catalog, the stores."""
+
+    def __init__(self, settings: Settings) -> None:
+        from orchestration.broker import broker_url
+        from orchestration.status import connect
+
+        self.settings = settings
+        self.client = connect(broker_url(settings))
+        self.catalog = Catalog(self.client)
+        self.stores: dict[str, Store] = {s.name: path_store(settings, s)
+                                         for s in settings.config.data_stores}
+
+    def saveset(self, saveset_id: str) -> Saveset:
+        found = self.catalog.get(saveset_id)
+        if found is None:
+            known = [s.id for s in self.catalog.all()]
+            raise click.BadParameter(f"unknown saveset {saveset_id!r}"
+                                     f"{did_you_mean(saveset_id, known)}")
+        return found
+
+
+def data_from(ctx: click.Context, config_file: str | None) -> Data:
+    return Data(settings_from(ctx, config_file))
+
+
+@contextmanager
+def progress_bar(label: str, quiet: bool) -> Iterator[Callable[[int, int, int, int], None]]:
+    """A progress bar on a terminal; nothing with --json or when output is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda *_: None
+        return
+    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), transient=True,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(files: int, done: int, total_files: int, total_bytes: int) -> None:
+            bar.update(task, completed=done, total=total_bytes or None)
+
+        yield update
+
+
+@click.command("savesets")
+@config_option
+@click.option("--task", default=None)
+@click.option("--pool", default=None)
+@json_option
+@click.pass_context
+def savesets(ctx: click.Context, config_file: str | None, task: str | None, pool: str | None,
+             as_json: bool) -> None:
+    """The catalog, newest first."""
+    data = data_from(ctx, config_file)
+    found = [s for s in reversed(data.catalog.all(task)) if pool is None or s.pool == pool]
+    if as_json:
+        print_json([s.to_json() for s in found])
+        return
+    table = Table("id", "task", "level", "pool", "medium", "created", "files", "size", "based on")
+    for s in found:
+        table.add_row(s.id, s.task, s.level.value, s.pool, s.medium,
+                      s.created_at.strftime("%Y-%m-%d %H:%M:%S"), str(s.files),
+                      format_size(s.bytes), s.based_on or "-")
+    Console().print(table)
+
+
+@click.command("restore")
+@config_option
+@click.option("--saveset", "saveset_id", default=None, help="Restore this saveset.")
+@click.option("--task", default=None, help="Restore the newest saveset of this task ...")
+@click.option("--at", "at", default=None, metavar="ISO-TIME",
+              help="... taken at or before this time.")
+@click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
+            task: str | None, at: str | None, target: Path, as_json: bool) -> None:
+    """Rebuild the source as of a saveset, under DIR (never outside it)."""
+    from workers.restore import Restorer
+
+    if (saveset_id is None) == (task is None):
+        raise click.UsageError("give --saveset ID or --task T")
+    data = data_from(ctx, config_file)
+    chosen = data.saveset(saveset_id) if saveset_id else newest(data.catalog, task or "", at)
+    with progress_bar(f"restoring {chosen.id}", as_json) as update:
+        result = Restorer(data.catalog, data.stores).restore(chosen, target.absolute(), update)
+    if as_json:
+        print_json(asdict(result))
+    else:
+        click.echo(f"restored {result.files} files ({format_size(result.bytes)}) of "
+                   f"{result.saveset} to {result.target}")
+
+
+def newest(catalog: Catalog, task: str, at: str | None) -> Saveset:
+    when = parse_time(at) if at else None
+    candidates = [s for s in catalog.all(task) if when is None or s.created_at <= when]
+    if not candidates:
+        limit = f" taken at or before {at}" if at else ""
+        raise click.BadParameter(f"no saveset of task {task!r}{limit}")
+    return candidates[-1]
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"bad time {text!r}: expected ISO 8601, e.g. "
+                                 "2026-11-24T22:00:00+01:00", param_hint="--at") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@click.command("verify")
+@config_option
+@click.argument("saveset_id", metavar="SAVESET")
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, config_file: str | None, saveset_id: str, as_json: bool) -> None:
+    """Re-read a saveset and check every file's hash; exit 1 when anything is bad."""
+    from workers.restore import Restorer
+
+    data = data_from(ctx, config_file)
+    saveset = data.saveset(saveset_id)
+    with progress_bar(f"verifying {saveset.id}", as_json) as update:
+        result = Restorer(data.catalog, data.stores).verify(saveset, update)
+    if as_json:
+        print_json(asdict(result))
+    else:
+        state = "OK" if result.ok else f"BAD ({len(result.bad)}): " + ", ".join(result.bad[:10])
+        click.echo(f"{result.saveset}: {result.files} files checked, {state}")
+    if not result.ok:
+        ctx.exit(EXIT_FAILED)
+
+
+@click.command("pools")
+@config_option
+@json_option
+@click.pass_context
+def pools(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
+    """Each pool: store, RDS, availability, used/free bytes, media."""
+    from workers.heartbeat import live_workers
+    from workers.maintenance import pool_report
+
+    data = data_from(ctx, config_file)
+    served = {r for w in live_workers(data.client) for r in w.rds}
+    report = pool_report(data.settings.config, data.catalog, data.stores, datetime.now(UTC),
+                         lambda rds: rds in served)
+    if as_json:
+        print_json(report)
+        return
+    table = Table("pool", "store", "rds", "availability", "used", "free", "media (free/count)")
+    for p in report:
+        media = p["media"]
+        table.add_row(p["name"], p["data_store"], p["rds"], p["availability"],
+                      format_size(p["used_bytes"]), format_size(p["free_bytes"]),
+                      f"{media['free']}/{media['count'] or '∞'}" if media else "-")
+    Console().print(table)
+
+
+@click.command("purge")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@json_option
+@click.pass_context
+def purge(ctx: click.Context, config_file: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete savesets past retention, never one a retained saveset depends on."""
+    from workers.maintenance import purge as run_purge
+
+    data = data_from(ctx, config_file)
+    result = run_purge(data.settings.config, data.catalog, data.stores, datetime.now(UTC),
+                       dry_run)
+    if as_json:
+        print_json(asdict(result))
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{verb} {len(result.deleted)} savesets ({format_size(result.bytes)})")
+        for skipped in result.skipped:
+            click.echo(f"skipped {skipped['id']}: {skipped['error']}", err=True)
+    if result.skipped:
+        ctx.exit(EXIT_FAILED)
+
+
+@click.group("catalog")
+def catalog_group() -> None:
+    """The saveset catalog."""
+
+
+@catalog_group.command("rebuild")
+@config_option
+@json_option
+@click.pass_context
+def catalog_rebuild(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
+    """Recreate the catalog from the stores this host can read."""
+    from workers.maintenance import rebuild
+
+    data = data_from(ctx, config_file)
+    result = rebuild(data.catalog, data.stores)
+    if as_json:
+        print_json(asdict(result))
+    else:
+        click.echo(f"catalog rebuilt: {result.added} savesets, {result.removed} stale entries "
+                   "removed")
+        for store in result.stores:
+            if "error" in store:
+                click.echo(f"  {store['name']}: {store['error']}", err=True)
+
+
+@click.group("store")
+def store_group() -> None:
+    """Data stores."""
+
+
+@store_group.command("init")
+@config_option
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def store_init(ctx: click.Context, config_file: str | None, names: tuple[str, ...]) -> None:
+    """Create data stores: their directory and store marker (an empty directory only)."""
+    settings = settings_from(ctx, config_file)
+    known = {s.name: s for s in settings.config.data_stores}
+    for name in names:
+        if name not in known:
+            raise click.BadParameter(f"unknown data store {name!r}{did_you_mean(name, known)}")
+    for name in names:
+        store = path_store(settings, known[name])
+        store.init()
+        click.echo(f"data store {name}: ready at {store.root}")
+
+
+COMMANDS = [savesets, restore, verify, pools, purge, catalog_group, store_group]

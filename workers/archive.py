@@ -1,0 +1,144 @@
+"""Saveset archives: a POSIX (PAX) tar of file contents, compressed with multi-threaded zstd.
+
+Only regular files' contents go into the archive; directories, symlinks, modes and exact
+mtimes live in the manifest. The archive stays a plain ``.tar.zst`` so that
+``zstd -d < archive.tar.zst | tar -x`` recovers the files without Backstop. Each file is
+read once: hashed and compressed from the same buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, BinaryIO
+
+import zstandard
+
+from orchestration.errors import BackstopError, SourceError
+
+BLOCK = 512
+CHUNK = 1 << 20
+ZSTD_LEVEL = 3
+
+
+class CorruptSaveset(BackstopError):
+    """A saveset's archive or manifest cannot be read back as written."""
+
+    def __init__(self, saveset_id: str, detail: str) -> None:
+        super().__init__(saveset_id, detail)
+        self.saveset_id, self.detail = saveset_id, detail
+
+    def __str__(self) -> str:
+        return f"saveset {self.saveset_id} is corrupt: {self.detail}"
+
+
+class HashingSink:
+    """Counts and hashes the compressed bytes on their way into the store."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class ArchiveWriter:
+    """Streams files into ``out`` as tar+zstd; ``close`` finishes the archive, not ``out``."""
+
+    def __init__(self, out: BinaryIO, threads: int = -1) -> None:
+        self.sink = HashingSink(out)
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads,
+                                              write_checksum=True)
+        self.stream = compressor.stream_writer(self.sink, closefd=False)  # type: ignore[arg-type]
+        self.buffer = bytearray(CHUNK)
+
+    def add(self, name: str, path: Path) -> tuple[int, str, os.stat_result]:
+        """Store the file at ``path`` as ``name``; return its size, SHA-256 and stat."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError(f"{path} changed into something other than a file")
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = st.st_size, int(st.st_mtime)
+            info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+            self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            digest = self._copy(fd, st.st_size, path)
+        finally:
+            os.close(fd)
+        return st.st_size, digest, st
+
+    def _copy(self, fd: int, size: int, path: Path) -> str:
+        digest = hashlib.sha256()
+        view = memoryview(self.buffer)
+        remaining = size
+        while remaining:
+            try:
+                got = os.readv(fd, [view[: min(CHUNK, remaining)]])
+            except OSError as exc:
+                raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            if not got:  # the file shrank since fstat: keep the archive well-formed
+                view[: min(CHUNK, remaining)] = bytes(min(CHUNK, remaining))
+                got = min(CHUNK, remaining)
+            digest.update(view[:got])
+            self.stream.write(view[:got])
+            remaining -= got
+        padding = -size % BLOCK
+        if padding:
+            self.stream.write(bytes(padding))
+        return digest.hexdigest()
+
+    def close(self) -> tuple[int, str]:
+        """End the tar and the zstd frame; return the archive's size and SHA-256."""
+        self.stream.write(bytes(2 * BLOCK))
+        self.stream.flush(zstandard.FLUSH_FRAME)
+        return self.sink.bytes, self.sink.sha256.hexdigest()
+
+
+def tar_size(file_sizes: list[int]) -> int:
+    """Exact uncompressed size of the archive of these files (the pre-flight estimate).
+
+    One header block each (plus a PAX header for long names, counted generously), content
+    rounded up to blocks, and the two end blocks.
+    """
+    content = sum(-(-size // BLOCK) * BLOCK for size in file_sizes)
+    return content + 3 * BLOCK * len(file_sizes) + 2 * BLOCK
+
+
+def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
+    """Each regular file of an archive with a reader for its content, in archive order.
+
+    Damage shows up while reading, in the caller's loop: wrap it in ``corruption_of``.
+    """
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+    with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8",
+                      errors="surrogateescape") as archive:
+        for member in archive:
+            if member.isreg():
+                content = archive.extractfile(member)
+                assert content is not None
+                yield member, content
+
+
+@contextmanager
+def corruption_of(saveset_id: str) -> Iterator[None]:
+    """Turn any sign of a damaged or truncated archive into CorruptSaveset."""
+    try:
+        yield
+    except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
+        raise CorruptSaveset(saveset_id, f"archive unreadable: {exc}") from exc

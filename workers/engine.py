@@ -1,0 +1,217 @@
+"""The backup engine: one run of a backup, from scanning the source to the catalog entry.
+
+Steps: scan the source; decide the level (``orchestration.levels``); compare with the base's
+manifest; estimate the archive; pick a medium (``workers.media``); claim the space
+(pre-flight); stream the archive and the manifest into a staged saveset; commit it to the
+store; add it to the catalog, last. A failure anywhere aborts the staging, so nothing of
+the run is left to be seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from orchestration.config import DataStore, Level, MediaPool, Task
+from orchestration.errors import StorageUnavailable
+from orchestration.levels import LevelDecision, decide_level
+from orchestration.retention import protected
+from orchestration.settings import Settings
+from workers import manifest as manifests
+from workers.archive import ArchiveWriter, tar_size
+from workers.catalog import Catalog
+from workers.media import MediumChoice, choose_medium
+from workers.model import FILE, Entry, Manifest, Saveset, SavesetKey
+from workers.store import PathStore, Store
+
+ARCHIVE, MANIFEST, META = "archive.tar.zst", "manifest.jsonl.zst", "saveset.json"
+# Pre-flight allowance for the manifest and metadata, per path and in total.
+MANIFEST_BYTES_PER_ENTRY = 160
+MANIFEST_BYTES_FIXED = 16 << 10
+
+Progress = Callable[[int, int, int, int], None]  # files done, bytes done, files, bytes
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    task: str
+    level: Level
+    media_pool: str
+    enforce_full: bool = False
+    full_interval: timedelta | None = None
+    run_id: str | None = None
+    # The saveset id; a run that is tried again passes the same id and gets the same saveset.
+    saveset_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    saveset: Saveset
+    decision: LevelDecision
+
+
+def new_saveset_id(task: str, now: datetime) -> str:
+    return f"{task}-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def path_store(settings: Settings, store: DataStore) -> PathStore:
+    return PathStore(store.name, settings.resolve(store.path), store.capacity, store.reserve,
+                     create=store.create)
+
+
+class Engine:
+    """Runs backups for the stores of one config; the catalog is shared by the fleet."""
+
+    def __init__(self, settings: Settings, catalog: Catalog,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.settings = settings
+        self.config = settings.config
+        self.catalog = catalog
+        self.clock = clock
+        self.stores: dict[str, Store] = {s.name: path_store(settings, s)
+                                         for s in self.config.data_stores}
+
+    def store_unavailable(self, name: str) -> bool:
+        try:
+            self.stores[name].space()
+        except StorageUnavailable:
+            return True
+        return False
+
+    def pool(self, name: str) -> MediaPool:
+        return next(p for p in self.config.media_pools if p.name == name)
+
+    def task(self, name: str) -> Task:
+        return next(t for t in self.config.tasks if t.name == name)
+
+    def backup(self, request: BackupRequest, progress: Progress | None = None) -> BackupResult:
+        now = self.clock()
+        saveset_id = request.saveset_id or new_saveset_id(request.task, now)
+        existing = self.catalog.get(saveset_id)
+        if existing is not None:  # this run already committed its saveset
+            return BackupResult(existing, LevelDecision(request.level, existing.level,
+                                                        existing.based_on, "already taken"))
+        task = self.task(request.task)
+        entries = manifests.scan(self.settings.resolve(task.source), task.exclude)
+        decision = decide_level(request.level, self.catalog.level_facts(
+            task.name, now, self.store_unavailable), enforce_full=request.enforce_full,
+            full_interval=request.full_interval)
+        base = self.base_manifest(decision.base)
+        if decision.base and base is None:
+            decision = LevelDecision(request.level, Level.FULL, None,
+                                     f"manifest of base {decision.base} unreadable")
+        try:
+            saveset = self._write(request, decision, saveset_id, now, entries, base, progress,
+                                  self.settings.resolve(task.source))
+        except BaseException:
+            if decision.effective is Level.FULL:
+                self.catalog.record_full_attempt(task.name, False, now, request.run_id)
+            raise
+        if decision.effective is Level.FULL:
+            self.catalog.record_full_attempt(task.name, True, now, request.run_id)
+        return BackupResult(saveset, decision)
+
+    def base_manifest(self, base_id: str | None) -> Manifest | None:
+        """The base's manifest: from the catalog's cache, else from its store."""
+        if base_id is None:
+            return None
+        cached = self.catalog.manifest(base_id)
+        if cached is not None:
+            return manifests.decode(cached, base_id)
+        base = self.catalog.get(base_id)
+        if base is None or self.store_unavailable(base.data_store):
+            return None
+        with self.stores[base.data_store].read(base.key, MANIFEST) as data:
+            return manifests.decode(data, base_id)
+
+    def _write(self, request: BackupRequest, decision: LevelDecision, saveset_id: str,
+               now: datetime, entries: list[Entry], base: Manifest | None,
+               progress: Progress | None, source: Path) -> Saveset:
+        pool = self.pool(request.media_pool)
+        store = self.stores[pool.data_store]
+        manifest, to_store = plan(saveset_id, entries, base)
+        estimate = (tar_size([e.size for e in to_store]) + MANIFEST_BYTES_FIXED
+                    + MANIFEST_BYTES_PER_ENTRY * len(entries))
+        store.space()  # store_offline before anything else
+        choice = self._choose_medium(pool, estimate, now)
+        key = SavesetKey(pool.name, choice.label, saveset_id)
+        staging = store.stage(key, estimate, choice.room_bytes)
+        try:
+            with staging.open(ARCHIVE) as out:
+                writer = ArchiveWriter(out)
+                stored = archive_files(writer, source, manifest, to_store, progress)
+                archive_bytes, archive_sha = writer.close()
+            encoded = manifests.encode(manifest)
+            with staging.open(MANIFEST) as out:
+                out.write(encoded)
+            saveset = Saveset(
+                id=saveset_id, task=request.task, pool=pool.name, data_store=pool.data_store,
+                medium=choice.label, level=decision.effective, run_id=request.run_id,
+                created_at=now, files=len(stored), bytes=sum(e.size for e in stored),
+                based_on=decision.base, needs=tuple(sorted(manifest.holders() - {saveset_id})),
+                archive_bytes=archive_bytes, archive_sha256=archive_sha,
+                manifest_bytes=len(encoded), manifest_sha256=sha256_hex(encoded))
+            with staging.open(META) as out:
+                out.write(saveset.dumps().encode())
+            staging.commit()
+        except BaseException:
+            staging.abort()
+            raise
+        self.catalog.add(saveset, encoded)
+        return saveset
+
+    def _choose_medium(self, pool: MediaPool, estimate: int, now: datetime) -> MediumChoice:
+        everything = self.catalog.all()
+        retention = {p.name: p.retention for p in self.config.media_pools}
+        keep = protected(everything, retention, now)
+        choice = choose_medium(pool, [s for s in everything if s.pool == pool.name], keep,
+                               estimate)
+        for old in choice.recycle:
+            self.stores[old.data_store].delete(old.key)
+            self.catalog.remove(old)
+        return choice
+
+
+def archive_files(writer: ArchiveWriter, source: Path, manifest: Manifest,
+                  to_store: list[Entry], progress: Progress | None) -> list[Entry]:
+    """Stream each file into the archive; its manifest entry gets the hash and real size."""
+    total_bytes = sum(e.size for e in to_store)
+    done_bytes = 0
+    stored = []
+    for number, entry in enumerate(to_store, 1):
+        size, sha, st = writer.add(entry.path, source / entry.path)
+        kept = replace(entry, size=size, sha256=sha, mtime_ns=st.st_mtime_ns,
+                       inode=st.st_ino, holder=manifest.saveset_id)
+        manifest.entries[entry.path] = kept
+        stored.append(kept)
+        done_bytes += size
+        if progress is not None:
+            progress(number, done_bytes, len(to_store), total_bytes)
+    return stored
+
+
+def plan(saveset_id: str, entries: list[Entry],
+         base: Manifest | None) -> tuple[Manifest, list[Entry]]:
+    """The new manifest (unchanged files point at their holder) and the files to store."""
+    manifest = Manifest(saveset_id)
+    to_store = []
+    for entry in entries:
+        before = base.entries.get(entry.path) if base else None
+        if entry.kind == FILE and before is not None and entry.same_content_as(before):
+            manifest.entries[entry.path] = replace(entry, sha256=before.sha256,
+                                                   holder=before.holder)
+        else:
+            manifest.entries[entry.path] = entry
+            if entry.kind == FILE:
+                to_store.append(entry)
+    if base is not None:
+        manifest.deleted = [p for p in base.entries if p not in manifest.entries]
+    return manifest, to_store
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,144 @@
+"""Scanning a backup source, and manifests on disk.
+
+A manifest lists every path of the source when the saveset was taken (with size, mtime,
+inode, mode, SHA-256 and the saveset holding its content) and every path deleted since its
+base. It is stored as zstd-compressed JSON lines: a header object, then one compact array
+per path: ``[kind, path, size, mtime_ns, inode, mode, sha256, holder, target]``, or
+``["x", path]`` for a deletion.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pathspec
+import zstandard
+
+from orchestration.errors import SourceError
+from workers.archive import CorruptSaveset
+from workers.model import DIR, FILE, SYMLINK, Entry, Manifest
+
+FORMAT = "backstop-manifest/1"
+DELETED = "x"
+
+
+def excludes(patterns: list[str]) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
+def scan(source: Path, patterns: list[str]) -> list[Entry]:
+    """Every directory, file and symlink under ``source`` not excluded, depth first, sorted.
+
+    Paths are relative to the source, with ``/``. Sockets, FIFOs and devices are skipped.
+    Raises SourceError when the source or a directory in it cannot be read.
+    """
+    if not source.is_dir():
+        raise SourceError(f"source {source} is missing or not a directory")
+    spec = excludes(patterns)
+    found: list[Entry] = []
+    stack = [("", source)]
+    while stack:
+        rel, directory = stack.pop()
+        children = []
+        for item in _listdir(directory):
+            path = f"{rel}/{item.name}" if rel else item.name
+            entry = _entry(item, path, spec)
+            if entry is not None:
+                found.append(entry)
+                if entry.kind == DIR:
+                    children.append((path, Path(item.path)))
+        stack.extend(reversed(children))
+    return found
+
+
+def _listdir(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise SourceError(f"cannot read directory {directory}: {exc.strerror or exc}") from exc
+
+
+def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> Entry | None:
+    try:
+        st = item.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # deleted while we looked
+    except OSError as exc:
+        raise SourceError(f"cannot stat {item.path}: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        kind, probe = DIR, path + "/"
+    elif stat.S_ISREG(st.st_mode):
+        kind, probe = FILE, path
+    elif stat.S_ISLNK(st.st_mode):
+        kind, probe = SYMLINK, path
+    else:
+        return None
+    if spec.match_file(probe):
+        return None
+    target = os.readlink(item.path) if kind == SYMLINK else ""
+    return Entry(path=path, kind=kind, size=st.st_size if kind == FILE else 0,
+                 mtime_ns=st.st_mtime_ns, inode=st.st_ino, mode=stat.S_IMODE(st.st_mode),
+                 target=target)
+
+
+def encode(manifest: Manifest) -> bytes:
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
+            out, closefd=False) as writer:
+        writer.write(_line({"format": FORMAT, "saveset": manifest.saveset_id}))
+        for e in manifest.entries.values():
+            writer.write(_line([e.kind, e.path, e.size, e.mtime_ns, e.inode, e.mode,
+                                e.sha256, e.holder, e.target]))
+        for path in manifest.deleted:
+            writer.write(_line([DELETED, path]))
+    return out.getvalue()
+
+
+def _line(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(data: BinaryIO | bytes, saveset_id: str) -> Manifest:
+    """Read a manifest back; CorruptSaveset if it is damaged or not a manifest of this saveset."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        lines = _lines(source)
+        header = json.loads(next(lines))
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError("not a Backstop manifest")
+        if header.get("saveset") != saveset_id:
+            raise ValueError(f"it belongs to saveset {header.get('saveset')!r}")
+        manifest = Manifest(saveset_id)
+        for line in lines:
+            _add(manifest, json.loads(line))
+        return manifest
+    except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
+        raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc or type(exc).__name__}") \
+            from exc
+
+
+def _lines(source: BinaryIO) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+    yield from io.BufferedReader(reader)
+
+
+def _add(manifest: Manifest, row: Any) -> None:
+    if not isinstance(row, list) or not row or not isinstance(row[1], str):
+        raise ValueError(f"bad manifest row {row!r:.80}")
+    if row[0] == DELETED:
+        manifest.deleted.append(row[1])
+        return
+    kind, path, size, mtime_ns, inode, mode, sha, holder, target = row
+    if kind not in (FILE, DIR, SYMLINK) or not all(
+            isinstance(n, int) for n in (size, mtime_ns, inode, mode)):
+        raise ValueError(f"bad manifest row {row!r:.80}")
+    manifest.entries[path] = Entry(path, kind, size, mtime_ns, inode, mode, str(sha),
+                                   sys.intern(str(holder)), str(target))

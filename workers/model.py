@@ -1,0 +1,122 @@
+"""Plain data of the backup engine: savesets, manifest entries, store space. No I/O here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestration.config import Level
+
+
+@dataclass(frozen=True, order=True)
+class SavesetKey:
+    """Where a saveset lives inside its data store."""
+
+    pool: str
+    medium: str
+    saveset_id: str
+
+
+@dataclass(frozen=True)
+class Space:
+    """Bytes of one data store: ``free_bytes`` is what a new write may still use."""
+
+    used_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class Saveset:
+    """The catalog record of one committed saveset (SPEC section 7, ``savesets --json``)."""
+
+    id: str
+    task: str
+    pool: str
+    data_store: str
+    medium: str
+    level: Level
+    run_id: str | None
+    created_at: datetime
+    files: int
+    bytes: int
+    based_on: str | None = None
+    migrated_from: str | None = None
+    # Every other saveset whose archive holds content this one's restore needs.
+    needs: tuple[str, ...] = ()
+    archive_bytes: int = 0
+    archive_sha256: str = ""
+    manifest_bytes: int = 0
+    manifest_sha256: str = ""
+
+    @property
+    def key(self) -> SavesetKey:
+        return SavesetKey(self.pool, self.medium, self.id)
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.archive_bytes + self.manifest_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["level"] = self.level.value
+        data["created_at"] = self.created_at.isoformat()
+        data["needs"] = list(self.needs)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Saveset:
+        fields = dict(data)
+        fields["level"] = Level(fields["level"])
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        fields["needs"] = tuple(fields.get("needs") or ())
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+
+# Entry types of a manifest.
+FILE, DIR, SYMLINK = "f", "d", "l"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One path of the source as it was when a saveset was taken.
+
+    ``holder`` is the saveset whose archive holds a file's content: this saveset's own id
+    for a file it stores, the base's holder for an unchanged file. Empty for dirs/symlinks.
+    """
+
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    inode: int
+    mode: int
+    sha256: str = ""
+    holder: str = ""
+    target: str = ""
+
+    def same_content_as(self, other: Entry) -> bool:
+        """Change detection of SPEC section 2: size, mtime and inode."""
+        return (self.kind == other.kind and self.size == other.size
+                and self.mtime_ns == other.mtime_ns and self.inode == other.inode
+                and self.target == other.target)
+
+
+@dataclass
+class Manifest:
+    """Every path present when the saveset was taken, and every path deleted since its base."""
+
+    saveset_id: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+
+    def stored_here(self) -> list[Entry]:
+        return [e for e in self.entries.values() if e.kind == FILE and e.holder == self.saveset_id]
+
+    def holders(self) -> set[str]:
+        return {e.holder for e in self.entries.values() if e.kind == FILE}

@@ -1,0 +1,243 @@
+"""Restore and verify savesets.
+
+Restore rebuilds the source as it was when a saveset was taken: its manifest lists every
+path and which saveset holds each file's content, so each archive of the chain is read once.
+Everything is first written into a hidden directory inside the target and checked against
+the manifest's hashes; only a complete, verified restore is moved into place, so a damaged
+saveset is reported, never half restored. Nothing is ever written outside the target:
+unsafe paths are refused, files are created without following links, symlinks come last,
+and existing links in the target are replaced, never followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from orchestration.errors import BackstopError
+from workers import manifest as manifests
+from workers.archive import CHUNK, CorruptSaveset, corruption_of, read_members
+from workers.catalog import Catalog
+from workers.engine import ARCHIVE, MANIFEST
+from workers.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset
+from workers.store import Store
+
+Progress = Callable[[int, int, int, int], None]
+
+
+class RestoreRefused(BackstopError):
+    """A saveset asks for something a restore must never do (e.g. write outside the target)."""
+
+    def __init__(self, saveset_id: str, detail: str) -> None:
+        super().__init__(saveset_id, detail)
+        self.saveset_id, self.detail = saveset_id, detail
+
+    def __str__(self) -> str:
+        return f"restore of saveset {self.saveset_id} refused: {self.detail}"
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    saveset: str
+    files: int
+    bytes: int
+    target: str
+
+
+@dataclass
+class VerifyResult:
+    saveset: str
+    ok: bool = True
+    files: int = 0
+    bad: list[str] = field(default_factory=list)
+
+
+def safe_relpath(path: str, saveset_id: str) -> PurePosixPath:
+    """A path that stays inside the target, or RestoreRefused."""
+    pure = PurePosixPath(path)
+    if (not path or "\0" in path or pure.is_absolute() or ".." in pure.parts
+            or str(pure) in (".", "")):
+        raise RestoreRefused(saveset_id, f"path {path!r} would land outside the target")
+    return pure
+
+
+def check_paths(manifest: Manifest) -> None:
+    """Every path is relative and inside; no path lies under a symlink or a file."""
+    for entry in manifest.entries.values():
+        rel = safe_relpath(entry.path, manifest.saveset_id)
+        for parent in list(rel.parents)[:-1]:
+            above = manifest.entries.get(str(parent))
+            if above is not None and above.kind != DIR:
+                raise RestoreRefused(manifest.saveset_id, f"path {entry.path!r} lies under "
+                                     f"{above.path!r}, which is not a directory")
+
+
+class Restorer:
+    def __init__(self, catalog: Catalog, stores: dict[str, Store]) -> None:
+        self.catalog = catalog
+        self.stores = stores
+
+    def manifest(self, saveset: Saveset) -> Manifest:
+        with self.stores[saveset.data_store].read(saveset.key, MANIFEST) as data:
+            raw = data.read()
+        if hashlib.sha256(raw).hexdigest() != saveset.manifest_sha256:
+            raise CorruptSaveset(saveset.id, "manifest does not match its recorded hash")
+        return manifests.decode(raw, saveset.id)
+
+    def holder(self, saveset_id: str, needed_by: str) -> Saveset:
+        found = self.catalog.get(saveset_id)
+        if found is None:
+            raise CorruptSaveset(needed_by, f"it needs saveset {saveset_id}, which is gone")
+        return found
+
+    def restore(self, saveset: Saveset, target: Path,
+                progress: Progress | None = None) -> RestoreResult:
+        manifest = self.manifest(saveset)
+        check_paths(manifest)
+        target.mkdir(parents=True, exist_ok=True)
+        work = target / f".backstop-restore-{saveset.id}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            files, size = self._rebuild(manifest, work, progress)
+            merge_into(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return RestoreResult(saveset.id, files, size, str(target))
+
+    def _rebuild(self, manifest: Manifest, work: Path,
+                 progress: Progress | None) -> tuple[int, int]:
+        entries = sorted(manifest.entries.values(), key=lambda e: e.path)
+        for entry in entries:
+            if entry.kind == DIR:
+                (work / entry.path).mkdir(parents=True, exist_ok=True)
+        wanted: dict[str, dict[str, Entry]] = defaultdict(dict)
+        for entry in entries:
+            if entry.kind == FILE:
+                wanted[entry.holder][entry.path] = entry
+        total = (sum(len(w) for w in wanted.values()),
+                 sum(e.size for w in wanted.values() for e in w.values()))
+        done = [0, 0]
+        for holder_id, files in wanted.items():
+            holder = self.holder(holder_id, manifest.saveset_id)
+            self._extract(holder, files, work, done, total, progress)
+        for entry in entries:
+            if entry.kind == SYMLINK:
+                os.symlink(entry.target, work / entry.path)
+                os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns),
+                         follow_symlinks=False)
+        for entry in reversed(entries):
+            if entry.kind == DIR:
+                os.chmod(work / entry.path, entry.mode)
+                os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns))
+        return done[0], done[1]
+
+    def _extract(self, holder: Saveset, files: dict[str, Entry], work: Path, done: list[int],
+                 total: tuple[int, int], progress: Progress | None) -> None:
+        missing = dict(files)
+        with self.stores[holder.data_store].read(holder.key, ARCHIVE) as data, \
+                corruption_of(holder.id):
+            for member, content in read_members(data):
+                safe_relpath(member.name, holder.id)
+                entry = missing.pop(member.name, None)
+                if entry is None:
+                    continue  # content of a file changed or deleted later
+                write_file(work / entry.path, entry, content, holder.id)
+                done[0] += 1
+                done[1] += entry.size
+                if progress is not None:
+                    progress(done[0], done[1], *total)
+        if missing:
+            raise CorruptSaveset(holder.id, f"{len(missing)} file(s) missing from its archive, "
+                                 f"e.g. {next(iter(missing))!r}")
+
+    def verify(self, saveset: Saveset, progress: Progress | None = None) -> VerifyResult:
+        result = VerifyResult(saveset.id)
+        try:
+            manifest = self.manifest(saveset)
+        except CorruptSaveset as exc:
+            return VerifyResult(saveset.id, ok=False, bad=[f"(manifest) {exc.detail}"])
+        expected = {e.path: e for e in manifest.stored_here()}
+        digest = hashlib.sha256()
+        try:
+            with self.stores[saveset.data_store].read(saveset.key, ARCHIVE) as raw, \
+                    corruption_of(saveset.id):
+                for member, content in read_members(_Tee(raw, digest)):  # type: ignore[arg-type]
+                    entry = expected.pop(member.name, None)
+                    if entry is None or _sha256(content) != entry.sha256:
+                        result.bad.append(member.name)
+                    result.files += 1
+                    if progress is not None:
+                        progress(result.files, 0, len(manifest.stored_here()), 0)
+        except CorruptSaveset as exc:
+            result.bad.append(f"(archive) {exc.detail}")
+        result.bad += sorted(expected)
+        if digest.hexdigest() != saveset.archive_sha256 and not result.bad:
+            result.bad.append("(archive) does not match its recorded hash")
+        result.ok = not result.bad
+        return result
+
+
+class _Tee:
+    """Reads through to ``source`` and hashes every byte read (the whole compressed file)."""
+
+    def __init__(self, source: IO[bytes], digest: hashlib._Hash) -> None:
+        self.source, self.digest = source, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _sha256(content: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := content.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_file(path: Path, entry: Entry, content: IO[bytes], saveset_id: str) -> None:
+    """Create ``path`` (never through a link), check its hash, set mode and mtime."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, flags, 0o600)
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "wb") as out:
+        while chunk := content.read(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != entry.sha256:
+        raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its hash")
+    os.chmod(path, entry.mode)
+    os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def merge_into(source: Path, target: Path) -> None:
+    """Move everything under ``source`` into ``target``; what is in the way is replaced.
+
+    Uses lstat throughout: a link in the target is replaced, never followed.
+    """
+    for item in os.scandir(source):
+        dest = target / item.name
+        try:
+            existing = os.lstat(dest)
+        except FileNotFoundError:
+            existing = None
+        if item.is_dir(follow_symlinks=False) and existing and stat.S_ISDIR(existing.st_mode):
+            merge_into(Path(item.path), dest)
+            shutil.copystat(item.path, dest, follow_symlinks=False)
+            continue
+        if existing is not None:
+            if stat.S_ISDIR(existing.st_mode):
+                shutil.rmtree(dest)
+            else:
+                dest.unlink()
+        os.rename(item.path, dest)

@@ -1,0 +1,379 @@
+"""The data store interface, and the ``path`` store: a directory on the RDS.
+
+A store holds savesets as directories of parts (archive, manifest, metadata). A write is
+staged under a hidden name, fsynced and renamed into place, so a listing, restore or purge
+only ever sees committed savesets. Every OS error of a store operation becomes
+``StorageUnavailable`` with the reason of SPEC section 3.
+
+Layout of a path store::
+
+    .backstop-store.json                 marker: names the store (a wrong disk is caught)
+    .backstop-lock                       flock, held while space is checked or claimed
+    pools/<pool>/<MEDIUM>/<id>/          a committed saveset
+    pools/<pool>/<MEDIUM>/.partial-<id>/ a write in progress (flock on its .lock)
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from orchestration.errors import StorageError, StorageUnavailable
+from workers.model import SavesetKey, Space
+
+MARKER = ".backstop-store.json"
+STORE_LOCK = ".backstop-lock"
+PARTIAL = ".partial-"
+DELETING = ".deleting-"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def unavailable(store: str, exc: OSError, doing: str) -> StorageUnavailable:
+    """The StorageUnavailable an OS error of a store operation means."""
+    reason = "out_of_space" if exc.errno in _FULL_ERRNOS else "store_offline"
+    return StorageUnavailable(reason, f"data store {store}: {doing}: {exc.strerror or exc}")
+
+
+class SavesetMissing(StorageError):
+    def __init__(self, store: str, saveset_id: str) -> None:
+        super().__init__(store, saveset_id)
+        self.store, self.saveset_id = store, saveset_id
+
+    def __str__(self) -> str:
+        return f"saveset {self.saveset_id} is not in data store {self.store}"
+
+
+class Staging(ABC):
+    """A saveset being written; invisible until ``commit``, gone after ``abort``."""
+
+    @abstractmethod
+    def open(self, part: str) -> BinaryIO:
+        """A new part to write; writes raise StorageUnavailable when the store cannot take more."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make the saveset visible, durably; it is then listed, readable and deletable."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove everything written; safe to call after a failed commit or twice."""
+
+
+class Store(ABC):
+    """What the engine needs of a data store; every implementation passes tests/unit/stores."""
+
+    name: str
+
+    @abstractmethod
+    def space(self) -> Space:
+        """Used and free bytes; StorageUnavailable(store_offline) when the store is unusable."""
+
+    @abstractmethod
+    def stage(self, key: SavesetKey, reserve_bytes: int, room_bytes: int | None = None) -> Staging:
+        """Claim ``reserve_bytes`` for a new saveset (pre-flight).
+
+        Raises StorageUnavailable(out_of_space) when the store has less free; the staging
+        then refuses to grow past the free space seen here, and past ``room_bytes`` (the
+        room left on the medium) with ``no_free_media``.
+        """
+
+    @abstractmethod
+    def list(self) -> list[SavesetKey]:
+        """Every committed saveset."""
+
+    @abstractmethod
+    def read(self, key: SavesetKey, part: str) -> BinaryIO:
+        """A committed part; SavesetMissing when the saveset is not there."""
+
+    @abstractmethod
+    def delete(self, key: SavesetKey) -> None:
+        """Remove a committed saveset; it is never seen half-deleted."""
+
+
+class _LimitedWriter:
+    """A part's file: counts bytes against the staging's limits, maps OS errors."""
+
+    def __init__(self, staging: PathStaging, path: Path) -> None:
+        self.staging = staging
+        self.file = open(path, "xb")  # noqa: SIM115 - closed in close()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.staging.account(len(data))
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            raise unavailable(self.staging.store.name, exc, "write") from exc
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as exc:
+            raise unavailable(self.staging.store.name, exc, "write") from exc
+
+    def close(self) -> None:
+        if self.file.closed:
+            return
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as exc:
+            raise unavailable(self.staging.store.name, exc, "write") from exc
+        finally:
+            self.file.close()
+
+    def __enter__(self) -> _LimitedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PathStaging(Staging):
+    def __init__(self, store: PathStore, key: SavesetKey, limit_bytes: int,
+                 room_bytes: int | None) -> None:
+        self.store = store
+        self.key = key
+        self.final = store.saveset_dir(key)
+        self.dir = self.final.with_name(PARTIAL + key.saveset_id)
+        self.limit_bytes = limit_bytes
+        self.room_bytes = room_bytes
+        self.written = 0
+        self.writers: list[_LimitedWriter] = []
+        self.lock_fd: int | None = None
+
+    def account(self, size: int) -> None:
+        self.written += size
+        if self.room_bytes is not None and self.written > self.room_bytes:
+            raise StorageUnavailable("no_free_media", f"medium {self.key.medium} of pool "
+                                     f"{self.key.pool} is full ({self.room_bytes} bytes left)")
+        if self.written > self.limit_bytes:
+            raise StorageUnavailable("out_of_space", f"data store {self.store.name}: quota or "
+                                     f"free space crossed mid-write ({self.limit_bytes} bytes)")
+
+    def open(self, part: str) -> BinaryIO:
+        writer = _LimitedWriter(self, self.dir / part)
+        self.writers.append(writer)
+        return writer  # type: ignore[return-value]
+
+    def commit(self) -> None:
+        try:
+            for writer in self.writers:
+                writer.close()
+            with self.store.locked():
+                for name in (".lock", ".reserve"):
+                    (self.dir / name).unlink(missing_ok=True)
+                fsync_dir(self.dir)
+                os.rename(self.dir, self.final)
+                fsync_dir(self.final.parent)
+        except OSError as exc:
+            raise unavailable(self.store.name, exc, "commit") from exc
+        finally:
+            self._unlock()
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            with suppress(OSError, StorageUnavailable):
+                writer.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PathStore(Store):
+    """A directory with a marker naming the store, an optional quota and a reserve."""
+
+    def __init__(self, name: str, root: Path, capacity_bytes: int | None = None,
+                 reserve_bytes: int = 0, create: bool = False) -> None:
+        self.name = name
+        self.root = root
+        self.capacity_bytes = capacity_bytes
+        self.reserve_bytes = reserve_bytes
+        self.create = create
+
+    def saveset_dir(self, key: SavesetKey) -> Path:
+        return self.root / "pools" / key.pool / key.medium / key.saveset_id
+
+    def init(self) -> None:
+        """Create the store: an empty (or missing) directory gets its marker."""
+        if self.root.exists() and any(self.root.iterdir()):
+            if (self.root / MARKER).exists():
+                return
+            raise StorageUnavailable("store_offline", f"data store {self.name}: {self.root} "
+                                     "is not empty and has no store marker; not claiming it")
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = {"store": self.name, "created_at": datetime.now(UTC).isoformat()}
+        (self.root / MARKER).write_text(json.dumps(marker) + "\n")
+        fsync_dir(self.root)
+
+    def check(self) -> None:
+        """StorageUnavailable(store_offline) unless the store is there, ours and writable."""
+        if self.create and not self.root.exists():
+            self.init()
+        problem = self._problem()
+        if problem:
+            raise StorageUnavailable("store_offline", f"data store {self.name}: {problem}")
+
+    def _problem(self) -> str | None:
+        if not self.root.exists():
+            return f"directory {self.root} is missing"
+        if not self.root.is_dir():
+            return f"{self.root} is not a directory"
+        return self._marker_problem() or self._write_problem()
+
+    def _marker_problem(self) -> str | None:
+        try:
+            marker = json.loads((self.root / MARKER).read_text())
+        except FileNotFoundError:
+            return f"store marker {MARKER} is missing in {self.root} (wrong disk mounted?)"
+        except (OSError, ValueError) as exc:
+            return f"store marker unreadable: {exc}"
+        if not isinstance(marker, dict) or marker.get("store") != self.name:
+            found = marker.get("store") if isinstance(marker, dict) else None
+            return f"store marker in {self.root} names {found!r} (wrong disk mounted?)"
+        return None
+
+    def _write_problem(self) -> str | None:
+        probe = self.root / f".probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return f"not writable: {exc.strerror or exc}"
+        return None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        fd = os.open(self.root / STORE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def space(self) -> Space:
+        self.check()
+        try:
+            used, claimed = self._usage()
+            stat = os.statvfs(self.root)
+        except OSError as exc:
+            raise unavailable(self.name, exc, "measure space") from exc
+        free = stat.f_bavail * stat.f_frsize - claimed - self.reserve_bytes
+        if self.capacity_bytes is not None:
+            free = min(free, self.capacity_bytes - self.reserve_bytes - used)
+        return Space(used_bytes=used, free_bytes=max(0, free))
+
+    def _usage(self) -> tuple[int, int]:
+        """Bytes used (committed + claimed by live writes), and claimed but not yet written."""
+        used = claimed = 0
+        pools = self.root / "pools"
+        for dirpath, _dirs, files in os.walk(pools):
+            here = Path(dirpath)
+            written = sum((here / f).stat().st_size for f in files)
+            reserve = here / ".reserve"
+            if here.name.startswith(PARTIAL) and reserve.exists():
+                claim = int(reserve.read_text() or 0)
+                claimed += max(0, claim - written)
+                written = max(written, claim)
+            used += written
+        return used, claimed
+
+    def stage(self, key: SavesetKey, reserve_bytes: int, room_bytes: int | None = None) -> Staging:
+        self.check()
+        try:
+            with self.locked():
+                self._drop_abandoned()
+                space = self.space()
+                if reserve_bytes > space.free_bytes:
+                    raise StorageUnavailable(
+                        "out_of_space", f"data store {self.name} has {space.free_bytes} bytes "
+                                        f"free, the run needs about {reserve_bytes}")
+                staging = PathStaging(self, key, space.free_bytes, room_bytes)
+                staging.dir.mkdir(parents=True)
+                staging.lock_fd = os.open(staging.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(staging.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                (staging.dir / ".reserve").write_text(str(reserve_bytes))
+                return staging
+        except OSError as exc:
+            raise unavailable(self.name, exc, "stage a saveset") from exc
+
+    def _drop_abandoned(self) -> None:
+        """Remove writes and deletes whose process died (their lock is free); under the lock."""
+        for medium in self._media_dirs():
+            for entry in medium.iterdir():
+                if entry.name.startswith(DELETING) or (
+                        entry.name.startswith(PARTIAL) and not _held(entry / ".lock")):
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def _media_dirs(self) -> list[Path]:
+        pools = self.root / "pools"
+        if not pools.is_dir():
+            return []
+        return [m for p in pools.iterdir() if p.is_dir() for m in p.iterdir() if m.is_dir()]
+
+    def list(self) -> list[SavesetKey]:
+        self.check()
+        try:
+            return sorted(SavesetKey(m.parent.name, m.name, s.name)
+                          for m in self._media_dirs() for s in m.iterdir()
+                          if not s.name.startswith(".") and (s / "saveset.json").exists())
+        except OSError as exc:
+            raise unavailable(self.name, exc, "list savesets") from exc
+
+    def read(self, key: SavesetKey, part: str) -> BinaryIO:
+        self.check()
+        try:
+            return open(self.saveset_dir(key) / part, "rb")
+        except FileNotFoundError:
+            raise SavesetMissing(self.name, key.saveset_id) from None
+        except OSError as exc:
+            raise unavailable(self.name, exc, "read") from exc
+
+    def delete(self, key: SavesetKey) -> None:
+        self.check()
+        final = self.saveset_dir(key)
+        doomed = final.with_name(DELETING + key.saveset_id)
+        try:
+            with self.locked():
+                if not final.exists():
+                    return
+                os.rename(final, doomed)
+                fsync_dir(final.parent)
+            shutil.rmtree(doomed)
+        except OSError as exc:
+            raise unavailable(self.name, exc, "delete") from exc
+
+
+def _held(lock: Path) -> bool:
+    """True when a live process holds this flock."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
