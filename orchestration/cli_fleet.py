@@ -76,6 +76,7 @@ def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], co
     """One worker of a fleet: serves the given RDS and/or the control plane."""
     from workers.app import create_app
     from workers.constants import CONTROL_QUEUE, rds_queue
+    from workers.engine import create_missing_stores
 
     settings = settings_from(ctx, config_file)
     if not rds and not control:
@@ -83,6 +84,8 @@ def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], co
                                "and/or --control")
     if rds:
         check_rds_names(settings, rds)
+        for store in create_missing_stores(settings, list(rds)):
+            click.echo(f"created data store {store.name} at {store.root}", err=True)
     app = create_app(settings, _broker(settings))
     queues = ([CONTROL_QUEUE] if control else []) + [rds_queue(r) for r in rds]
     role = "+".join((["control"] if control else []) + [f"rds-{r}" for r in rds])

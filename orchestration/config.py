@@ -79,8 +79,8 @@ class DataStore(Model):
     path: Path
     capacity: Size | None = None
     reserve: Size = 0
-    # Create the directory and its store marker when the directory does not exist yet.
-    # Not for mount points: an unmounted disk must read as offline, not as a new store.
+    # `backstop up` and `backstop worker --rds` create the directory and its store marker at
+    # start when the directory does not exist. A store that goes away later is offline.
     create: bool = False
 
     @model_validator(mode="after")

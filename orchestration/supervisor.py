@@ -29,6 +29,7 @@ from orchestration.demo import seed_demo_sources
 from orchestration.errors import AlreadyRunning
 from orchestration.process import spawn, stop_group
 from orchestration.settings import BROKER_ENV, Settings
+from workers.engine import create_missing_stores
 
 log = logging.getLogger("backstop.up")
 
@@ -108,6 +109,7 @@ def owning(state_dir: Path) -> Iterator[None]:
 class Supervisor:
     def __init__(self, settings: Settings, rds: list[str], flower_port: int | None) -> None:
         self.settings = settings
+        self.rds = rds
         self.parts = plan_parts(settings, rds, flower_port)
         self.stopping = threading.Event()
         self.broker: EmbeddedBroker | None = None
@@ -118,6 +120,8 @@ class Supervisor:
         with owning(state_dir), self._signals():
             for source in seed_demo_sources(self.settings):
                 log.info("created demo source %s", source)
+            for store in create_missing_stores(self.settings, self.rds):
+                log.info("created data store %s at %s", store.name, store.root)
             try:
                 env = self._start_broker()
                 for part in self.parts:

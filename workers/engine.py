@@ -59,8 +59,18 @@ def new_saveset_id(task: str, now: datetime) -> str:
 
 
 def path_store(settings: Settings, store: DataStore) -> PathStore:
-    return PathStore(store.name, settings.resolve(store.path), store.capacity, store.reserve,
-                     create=store.create)
+    return PathStore(store.name, settings.resolve(store.path), store.capacity, store.reserve)
+
+
+def create_missing_stores(settings: Settings, rds: list[str]) -> list[PathStore]:
+    """At start-up: create the stores marked ``create: true`` of these RDS that do not exist."""
+    created = []
+    for store in settings.config.data_stores:
+        made = path_store(settings, store)
+        if store.create and store.rds in rds and not made.root.exists():
+            made.init()
+            created.append(made)
+    return created
 
 
 class Engine:

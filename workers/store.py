@@ -204,12 +204,11 @@ class PathStore(Store):
     """A directory with a marker naming the store, an optional quota and a reserve."""
 
     def __init__(self, name: str, root: Path, capacity_bytes: int | None = None,
-                 reserve_bytes: int = 0, create: bool = False) -> None:
+                 reserve_bytes: int = 0) -> None:
         self.name = name
         self.root = root
         self.capacity_bytes = capacity_bytes
         self.reserve_bytes = reserve_bytes
-        self.create = create
 
     def saveset_dir(self, key: SavesetKey) -> Path:
         return self.root / "pools" / key.pool / key.medium / key.saveset_id
@@ -227,9 +226,10 @@ class PathStore(Store):
         fsync_dir(self.root)
 
     def check(self) -> None:
-        """StorageUnavailable(store_offline) unless the store is there, ours and writable."""
-        if self.create and not self.root.exists():
-            self.init()
+        """StorageUnavailable(store_offline) unless the store is there, ours and writable.
+
+        Never creates anything: a store that went away is offline, not new.
+        """
         problem = self._problem()
         if problem:
             raise StorageUnavailable("store_offline", f"data store {self.name}: {problem}")

@@ -1,0 +1,143 @@
+"""One suite for every data store: what the engine relies on, for each implementation.
+
+Each variant has about 8 MiB free: a path store on a real 8 MiB tmpfs, and a path store
+with an 8 MiB quota on the ordinary disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestration.errors import StorageUnavailable
+from tests.fs import tmpfs
+from workers.model import SavesetKey
+from workers.store import PathStore, SavesetMissing, Store
+
+MIB = 1 << 20
+KEY = SavesetKey("daily", "DAILY00001", "docs-1")
+
+
+@pytest.fixture(params=["tmpfs", "quota"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "tmpfs":
+        with tmpfs(tmp_path / "fs", 8 * MIB) as root:
+            made = PathStore("a", root / "store")
+            made.init()
+            yield made
+    else:
+        made = PathStore("a", tmp_path / "store", capacity_bytes=9 * MIB, reserve_bytes=MIB)
+        made.init()
+        yield made
+
+
+def write(store: Store, key: SavesetKey = KEY, size: int = 1000, reserve: int = 4096,
+          room: int | None = None) -> None:
+    staging = store.stage(key, reserve, room)
+    with staging.open("archive") as out:
+        out.write(os.urandom(size))
+    with staging.open("saveset.json") as out:
+        out.write(b"{}")
+    staging.commit()
+
+
+def nothing_on_disk_but_markers(store: Store) -> bool:
+    assert isinstance(store, PathStore)
+    leftovers = [p for p in (store.root / "pools").rglob("*") if p.is_file()]
+    return leftovers == []
+
+
+def test_a_committed_saveset_is_listed_and_reads_back(store: Store) -> None:
+    staging = store.stage(KEY, 4096)
+    with staging.open("archive") as out:
+        out.write(b"payload")
+    with staging.open("saveset.json") as out:
+        out.write(b"{}")
+    assert store.list() == []  # staged, not committed: invisible
+    staging.commit()
+    assert store.list() == [KEY]
+    with store.read(KEY, "archive") as data:
+        assert data.read() == b"payload"
+
+
+def test_an_aborted_staging_leaves_nothing(store: Store) -> None:
+    staging = store.stage(KEY, 4096)
+    with staging.open("archive") as out:
+        out.write(b"half")
+    staging.abort()
+    staging.abort()
+    assert store.list() == []
+    assert nothing_on_disk_but_markers(store)
+
+
+def test_pre_flight_refuses_a_run_that_needs_more_than_is_free(store: Store) -> None:
+    free = store.space().free_bytes
+    with pytest.raises(StorageUnavailable) as caught:
+        store.stage(KEY, free + 1)
+    assert caught.value.reason == "out_of_space"
+    assert store.list() == []
+    assert nothing_on_disk_but_markers(store)
+
+
+def test_writing_past_the_free_space_fails_mid_write_and_leaves_nothing(store: Store) -> None:
+    staging = store.stage(KEY, 4096)
+    with pytest.raises(StorageUnavailable) as caught, staging.open("archive") as out:
+        for _ in range(20):
+            out.write(os.urandom(MIB))
+    staging.abort()
+    assert caught.value.reason == "out_of_space"
+    assert store.list() == []
+    assert nothing_on_disk_but_markers(store)
+
+
+def test_writing_past_the_room_of_the_medium_is_no_free_media(store: Store) -> None:
+    staging = store.stage(KEY, 4096, room_bytes=10_000)
+    with pytest.raises(StorageUnavailable) as caught, staging.open("archive") as out:
+        out.write(os.urandom(20_000))
+    staging.abort()
+    assert caught.value.reason == "no_free_media"
+
+
+def test_claimed_space_is_not_free_for_another_write(store: Store) -> None:
+    free = store.space().free_bytes
+    first = store.stage(KEY, free - MIB)
+    with pytest.raises(StorageUnavailable):
+        store.stage(SavesetKey("daily", "DAILY00001", "docs-2"), 2 * MIB)
+    first.abort()
+    store.stage(SavesetKey("daily", "DAILY00001", "docs-2"), 2 * MIB).abort()
+
+
+def test_committed_bytes_count_as_used(store: Store) -> None:
+    before = store.space()
+    write(store, size=MIB)
+    after = store.space()
+    assert after.used_bytes >= before.used_bytes + MIB
+    assert after.free_bytes <= before.free_bytes - MIB
+
+
+def test_a_deleted_saveset_is_gone(store: Store) -> None:
+    write(store)
+    store.delete(KEY)
+    store.delete(KEY)
+    assert store.list() == []
+    with pytest.raises(SavesetMissing):
+        store.read(KEY, "archive")
+
+
+def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(store: Store) -> None:
+    pid = os.fork()
+    if pid == 0:  # the child stages a write and is killed in the middle of it
+        staging = store.stage(KEY, 4096)
+        with staging.open("archive") as out:
+            out.write(b"x" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert store.list() == []
+    store.stage(SavesetKey("daily", "DAILY00001", "docs-2"), 4096).abort()
+    assert nothing_on_disk_but_markers(store)
+
+
