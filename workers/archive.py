@@ -8,7 +8,6 @@ read once: hashed and compressed from the same buffer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import tarfile
@@ -20,6 +19,7 @@ from typing import IO, BinaryIO
 import zstandard
 
 from orchestration.errors import BackstopError, SourceError
+from workers.digest import new_digest
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -42,11 +42,11 @@ class HashingSink:
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
-        self.sha256 = hashlib.sha256()
+        self.digest = new_digest()
         self.bytes = 0
 
     def write(self, data: bytes) -> int:
-        self.sha256.update(data)
+        self.digest.update(data)
         self.bytes += len(data)
         return self.out.write(data)
 
@@ -65,7 +65,7 @@ class ArchiveWriter:
         self.buffer = bytearray(CHUNK)
 
     def add(self, name: str, path: Path) -> tuple[int, str, os.stat_result]:
-        """Store the file at ``path`` as ``name``; return its size, SHA-256 and stat."""
+        """Store the file at ``path`` as ``name``; return its size, digest and stat."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
@@ -84,7 +84,7 @@ class ArchiveWriter:
         return st.st_size, digest, st
 
     def _copy(self, fd: int, size: int, path: Path) -> str:
-        digest = hashlib.sha256()
+        digest = new_digest()
         view = memoryview(self.buffer)
         remaining = size
         while remaining:
@@ -104,10 +104,10 @@ class ArchiveWriter:
         return digest.hexdigest()
 
     def close(self) -> tuple[int, str]:
-        """End the tar and the zstd frame; return the archive's size and SHA-256."""
+        """End the tar and the zstd frame; return the archive's size and digest."""
         self.stream.write(bytes(2 * BLOCK))
         self.stream.flush(zstandard.FLUSH_FRAME)
-        return self.sink.bytes, self.sink.sha256.hexdigest()
+        return self.sink.bytes, self.sink.digest.hexdigest()
 
 
 def tar_size(file_sizes: list[int]) -> int:

@@ -9,7 +9,6 @@ the run is left to be seen.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from orchestration.settings import Settings
 from workers import manifest as manifests
 from workers.archive import ArchiveWriter, tar_size
 from workers.catalog import Catalog
+from workers.digest import digest_of
 from workers.media import MediumChoice, choose_medium
 from workers.model import FILE, Entry, Manifest, Saveset, SavesetKey
 from workers.store import PathStore, Store
@@ -154,7 +154,7 @@ class Engine:
             with staging.open(ARCHIVE) as out:
                 writer = ArchiveWriter(out)
                 stored = archive_files(writer, source, manifest, to_store, progress)
-                archive_bytes, archive_sha = writer.close()
+                archive_bytes, archive_digest = writer.close()
             encoded = manifests.encode(manifest)
             with staging.open(MANIFEST) as out:
                 out.write(encoded)
@@ -163,8 +163,8 @@ class Engine:
                 medium=choice.label, level=decision.effective, run_id=request.run_id,
                 created_at=now, files=len(stored), bytes=sum(e.size for e in stored),
                 based_on=decision.base, needs=tuple(sorted(manifest.holders() - {saveset_id})),
-                archive_bytes=archive_bytes, archive_sha256=archive_sha,
-                manifest_bytes=len(encoded), manifest_sha256=sha256_hex(encoded))
+                archive_bytes=archive_bytes, archive_digest=archive_digest,
+                manifest_bytes=len(encoded), manifest_digest=digest_of(encoded))
             with staging.open(META) as out:
                 out.write(saveset.dumps().encode())
             staging.commit()
@@ -193,8 +193,8 @@ def archive_files(writer: ArchiveWriter, source: Path, manifest: Manifest,
     done_bytes = 0
     stored = []
     for number, entry in enumerate(to_store, 1):
-        size, sha, st = writer.add(entry.path, source / entry.path)
-        kept = replace(entry, size=size, sha256=sha, mtime_ns=st.st_mtime_ns,
+        size, digest, st = writer.add(entry.path, source / entry.path)
+        kept = replace(entry, size=size, digest=digest, mtime_ns=st.st_mtime_ns,
                        inode=st.st_ino, holder=manifest.saveset_id)
         manifest.entries[entry.path] = kept
         stored.append(kept)
@@ -212,7 +212,7 @@ def plan(saveset_id: str, entries: list[Entry],
     for entry in entries:
         before = base.entries.get(entry.path) if base else None
         if entry.kind == FILE and before is not None and entry.same_content_as(before):
-            manifest.entries[entry.path] = replace(entry, sha256=before.sha256,
+            manifest.entries[entry.path] = replace(entry, digest=before.digest,
                                                    holder=before.holder)
         else:
             manifest.entries[entry.path] = entry
@@ -221,7 +221,3 @@ def plan(saveset_id: str, entries: list[Entry],
     if base is not None:
         manifest.deleted = [p for p in base.entries if p not in manifest.entries]
     return manifest, to_store
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -1,9 +1,9 @@
 """Scanning a backup source, and manifests on disk.
 
 A manifest lists every path of the source when the saveset was taken (with size, mtime,
-inode, mode, SHA-256 and the saveset holding its content) and every path deleted since its
+inode, mode, BLAKE3 digest and the saveset holding its content) and every path deleted since its
 base. It is stored as zstd-compressed JSON lines: a header object, then one compact array
-per path: ``[kind, path, size, mtime_ns, inode, mode, sha256, holder, target]``, or
+per path: ``[kind, path, size, mtime_ns, inode, mode, digest, holder, target]``, or
 ``["x", path]`` for a deletion.
 """
 
@@ -23,6 +23,7 @@ import zstandard
 
 from orchestration.errors import SourceError
 from workers.archive import CorruptSaveset
+from workers.digest import ALGORITHM
 from workers.model import DIR, FILE, SYMLINK, Entry, Manifest
 
 FORMAT = "backstop-manifest/1"
@@ -93,10 +94,11 @@ def encode(manifest: Manifest) -> bytes:
     out = io.BytesIO()
     with zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
             out, closefd=False) as writer:
-        writer.write(_line({"format": FORMAT, "saveset": manifest.saveset_id}))
+        writer.write(_line({"format": FORMAT, "saveset": manifest.saveset_id,
+                            "digest": ALGORITHM}))
         for e in manifest.entries.values():
             writer.write(_line([e.kind, e.path, e.size, e.mtime_ns, e.inode, e.mode,
-                                e.sha256, e.holder, e.target]))
+                                e.digest, e.holder, e.target]))
         for path in manifest.deleted:
             writer.write(_line([DELETED, path]))
     return out.getvalue()

@@ -46,9 +46,9 @@ class Saveset:
     # Every other saveset whose archive holds content this one's restore needs.
     needs: tuple[str, ...] = ()
     archive_bytes: int = 0
-    archive_sha256: str = ""
+    archive_digest: str = ""
     manifest_bytes: int = 0
-    manifest_sha256: str = ""
+    manifest_digest: str = ""
 
     @property
     def key(self) -> SavesetKey:
@@ -86,8 +86,9 @@ FILE, DIR, SYMLINK = "f", "d", "l"
 class Entry:
     """One path of the source as it was when a saveset was taken.
 
-    ``holder`` is the saveset whose archive holds a file's content: this saveset's own id
-    for a file it stores, the base's holder for an unchanged file. Empty for dirs/symlinks.
+    ``digest`` is the BLAKE3 of a file's content; ``holder`` the saveset whose archive holds
+    it: this saveset's own id for a file it stores, the base's holder for an unchanged file.
+    Both are empty for directories and symlinks.
     """
 
     path: str
@@ -96,7 +97,7 @@ class Entry:
     mtime_ns: int
     inode: int
     mode: int
-    sha256: str = ""
+    digest: str = ""
     holder: str = ""
     target: str = ""
 

@@ -11,7 +11,6 @@ and existing links in the target are replaced, never followed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -19,12 +18,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from orchestration.errors import BackstopError
 from workers import manifest as manifests
 from workers.archive import CHUNK, CorruptSaveset, corruption_of, read_members
 from workers.catalog import Catalog
+from workers.digest import digest_of, new_digest
 from workers.engine import ARCHIVE, MANIFEST
 from workers.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset
 from workers.store import Store
@@ -87,7 +87,7 @@ class Restorer:
     def manifest(self, saveset: Saveset) -> Manifest:
         with self.stores[saveset.data_store].read(saveset.key, MANIFEST) as data:
             raw = data.read()
-        if hashlib.sha256(raw).hexdigest() != saveset.manifest_sha256:
+        if digest_of(raw) != saveset.manifest_digest:
             raise CorruptSaveset(saveset.id, "manifest does not match its recorded hash")
         return manifests.decode(raw, saveset.id)
 
@@ -165,13 +165,13 @@ class Restorer:
         except CorruptSaveset as exc:
             return VerifyResult(saveset.id, ok=False, bad=[f"(manifest) {exc.detail}"])
         expected = {e.path: e for e in manifest.stored_here()}
-        digest = hashlib.sha256()
+        digest = new_digest()
         try:
             with self.stores[saveset.data_store].read(saveset.key, ARCHIVE) as raw, \
                     corruption_of(saveset.id):
                 for member, content in read_members(_Tee(raw, digest)):  # type: ignore[arg-type]
                     entry = expected.pop(member.name, None)
-                    if entry is None or _sha256(content) != entry.sha256:
+                    if entry is None or _digest(content) != entry.digest:
                         result.bad.append(member.name)
                     result.files += 1
                     if progress is not None:
@@ -179,7 +179,7 @@ class Restorer:
         except CorruptSaveset as exc:
             result.bad.append(f"(archive) {exc.detail}")
         result.bad += sorted(expected)
-        if digest.hexdigest() != saveset.archive_sha256 and not result.bad:
+        if digest.hexdigest() != saveset.archive_digest and not result.bad:
             result.bad.append("(archive) does not match its recorded hash")
         result.ok = not result.bad
         return result
@@ -188,7 +188,7 @@ class Restorer:
 class _Tee:
     """Reads through to ``source`` and hashes every byte read (the whole compressed file)."""
 
-    def __init__(self, source: IO[bytes], digest: hashlib._Hash) -> None:
+    def __init__(self, source: IO[bytes], digest: Any) -> None:
         self.source, self.digest = source, digest
 
     def read(self, size: int = -1) -> bytes:
@@ -197,27 +197,31 @@ class _Tee:
         return data
 
 
-def _sha256(content: IO[bytes]) -> str:
-    digest = hashlib.sha256()
+def _digest(content: IO[bytes]) -> str:
+    digest = new_digest()
     while chunk := content.read(CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
 
 
 def write_file(path: Path, entry: Entry, content: IO[bytes], saveset_id: str) -> None:
-    """Create ``path`` (never through a link), check its hash, set mode and mtime."""
+    """Create ``path`` (never through a link), check its digest, set mode and mtime."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, flags, 0o600)
-    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:  # a manifest that does not list the parent directory
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o600)
+    digest = new_digest()
     with os.fdopen(fd, "wb") as out:
         while chunk := content.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)
-    if digest.hexdigest() != entry.sha256:
-        raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its hash")
-    os.chmod(path, entry.mode)
-    os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+        out.flush()
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+    if digest.hexdigest() != entry.digest:
+        raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its digest")
 
 
 def merge_into(source: Path, target: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -16,6 +15,7 @@ from orchestration.config import Level
 from tests.integration.conftest import Setup, snapshot
 from workers import manifest as manifests
 from workers.archive import CorruptSaveset
+from workers.digest import digest_of
 from workers.engine import ARCHIVE, MANIFEST, META
 from workers.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset, SavesetKey
 from workers.restore import RestoreRefused
@@ -91,10 +91,8 @@ def craft(setup: Setup, members: dict[str, bytes], entries: list[Entry],
     record = Saveset(id=saveset_id, task="docs", pool="daily", data_store="a",
                      medium="DAILY00001", level=Level.FULL, run_id=None,
                      created_at=setup.clock.now, files=len(members), bytes=0,
-                     archive_bytes=len(archive),
-                     archive_sha256=hashlib.sha256(archive).hexdigest(),
-                     manifest_bytes=len(encoded),
-                     manifest_sha256=hashlib.sha256(encoded).hexdigest())
+                     archive_bytes=len(archive), archive_digest=digest_of(archive),
+                     manifest_bytes=len(encoded), manifest_digest=digest_of(encoded))
     staging = setup.engine.stores["a"].stage(SavesetKey("daily", "DAILY00001", saveset_id), 0)
     for part, data in ((ARCHIVE, archive), (MANIFEST, encoded), (META, record.dumps().encode())):
         with staging.open(part) as out:
@@ -105,7 +103,7 @@ def craft(setup: Setup, members: dict[str, bytes], entries: list[Entry],
 
 
 def file_entry(path: str, data: bytes, holder: str = "crafted") -> Entry:
-    return Entry(path, FILE, len(data), 0, 0, 0o644, hashlib.sha256(data).hexdigest(), holder)
+    return Entry(path, FILE, len(data), 0, 0, 0o644, digest_of(data), holder)
 
 
 @pytest.mark.parametrize(("members", "entries"), [
@@ -150,6 +148,6 @@ def test_a_link_already_in_the_target_is_replaced_not_followed(setup: Setup,
 def test_content_that_does_not_match_its_hash_is_refused(setup: Setup, tmp_path: Path) -> None:
     entry = file_entry("a.txt", b"what the manifest promises")
     saveset = craft(setup, {"a.txt": b"something else entirely!!!"}, [entry])
-    with pytest.raises(CorruptSaveset, match="does not match its hash"):
+    with pytest.raises(CorruptSaveset, match="does not match its digest"):
         setup.restorer.restore(saveset, tmp_path / "target")
     assert not setup.restorer.verify(saveset).ok
