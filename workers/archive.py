@@ -9,8 +9,10 @@ read once: hashed and compressed from the same buffer.
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,19 +122,81 @@ def tar_size(file_sizes: list[int]) -> int:
     return content + 3 * BLOCK * len(file_sizes) + 2 * BLOCK
 
 
+class ReadAhead:
+    """Reads ``source`` ahead in a thread of its own.
+
+    zstd releases the GIL while it decompresses, so with this the decompression of the next
+    megabytes overlaps the caller's parsing, hashing and writing, as it would in a
+    ``zstd -d | tar -x`` pipeline. Errors of the source are raised in the caller's thread.
+    """
+
+    def __init__(self, source: IO[bytes], chunk: int = CHUNK, depth: int = 8) -> None:
+        self.source, self.chunk = source, chunk
+        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self.stopped = threading.Event()
+        self.buffer, self.offset, self.eof = b"", 0, False
+        self.thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
+        self.thread.start()
+
+    def _fill(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                data: bytes | BaseException = self.source.read(self.chunk)
+            except BaseException as exc:  # handed over to the reading thread
+                data = exc
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(data, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(data, bytes) or not data:
+                return
+
+    def read(self, size: int = -1) -> bytes:
+        parts = []
+        while size != 0 and not self._exhausted():
+            take = len(self.buffer) - self.offset if size < 0 else min(
+                size, len(self.buffer) - self.offset)
+            parts.append(self.buffer[self.offset:self.offset + take])
+            self.offset += take
+            size -= take if size > 0 else 0
+        return b"".join(parts)
+
+    def _exhausted(self) -> bool:
+        if self.offset < len(self.buffer):
+            return False
+        if self.eof:
+            return True
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            self.eof = True
+            raise item
+        self.buffer, self.offset, self.eof = item, 0, not item
+        return self.eof
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
 def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
     """Each regular file of an archive with a reader for its content, in archive order.
 
     Damage shows up while reading, in the caller's loop: wrap it in ``corruption_of``.
     """
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8",
-                      errors="surrogateescape") as archive:
-        for member in archive:
-            if member.isreg():
-                content = archive.extractfile(member)
-                assert content is not None
-                yield member, content
+    ahead = ReadAhead(reader)
+    try:
+        with tarfile.open(fileobj=ahead, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
+                          errors="surrogateescape") as archive:
+            for member in archive:
+                if member.isreg():
+                    content = archive.extractfile(member)
+                    assert content is not None
+                    yield member, content
+    finally:
+        ahead.close()
 
 
 @contextmanager

@@ -142,6 +142,7 @@ class Restorer:
     def _extract(self, holder: Saveset, files: dict[str, Entry], work: Path, done: list[int],
                  total: tuple[int, int], progress: Progress | None) -> None:
         missing = dict(files)
+        root = str(work)
         with self.stores[holder.data_store].read(holder.key, ARCHIVE) as data, \
                 corruption_of(holder.id):
             for member, content in read_members(data):
@@ -149,7 +150,7 @@ class Restorer:
                 entry = missing.pop(member.name, None)
                 if entry is None:
                     continue  # content of a file changed or deleted later
-                write_file(work / entry.path, entry, content, holder.id)
+                write_file(os.path.join(root, entry.path), entry, content, holder.id)
                 done[0] += 1
                 done[1] += entry.size
                 if progress is not None:
@@ -204,13 +205,13 @@ def _digest(content: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def write_file(path: Path, entry: Entry, content: IO[bytes], saveset_id: str) -> None:
+def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str) -> None:
     """Create ``path`` (never through a link), check its digest, set mode and mtime."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o600)
     except FileNotFoundError:  # a manifest that does not list the parent directory
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, flags, 0o600)
     digest = new_digest()
     with os.fdopen(fd, "wb") as out:
