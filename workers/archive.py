@@ -135,6 +135,7 @@ class ReadAhead:
         self.queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
         self.stopped = threading.Event()
         self.buffer, self.offset, self.eof = b"", 0, False
+        self.position = 0
         self.thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
         self.thread.start()
 
@@ -154,14 +155,36 @@ class ReadAhead:
                 return
 
     def read(self, size: int = -1) -> bytes:
+        if 0 <= size <= len(self.buffer) - self.offset:  # the common case: one slice
+            start = self.offset
+            self.offset += size
+            self.position += size
+            return self.buffer[start:self.offset]
         parts = []
         while size != 0 and not self._exhausted():
             take = len(self.buffer) - self.offset if size < 0 else min(
                 size, len(self.buffer) - self.offset)
             parts.append(self.buffer[self.offset:self.offset + take])
             self.offset += take
+            self.position += take
             size -= take if size > 0 else 0
         return b"".join(parts)
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        """Forward only (what tarfile does when it reads members in order): skips bytes."""
+        if whence != os.SEEK_SET or position < self.position:
+            raise OSError(f"read-ahead stream cannot seek back to {position}")
+        while self.position < position and not self._exhausted():
+            step = min(position - self.position, len(self.buffer) - self.offset)
+            self.offset += step
+            self.position += step
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
 
     def _exhausted(self) -> bool:
         if self.offset < len(self.buffer):
@@ -180,6 +203,21 @@ class ReadAhead:
         self.thread.join()
 
 
+class MemberContent:
+    """The content of the current member, read straight from the archive stream."""
+
+    def __init__(self, stream: ReadAhead, size: int) -> None:
+        self.stream, self.remaining = stream, size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.remaining if size < 0 else min(size, self.remaining)
+        data = self.stream.read(size)
+        if len(data) < size:
+            raise tarfile.ReadError("unexpected end of data")
+        self.remaining -= size
+        return data
+
+
 def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
     """Each regular file of an archive with a reader for its content, in archive order.
 
@@ -188,13 +226,15 @@ def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
     ahead = ReadAhead(reader)
     try:
-        with tarfile.open(fileobj=ahead, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
+        # "r:" reads each member's content in one call, where stream mode ("r|") goes
+        # through 10 KB records; it needs only tell() and forward seeks, as read in order.
+        with tarfile.open(fileobj=ahead, mode="r:", encoding="utf-8",  # type: ignore[call-overload]
                           errors="surrogateescape") as archive:
             for member in archive:
+                archive.members.clear()  # keep no list of every header of a huge archive
                 if member.isreg():
-                    content = archive.extractfile(member)
-                    assert content is not None
-                    yield member, content
+                    ahead.seek(member.offset_data)
+                    yield member, MemberContent(ahead, member.size)  # type: ignore[misc]
     finally:
         ahead.close()
 

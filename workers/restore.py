@@ -214,15 +214,18 @@ def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str) -> 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, flags, 0o600)
     digest = new_digest()
-    with os.fdopen(fd, "wb") as out:
+    try:
         while chunk := content.read(CHUNK):
             digest.update(chunk)
-            out.write(chunk)
-        out.flush()
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        if digest.hexdigest() != entry.digest:
+            raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its digest")
         os.fchmod(fd, entry.mode)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-    if digest.hexdigest() != entry.digest:
-        raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its digest")
+    finally:
+        os.close(fd)
 
 
 def merge_into(source: Path, target: Path) -> None:
