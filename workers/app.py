@@ -82,4 +82,7 @@ def create_app(settings: Settings, broker_url: str) -> BackstopApp:
     app.settings = settings
     app.conf.update(celery_config(settings.config, broker_url))
     app.steps["consumer"].add(HeartbeatStep)
+    from workers.tasks import register_tasks
+
+    register_tasks(app)
     return app

@@ -49,3 +49,27 @@ CATALOG_TASK_KEY = "backstop:catalog:task:{task}"
 CATALOG_MANIFEST_KEY = "backstop:catalog:manifest:{id}"
 # String: JSON {"at", "ok", "run_id"} of the task's newest FULL attempt (Enforce FULL rule a).
 CATALOG_FULL_ATTEMPT_KEY = "backstop:catalog:full-attempt:{task}"
+
+# The run ledger (orchestration/ledger.py).
+# String: JSON run record (SPEC section 7), by run id.
+RUN_KEY = "backstop:run:{run}"
+# String with expiry: the process running a run; renewed while it works. A running run
+# whose lease is gone may be claimed again (its process died).
+RUN_LEASE_KEY = "backstop:run:{run}:lease"
+# Sorted set: run ids by queue time (epoch seconds); trimmed to RUNS_KEPT.
+RUNS_INDEX_KEY = "backstop:runs"
+# Sorted set: run ids of one event (as the event used or as the event triggered).
+RUNS_BY_EVENT_KEY = "backstop:runs:event:{event}"
+# String: JSON occurrence {occurrence, event, trigger, parent, state, created_at, settled_at}.
+OCCURRENCE_KEY = "backstop:occurrence:{occ}"
+# List: the run ids of one occurrence, in order (its run, then at most one failover run).
+OCCURRENCE_RUNS_KEY = "backstop:occurrence:{occ}:runs"
+# String, set once: the failover of this occurrence was started.
+OCCURRENCE_FAILOVER_KEY = "backstop:occurrence:{occ}:failover"
+# Drive channels: sorted set of run ids writing through the drive, scored by lease expiry.
+DRIVE_CHANNELS_KEY = "backstop:drive:{drive}:channels"
+# How many runs the ledger keeps (older ended runs are forgotten).
+RUNS_KEPT = 10_000
+# A run's lease lives this long unless its process renews it (every RUN_LEASE_RENEW_S).
+RUN_LEASE_S = 15.0
+RUN_LEASE_RENEW_S = 3.0

@@ -1,0 +1,204 @@
+"""The control plane: occurrences become runs, failed storage becomes one failover run,
+ended occurrences fire their follow-ups, and the watchdog ends runs nobody serves.
+
+Plain functions over the ledger, the config, RDS liveness and a ``send`` callable (which
+puts a task message on a queue); the Celery tasks in :mod:`workers.tasks` only call these.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestration.config import BackupEvent, CommandEvent, Config, FollowUp, FollowUpWhen, Level
+from orchestration.events import RunSpec, Trigger, Unresolvable, failover_spec, resolve
+from orchestration.ledger import Ledger, now_iso
+from workers.constants import CONTROL_QUEUE, rds_queue
+
+log = logging.getLogger(__name__)
+
+# send(task name, args, queue, readable description for Flower)
+Send = Callable[[str, list[Any], str, str], None]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def run_record(run_id: str, occurrence: str, spec: RunSpec) -> dict[str, Any]:
+    """A queued run, in the shape of SPEC section 7 (plus ``rds``, ``spec`` and bookkeeping)."""
+    return {
+        "run_id": run_id, "occurrence": occurrence, "event": spec.event,
+        "origin_event": spec.origin_event, "trigger": spec.trigger.value,
+        "failover_of": spec.failover_of, "failover_run": None, "task": spec.task,
+        "level": spec.level.value, "effective_level": None, "enforce_full": spec.enforce_full,
+        "media_pool": spec.media_pool, "data_store": spec.data_store, "drive": spec.drive,
+        "interface": spec.interface,
+        "follow_ups": [{"event": f.event, "when": f.when.value} for f in spec.follow_ups],
+        "migration_task": spec.migration_task, "state": "queued", "error": None,
+        "saveset": None, "files": None, "bytes": None, "queued_at": now_iso(),
+        "started_at": None, "finished_at": None, "rds": spec.rds, "attempts": 0,
+        "progress": None, "spec": spec.to_json(),
+    }
+
+
+def storage_error(reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "storage_unavailable", "reason": reason, "message": message}
+
+
+def describe(spec: RunSpec, occurrence: str, run_id: str) -> str:
+    """What Flower shows as a task's arguments."""
+    return (f"event={spec.event} occurrence={occurrence} run={run_id} "
+            f"level={spec.level.value} pool={spec.media_pool}")
+
+
+@dataclass
+class Control:
+    config: Config
+    ledger: Ledger
+    send: Send
+    rds_live: Callable[[str], bool]
+
+    # occurrences and dispatch
+
+    def occur(self, occurrence: str, event: str, trigger: Trigger, level: Level | None = None,
+              enforce_full: bool | None = None, parent: str | None = None) -> str | None:
+        """Start an occurrence (beat tick, ad-hoc, follow-up); None if it exists already."""
+        if not self.ledger.open_occurrence(occurrence, event, trigger.value, parent):
+            return None
+        kind = next((e.kind for e in self.config.events if e.name == event), None)
+        if kind in ("verify", "command"):
+            return self._start_job(occurrence, event, trigger, parent)
+        try:
+            spec = resolve(self.config, event, trigger, level, enforce_full)
+        except Unresolvable as exc:
+            log.error("occurrence %s: %s", occurrence, exc)
+            self.ledger.settle(occurrence, "failed")
+            return None
+        run_id = new_run_id()
+        self.ledger.add_run(run_record(run_id, occurrence, spec))
+        self.dispatch(run_id, spec, occurrence)
+        return run_id
+
+    def dispatch(self, run_id: str, spec: RunSpec, occurrence: str) -> None:
+        """Send a queued run to its RDS, or end it as rds_unreachable when nobody serves it."""
+        if not self.rds_live(spec.rds):
+            self.end_unreachable(run_id, f"no live worker serves RDS {spec.rds}")
+            return
+        self.send("backstop.backup", [run_id], rds_queue(spec.rds),
+                  describe(spec, occurrence, run_id))
+
+    def end_unreachable(self, run_id: str, message: str) -> None:
+        fields = {"state": "storage_unavailable",
+                  "error": storage_error("rds_unreachable", message)}
+        if self.ledger.finish(run_id, fields) == "done":
+            self.send("backstop.failover", [run_id], CONTROL_QUEUE, f"run={run_id}")
+
+    # failover
+
+    def failover(self, run_id: str) -> str | None:
+        """Start the one failover run of the occurrence of ``run_id``; None if there is none."""
+        run = self.ledger.run(run_id)
+        if run is None or run["state"] != "storage_unavailable":
+            return None
+        occurrence = run["occurrence"]
+        spec = RunSpec.from_json(run["spec"])
+        decision = failover_spec(self.config, spec, run_id)
+        if decision.spec is None:
+            log.info("run %s: no failover (%s)", run_id, decision.why)
+            self.conclude(occurrence, run, succeeded=False)
+            return None
+        if not self.ledger.start_failover_once(occurrence):
+            return None
+        failover_id = new_run_id()
+        self.ledger.add_run(run_record(failover_id, occurrence, decision.spec))
+        self.ledger.update(run_id, {"failover_run": failover_id})
+        log.info("run %s failed over to run %s (%s)", run_id, failover_id, decision.why)
+        self.dispatch(failover_id, decision.spec, occurrence)
+        return failover_id
+
+    # the end of a run, and of its occurrence
+
+    def run_ended(self, run_id: str) -> None:
+        """After a run reached a terminal state: fail over, or settle the occurrence."""
+        run = self.ledger.run(run_id)
+        if run is None:
+            return
+        if run["state"] == "storage_unavailable":
+            self.failover(run_id)
+        elif run["state"] in ("succeeded", "failed"):
+            self.conclude(run["occurrence"], run, succeeded=run["state"] == "succeeded")
+
+    def conclude(self, occurrence: str, run: dict[str, Any], succeeded: bool) -> None:
+        """Settle the occurrence once; its follow-ups and migration are those of ``run``."""
+        if not self.ledger.settle(occurrence, "succeeded" if succeeded else "failed"):
+            return
+        wanted = {FollowUpWhen.ALWAYS, FollowUpWhen.SUCCESS if succeeded else FollowUpWhen.FAILURE}
+        for follow_up in (FollowUp.model_validate(f) for f in run.get("follow_ups") or []):
+            if follow_up.when in wanted:
+                self.occur(f"{occurrence}>{follow_up.event}", follow_up.event,
+                           Trigger.FOLLOW_UP, parent=occurrence)
+        if succeeded and run.get("migration_task") and run.get("saveset"):
+            self.send("backstop.migrate", [run["run_id"]], rds_queue(self._migration_rds(run)),
+                      f"run={run['run_id']} migration={run['migration_task']}")
+
+    def _migration_rds(self, run: dict[str, Any]) -> str:
+        migration = next(m for m in self.config.migration_tasks if m.name == run["migration_task"])
+        pool = next(p for p in self.config.media_pools if p.name == migration.target_pool)
+        return next(s.rds for s in self.config.data_stores if s.name == pool.data_store)
+
+    # verify and command events
+
+    def _start_job(self, occurrence: str, event: str, trigger: Trigger,
+                   parent: str | None) -> str:
+        definition = next(e for e in self.config.events if e.name == event)
+        run_id = new_run_id()
+        record = {
+            "run_id": run_id, "occurrence": occurrence, "event": event, "origin_event": event,
+            "trigger": trigger.value, "failover_of": None, "failover_run": None,
+            "task": getattr(definition, "task", None), "level": None, "effective_level": None,
+            "enforce_full": False, "media_pool": None, "data_store": None, "drive": None,
+            "interface": None,
+            "follow_ups": [{"event": f.event, "when": f.when.value}
+                           for f in definition.follow_ups],
+            "migration_task": None, "state": "queued", "error": None, "saveset": None,
+            "files": None, "bytes": None, "queued_at": now_iso(), "started_at": None,
+            "finished_at": None, "rds": None, "attempts": 0, "progress": None,
+            "kind": definition.kind, "parent": parent,
+        }
+        self.ledger.add_run(record)
+        name = "backstop.command" if isinstance(definition, CommandEvent) else "backstop.verify"
+        self.send(name, [run_id], CONTROL_QUEUE, f"event={event} occurrence={occurrence} "
+                                                 f"run={run_id}")
+        return run_id
+
+    # the watchdog
+
+    def watchdog(self) -> int:
+        """End runs whose RDS nobody serves; send again those whose process died. Returns how
+        many runs it acted on."""
+        acted = 0
+        for run in self.ledger.unfinished():
+            if run.get("rds") is None:
+                continue
+            served = self.rds_live(run["rds"])
+            if run["state"] == "queued" and not served:
+                self.end_unreachable(run["run_id"], f"RDS {run['rds']} stopped being served "
+                                                    "while the run was queued")
+                acted += 1
+            elif run["state"] == "running" and self.ledger.lease_holder(run["run_id"]) is None:
+                acted += 1
+                if served:
+                    spec = RunSpec.from_json(run["spec"])
+                    self.dispatch(run["run_id"], spec, run["occurrence"])
+                else:
+                    self.end_unreachable(run["run_id"], f"RDS {run['rds']} stopped being "
+                                                        "served while the run was running")
+        return acted
+
+
+def is_backup(config: Config, event: str) -> bool:
+    return any(isinstance(e, BackupEvent) and e.name == event for e in config.events)

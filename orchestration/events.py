@@ -1,0 +1,154 @@
+"""Event resolution and the failover rule (SPEC section 4), as pure functions over the config.
+
+An occurrence of a backup event becomes a :class:`RunSpec`: what to back up and how (task,
+level, options) and where (media pool, store, RDS, drive, interface, follow-ups, migration).
+:func:`failover_spec` turns a run that hit StorageUnavailable into the one failover run of
+its occurrence, or says why there is none.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from orchestration.config import BackupEvent, Config, FollowUp, Level, MediaPool
+
+
+class Trigger(enum.StrEnum):
+    SCHEDULE = "schedule"
+    ADHOC = "adhoc"
+    FOLLOW_UP = "follow_up"
+    FAILOVER = "failover"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a backup run needs to know, fixed when the run is created."""
+
+    event: str            # the event whose storage settings the run uses
+    origin_event: str     # the event that was triggered
+    trigger: Trigger
+    task: str
+    level: Level          # the requested level
+    enforce_full: bool
+    full_interval: timedelta | None
+    media_pool: str
+    data_store: str
+    rds: str
+    drive: str | None
+    interface: str | None
+    follow_ups: tuple[FollowUp, ...]
+    migration_task: str | None
+    # The run this one fails over for, and whether it only moved to the pool's failover pool.
+    failover_of: str | None = None
+    pool_redirect: bool = False
+
+    @property
+    def is_failover(self) -> bool:
+        return self.failover_of is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": self.event, "origin_event": self.origin_event,
+            "trigger": self.trigger.value, "task": self.task, "level": self.level.value,
+            "enforce_full": self.enforce_full,
+            "full_interval": self.full_interval.total_seconds() if self.full_interval else None,
+            "media_pool": self.media_pool, "data_store": self.data_store, "rds": self.rds,
+            "drive": self.drive, "interface": self.interface,
+            "follow_ups": [{"event": f.event, "when": f.when.value} for f in self.follow_ups],
+            "migration_task": self.migration_task, "failover_of": self.failover_of,
+            "pool_redirect": self.pool_redirect,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSpec:
+        interval = data.get("full_interval")
+        return cls(
+            event=data["event"], origin_event=data["origin_event"],
+            trigger=Trigger(data["trigger"]), task=data["task"], level=Level(data["level"]),
+            enforce_full=bool(data["enforce_full"]),
+            full_interval=timedelta(seconds=interval) if interval is not None else None,
+            media_pool=data["media_pool"], data_store=data["data_store"], rds=data["rds"],
+            drive=data.get("drive"), interface=data.get("interface"),
+            follow_ups=tuple(FollowUp.model_validate(f) for f in data.get("follow_ups", [])),
+            migration_task=data.get("migration_task"), failover_of=data.get("failover_of"),
+            pool_redirect=bool(data.get("pool_redirect")),
+        )
+
+
+class Unresolvable(ValueError):
+    """The event cannot become a backup run (unknown, or not a backup event)."""
+
+
+def pool_of(config: Config, name: str) -> MediaPool:
+    return next(p for p in config.media_pools if p.name == name)
+
+
+def storage_of(config: Config, pool_name: str) -> tuple[str, str]:
+    """The (data store, RDS) of a pool."""
+    store = pool_of(config, pool_name).data_store
+    return store, next(s.rds for s in config.data_stores if s.name == store)
+
+
+def backup_event(config: Config, name: str) -> BackupEvent:
+    event = next((e for e in config.events if e.name == name), None)
+    if event is None:
+        raise Unresolvable(f"unknown event {name!r}")
+    if not isinstance(event, BackupEvent):
+        raise Unresolvable(f"event {name!r} is a {event.kind} event, not a backup event")
+    return event
+
+
+def resolve(config: Config, event_name: str, trigger: Trigger, level: Level | None = None,
+            enforce_full: bool | None = None) -> RunSpec:
+    """The run of an occurrence of a backup event; ``level``/``enforce_full`` override."""
+    event = backup_event(config, event_name)
+    store, rds = storage_of(config, event.media_pool)
+    return RunSpec(
+        event=event.name, origin_event=event.name, trigger=trigger, task=event.task,
+        level=level or event.level,
+        enforce_full=event.enforce_full if enforce_full is None else enforce_full,
+        full_interval=event.full_interval, media_pool=event.media_pool, data_store=store,
+        rds=rds, drive=event.drive, interface=event.interface,
+        follow_ups=tuple(event.follow_ups), migration_task=event.migration_task)
+
+
+@dataclass(frozen=True)
+class FailoverDecision:
+    spec: RunSpec | None
+    why: str
+
+
+def failover_spec(config: Config, original: RunSpec, run_id: str) -> FailoverDecision:
+    """The one failover run of an occurrence whose run ``run_id`` hit StorageUnavailable.
+
+    Event level first: the event's ``failover_event`` replaces media pool (hence store and
+    RDS), drive, interface, follow-ups and migration task, and the original keeps task,
+    requested level, Enforce FULL and every other option. Else pool level: the pool's
+    ``failover_pool`` replaces store and drive only. A failover never fails over again.
+    """
+    if original.is_failover:
+        return FailoverDecision(None, "a failover run never fails over again")
+    event = backup_event(config, original.origin_event)
+    if event.failover_event is not None:
+        target = backup_event(config, event.failover_event)
+        store, rds = storage_of(config, target.media_pool)
+        spec = replace(original, event=target.name, trigger=Trigger.FAILOVER,
+                       media_pool=target.media_pool, data_store=store, rds=rds,
+                       drive=target.drive, interface=target.interface,
+                       follow_ups=tuple(target.follow_ups),
+                       migration_task=target.migration_task, failover_of=run_id)
+        return FailoverDecision(spec, f"failover event {target.name}")
+    pool = pool_of(config, original.media_pool)
+    if pool.failover_pool is not None:
+        store, rds = storage_of(config, pool.failover_pool)
+        drive = next((d.name for d in config.drives if d.data_store == store), None)
+        spec = replace(original, trigger=Trigger.FAILOVER, media_pool=pool.failover_pool,
+                       data_store=store, rds=rds, drive=drive,
+                       interface=None if rds != original.rds else original.interface,
+                       failover_of=run_id, pool_redirect=True)
+        return FailoverDecision(spec, f"failover pool {pool.failover_pool}")
+    return FailoverDecision(None, f"event {event.name} has no failover event and pool "
+                                  f"{pool.name} no failover pool")

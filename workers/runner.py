@@ -1,0 +1,170 @@
+"""One backup run on its RDS worker: claim it, hold a drive channel, run the engine, end it.
+
+The run is claimed in the ledger with a lease the running process renews; a message that
+arrives for a run that has ended (late, or delivered twice) does nothing, and one that
+arrives while another live process runs it does nothing either. A run waiting for a drive
+channel stays queued: the task comes back later, it does not fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from orchestration.config import Config
+from orchestration.control import storage_error
+from orchestration.errors import SourceError, StorageUnavailable
+from orchestration.events import RunSpec
+from orchestration.ledger import Ledger
+from workers.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
+from workers.engine import BackupRequest, Engine
+
+log = logging.getLogger(__name__)
+
+# Take a channel: drop holders whose lease ran out, then join if there is room.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class Channels:
+    """Drive channels, fleet-wide: a sorted set of the runs writing through each drive."""
+
+    def __init__(self, client: redis.Redis, config: Config) -> None:
+        self.client = client
+        self.config = config
+        self._acquire = client.register_script(_ACQUIRE)
+
+    def acquire(self, spec: RunSpec, run_id: str) -> tuple[bool, str | None]:
+        """(True, drive) when the run may write (drive None: the store has no drives)."""
+        candidates = [d for d in self.config.drives if d.data_store == spec.data_store
+                      and (spec.drive is None or d.name == spec.drive)]
+        if not candidates:
+            return True, None
+        now = time.time()
+        for drive in candidates:
+            if self._acquire(keys=[DRIVE_CHANNELS_KEY.format(drive=drive.name)],
+                             args=[run_id, now, now + RUN_LEASE_S, drive.channels]):
+                return True, drive.name
+        return False, None
+
+    def renew(self, drive: str, run_id: str) -> None:
+        self.client.zadd(DRIVE_CHANNELS_KEY.format(drive=drive),
+                         {run_id: time.time() + RUN_LEASE_S}, xx=True)
+
+    def release(self, drive: str | None, run_id: str) -> None:
+        if drive is not None:
+            self.client.zrem(DRIVE_CHANNELS_KEY.format(drive=drive), run_id)
+
+
+@contextmanager
+def lease_kept(ledger: Ledger, channels: Channels, run_id: str, holder: str,
+               drive: str | None) -> Iterator[None]:
+    """Renew the run's lease (and its channel) from a thread while the body runs."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(RUN_LEASE_RENEW_S):
+            try:
+                ledger.renew(run_id, holder, int(RUN_LEASE_S * 1000))
+                if drive is not None:
+                    channels.renew(drive, run_id)
+            except redis.RedisError as exc:
+                log.warning("run %s: lease not renewed: %s", run_id, exc)
+
+    thread = threading.Thread(target=renew, name=f"lease-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass
+class Outcome:
+    # True when this call ended the run (then the control plane must hear of it).
+    ended: bool
+    fields: dict[str, Any]
+    wait_for_channel: bool = False
+
+
+class Progress:
+    """Reports files/bytes done to the ledger (and Flower), at most once a second."""
+
+    def __init__(self, ledger: Ledger, run_id: str, report: Any) -> None:
+        self.ledger, self.run_id, self.report = ledger, run_id, report
+        self.last = 0.0
+
+    def __call__(self, files: int, done: int, total_files: int, total_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 1.0 and files < total_files:
+            return
+        self.last = now
+        progress = {"files": files, "bytes": done, "files_total": total_files,
+                    "bytes_total": total_bytes}
+        self.ledger.update(self.run_id, {"progress": progress})
+        self.report(progress)
+
+
+def run_backup(engine: Engine, ledger: Ledger, channels: Channels, run_id: str, holder: str,
+               report: Any) -> Outcome:
+    run = ledger.run(run_id)
+    if run is None or run["state"] not in ("queued", "running"):
+        return Outcome(False, {"state": run["state"] if run else "missing", "late": True})
+    spec = RunSpec.from_json(run["spec"])
+    may_write, drive = channels.acquire(spec, run_id)
+    if not may_write:
+        return Outcome(False, {"state": "queued"}, wait_for_channel=True)
+    claim = ledger.claim(run_id, holder, int(RUN_LEASE_S * 1000))
+    if not claim.ok:
+        if claim.outcome != "busy":
+            channels.release(drive, run_id)
+        return Outcome(False, {"state": claim.outcome})
+    if drive is not None and spec.drive is None:
+        ledger.update(run_id, {"drive": drive})
+    try:
+        with lease_kept(ledger, channels, run_id, holder, drive):
+            fields = _back_up(engine, spec, run_id, Progress(ledger, run_id, report))
+            ended = ledger.finish(run_id, fields, holder) == "done"
+    finally:
+        channels.release(drive, run_id)
+    return Outcome(ended, fields)
+
+
+def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: Progress) -> dict[str, Any]:
+    request = BackupRequest(task=spec.task, level=spec.level, media_pool=spec.media_pool,
+                            enforce_full=spec.enforce_full, full_interval=spec.full_interval,
+                            run_id=run_id, saveset_id=f"{spec.task}-{run_id}")
+    try:
+        result = engine.backup(request, progress=progress)
+    except StorageUnavailable as exc:
+        return {"state": "storage_unavailable", "error": storage_error(exc.reason, exc.message)}
+    except SourceError as exc:
+        return failed("source_error", str(exc))
+    except SoftTimeLimitExceeded:
+        return failed("timeout", "the run exceeded backup_time_limit")
+    except Exception as exc:
+        log.exception("run %s failed", run_id)
+        return failed("internal", f"{type(exc).__name__}: {exc}")
+    saveset = result.saveset
+    return {"state": "succeeded", "saveset": saveset.id, "effective_level": saveset.level.value,
+            "files": saveset.files, "bytes": saveset.bytes, "pid": os.getpid()}
+
+
+def failed(kind: str, message: str) -> dict[str, Any]:
+    return {"state": "failed", "error": {"kind": kind, "message": message}}

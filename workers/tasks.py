@@ -1,0 +1,103 @@
+"""Celery tasks: thin adapters that decode arguments, call one function, map the outcome.
+
+Every task name starts with ``backstop.``; backups run on ``backstop.rds.<rds>``, the rest on
+``backstop.control``. No task waits for another task's result: each one ends by sending the
+next message (failover, settle) itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Task
+
+from orchestration.config import Level
+from orchestration.control import Control
+from orchestration.events import Trigger
+from orchestration.ledger import Ledger
+from workers.app import BackstopApp
+from workers.catalog import Catalog
+from workers.constants import CONTROL_QUEUE
+from workers.engine import Engine
+from workers.heartbeat import live_workers
+from workers.runner import Channels, run_backup
+
+# A run waiting for a drive channel asks again after this many seconds.
+CHANNEL_WAIT_S = 2.0
+
+
+@dataclass
+class Context:
+    """Per worker process: clients and services, built on first use (after the fork)."""
+
+    app: BackstopApp
+    client: redis.Redis
+    ledger: Ledger
+    engine: Engine
+    channels: Channels
+    control: Control
+
+
+def context(app: BackstopApp) -> Context:
+    cached: Context | None = getattr(app, "_backstop_context", None)
+    if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
+        return cached
+    config = app.settings.config
+    client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=30)
+    ledger = Ledger(client)
+
+    def send(name: str, args: list[Any], queue: str, readable: str) -> None:
+        app.send_task(name, args=args, queue=queue, argsrepr=readable)
+
+    def rds_live(rds: str) -> bool:
+        return any(rds in w.rds for w in live_workers(client))
+
+    made = Context(app, client, ledger, Engine(app.settings, Catalog(client)),
+                   Channels(client, config), Control(config, ledger, send, rds_live))
+    app._backstop_context, app._backstop_pid = made, os.getpid()  # type: ignore[attr-defined]
+    return made
+
+
+def register_tasks(app: BackstopApp) -> None:
+    backup_limit = int(app.settings.config.backup_time_limit.total_seconds())
+
+    @app.task(name="backstop.dispatch", shared=False)
+    def dispatch(occurrence: str, event: str, trigger: str, level: str | None = None,
+                 enforce_full: bool | None = None, parent: str | None = None) -> str | None:
+        """Start an occurrence: its run goes to its RDS (beat, `backstop run`, follow-ups)."""
+        return context(app).control.occur(occurrence, event, Trigger(trigger),
+                                          Level(level) if level else None, enforce_full, parent)
+
+    @app.task(name="backstop.backup", bind=True, max_retries=None, shared=False,
+              soft_time_limit=backup_limit, time_limit=backup_limit + 60)
+    def backup(task: Task[Any, Any], run_id: str) -> dict[str, Any]:
+        """One backup run on its RDS."""
+        ctx = context(app)
+        holder = f"{task.request.hostname}:{os.getpid()}:{task.request.id}"
+        outcome = run_backup(ctx.engine, ctx.ledger, ctx.channels, run_id, holder,
+                             lambda progress: task.update_state(state="PROGRESS", meta=progress))
+        if outcome.wait_for_channel:
+            raise task.retry(countdown=CHANNEL_WAIT_S)
+        if outcome.ended:
+            name = ("backstop.failover" if outcome.fields["state"] == "storage_unavailable"
+                    else "backstop.settle")
+            app.send_task(name, args=[run_id], queue=CONTROL_QUEUE, argsrepr=f"run={run_id}")
+        return {"run_id": run_id, **outcome.fields}
+
+    @app.task(name="backstop.failover", shared=False)
+    def failover(run_id: str) -> str | None:
+        """The one failover run of an occurrence whose run hit StorageUnavailable."""
+        return context(app).control.failover(run_id)
+
+    @app.task(name="backstop.settle", shared=False)
+    def settle(run_id: str) -> None:
+        """A run ended: settle its occurrence, fire follow-ups and migration."""
+        context(app).control.run_ended(run_id)
+
+    @app.task(name="backstop.watchdog", shared=False)
+    def watchdog() -> int:
+        """End runs whose RDS nobody serves; send again those whose process died."""
+        return context(app).control.watchdog()
