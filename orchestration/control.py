@@ -170,10 +170,21 @@ class Control:
             "kind": definition.kind, "parent": parent,
         }
         self.ledger.add_run(record)
-        name = "backstop.command" if isinstance(definition, CommandEvent) else "backstop.verify"
-        self.send(name, [run_id], CONTROL_QUEUE, f"event={event} occurrence={occurrence} "
-                                                 f"run={run_id}")
+        readable = f"event={event} occurrence={occurrence} run={run_id}"
+        if isinstance(definition, CommandEvent):
+            self.send("backstop.command", [run_id], CONTROL_QUEUE, readable)
+        else:  # a verify reads the saveset where it lies: on the RDS of its store
+            rds = self.saveset_rds(parent)
+            self.send("backstop.verify", [run_id], rds_queue(rds) if rds else CONTROL_QUEUE,
+                      readable)
         return run_id
+
+    def saveset_rds(self, occurrence: str | None) -> str | None:
+        """The RDS that holds the saveset made by ``occurrence``, if it made one."""
+        for run in self.ledger.runs_of(occurrence) if occurrence else []:
+            if run["state"] == "succeeded" and run.get("rds"):
+                return str(run["rds"])
+        return None
 
     # the watchdog
 

@@ -30,20 +30,21 @@ from workers.constants import (
 
 TERMINAL = ("succeeded", "failed", "storage_unavailable", "suppressed", "missed")
 
+# Records are hashes whose values are JSON, encoded by Python; scripts only compare states
+# and set the fields they are given (as field, JSON value pairs).
 _CLAIM = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 'missing' end
-local run = cjson.decode(raw)
-if run.state == 'queued' or (run.state == 'running' and redis.call('EXISTS', KEYS[2]) == 0) then
-  run.state = 'running'
-  if run.started_at == cjson.null then run.started_at = ARGV[2] end
-  run.worker = ARGV[1]
-  run.attempts = (run.attempts or 0) + 1
-  redis.call('SET', KEYS[1], cjson.encode(run))
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == '"queued"' or (state == '"running"' and redis.call('EXISTS', KEYS[2]) == 0) then
+  redis.call('HSET', KEYS[1], 'state', '"running"', 'worker', ARGV[4])
+  if redis.call('HGET', KEYS[1], 'started_at') == 'null' then
+    redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
+  end
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
   return 'claimed'
 end
-if run.state == 'running' then return 'busy' end
+if state == '"running"' then return 'busy' end
 return 'ended'
 """
 _RENEW = """
@@ -52,38 +53,37 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), JSON of fields to set.
+# ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), then field/value pairs.
 _FINISH = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 'missing' end
-local run = cjson.decode(raw)
-if run.state ~= 'queued' and run.state ~= 'running' then return 'ended' end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= '"queued"' and state ~= '"running"' then return 'ended' end
 local holder = redis.call('GET', KEYS[2])
 if ARGV[1] ~= '' and holder ~= ARGV[1] then return 'lost' end
 if ARGV[1] == '' and holder then return 'busy' end
-for k, v in pairs(cjson.decode(ARGV[2])) do run[k] = v end
-redis.call('SET', KEYS[1], cjson.encode(run))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('DEL', KEYS[2])
 return 'done'
 """
 _UPDATE = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local run = cjson.decode(raw)
-for k, v in pairs(cjson.decode(ARGV[1])) do run[k] = v end
-redis.call('SET', KEYS[1], cjson.encode(run))
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 _SETTLE = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local occ = cjson.decode(raw)
-if occ.state ~= 'open' then return 0 end
-occ.state = ARGV[1]
-occ.settled_at = ARGV[2]
-redis.call('SET', KEYS[1], cjson.encode(occ))
+if redis.call('HGET', KEYS[1], 'state') ~= '"open"' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'settled_at', ARGV[2])
 return 1
 """
+
+
+def encode(fields: dict[str, Any]) -> list[str]:
+    """Field/JSON-value pairs, flat, for HSET."""
+    return [part for key, value in fields.items() for part in (key, json.dumps(value))]
+
+
+def decode(raw: dict[Any, Any]) -> dict[str, Any]:
+    return {_text(k): json.loads(v) for k, v in raw.items()}
 
 
 def now_iso() -> str:
@@ -114,19 +114,24 @@ class Ledger:
     def open_occurrence(self, occurrence: str, event: str, trigger: str,
                         parent: str | None = None, state: str = "open") -> bool:
         """Record a new occurrence; False when it exists already (a second beat, a redelivery)."""
+        key = OCCURRENCE_KEY.format(occ=occurrence)
         record = {"occurrence": occurrence, "event": event, "trigger": trigger,
-                  "parent": parent, "state": state, "created_at": now_iso()}
-        return bool(self.client.set(OCCURRENCE_KEY.format(occ=occurrence), json.dumps(record),
-                                    nx=True))
+                  "parent": parent, "state": state, "created_at": now_iso(),
+                  "settled_at": None}
+        if not self.client.hsetnx(key, "occurrence", json.dumps(occurrence)):
+            return False
+        self.client.hset(key, mapping=dict(zip(*[iter(encode(record))] * 2, strict=True)))
+        return True
 
     def occurrence(self, occurrence: str) -> dict[str, Any] | None:
-        raw = self.client.get(OCCURRENCE_KEY.format(occ=occurrence))
-        return json.loads(raw) if raw else None
+        raw = self.client.hgetall(OCCURRENCE_KEY.format(occ=occurrence))
+        found = decode(raw)
+        return found if "state" in found else None
 
     def settle(self, occurrence: str, state: str) -> bool:
         """Close an open occurrence as succeeded/failed; True only for the one caller that did."""
         return bool(self._settle(keys=[OCCURRENCE_KEY.format(occ=occurrence)],
-                                 args=[state, now_iso()]))
+                                 args=[json.dumps(state), json.dumps(now_iso())]))
 
     def start_failover_once(self, occurrence: str) -> bool:
         return bool(self.client.set(OCCURRENCE_FAILOVER_KEY.format(occ=occurrence), "1", nx=True))
@@ -135,8 +140,10 @@ class Ledger:
 
     def add_run(self, record: dict[str, Any]) -> bool:
         run_id, occurrence = record["run_id"], record["occurrence"]
-        if not self.client.set(RUN_KEY.format(run=run_id), json.dumps(record), nx=True):
+        key = RUN_KEY.format(run=run_id)
+        if not self.client.hsetnx(key, "run_id", json.dumps(run_id)):
             return False
+        self.client.hset(key, mapping=dict(zip(*[iter(encode(record))] * 2, strict=True)))
         score = datetime.fromisoformat(record["queued_at"]).timestamp()
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(RUNS_INDEX_KEY, {run_id: score})
@@ -148,12 +155,13 @@ class Ledger:
         return True
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        raw = self.client.get(RUN_KEY.format(run=run_id))
-        return json.loads(raw) if raw else None
+        found = decode(self.client.hgetall(RUN_KEY.format(run=run_id)))
+        return found if "state" in found else None
 
     def claim(self, run_id: str, holder: str, lease_ms: int) -> Claim:
         keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id)]
-        return Claim(_text(self._claim(keys=keys, args=[holder, now_iso(), lease_ms])))
+        args: list[str | int] = [holder, json.dumps(now_iso()), lease_ms, json.dumps(holder)]
+        return Claim(_text(self._claim(keys=keys, args=args)))
 
     def renew(self, run_id: str, holder: str, lease_ms: int) -> bool:
         return bool(self._renew(keys=[RUN_LEASE_KEY.format(run=run_id)], args=[holder, lease_ms]))
@@ -166,10 +174,11 @@ class Ledger:
         """End a run: ``done``, or ``ended``/``lost``/``busy`` when someone else has it."""
         fields = {"finished_at": now_iso(), **fields}
         keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id)]
-        return _text(self._finish(keys=keys, args=[holder, json.dumps(fields)]))
+        return _text(self._finish(keys=keys, args=[holder, *encode(fields)]))
 
     def update(self, run_id: str, fields: dict[str, Any]) -> None:
-        self._update(keys=[RUN_KEY.format(run=run_id)], args=[json.dumps(fields)])
+        """Set fields of a run that exists (progress, the drive it got, its failover run)."""
+        self._update(keys=[RUN_KEY.format(run=run_id)], args=encode(fields))
 
     def runs_of(self, occurrence: str) -> list[dict[str, Any]]:
         ids = [_text(i) for i in self.client.lrange(OCCURRENCE_RUNS_KEY.format(occ=occurrence),
@@ -187,8 +196,10 @@ class Ledger:
         return [r for r in self._records(ids) if r["state"] in ("queued", "running")]
 
     def _records(self, ids: Iterable[str]) -> list[dict[str, Any]]:
-        keys = [RUN_KEY.format(run=i) for i in ids]
-        return [json.loads(raw) for raw in (self.client.mget(keys) if keys else []) if raw]
+        pipe = self.client.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hgetall(RUN_KEY.format(run=run_id))
+        return [found for raw in pipe.execute() if "state" in (found := decode(raw))]
 
     def _trim(self) -> None:
         """Bounded history: forget the oldest runs beyond ``kept`` once they have ended."""

@@ -8,6 +8,7 @@ next message (failover, settle) itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,10 @@ from orchestration.events import Trigger
 from orchestration.ledger import Ledger
 from workers.app import BackstopApp
 from workers.catalog import Catalog
-from workers.constants import CONTROL_QUEUE
+from workers.constants import CONTROL_QUEUE, RUN_LEASE_S
 from workers.engine import Engine
 from workers.heartbeat import live_workers
+from workers.jobs import command_job, verify_job
 from workers.runner import Channels, run_backup
 
 # A run waiting for a drive channel asks again after this many seconds.
@@ -61,6 +63,20 @@ def context(app: BackstopApp) -> Context:
     return made
 
 
+def finish_job(ctx: Context, run_id: str,
+               work: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Claim a verify/command run, do it, end it, and let the control plane know."""
+    holder = f"{os.getpid()}:{run_id}"
+    if not ctx.ledger.claim(run_id, holder, int(RUN_LEASE_S * 1000)).ok:
+        return {"run_id": run_id, "late": True}
+    run = ctx.ledger.run(run_id)
+    assert run is not None
+    fields = work(run)
+    if ctx.ledger.finish(run_id, fields, holder) == "done":
+        ctx.control.run_ended(run_id)
+    return {"run_id": run_id, **fields}
+
+
 def register_tasks(app: BackstopApp) -> None:
     backup_limit = int(app.settings.config.backup_time_limit.total_seconds())
 
@@ -96,6 +112,19 @@ def register_tasks(app: BackstopApp) -> None:
     def settle(run_id: str) -> None:
         """A run ended: settle its occurrence, fire follow-ups and migration."""
         context(app).control.run_ended(run_id)
+
+    @app.task(name="backstop.verify", shared=False)
+    def verify(run_id: str) -> dict[str, Any]:
+        """A ``kind: verify`` follow-up: re-read the triggering occurrence's saveset."""
+        ctx = context(app)
+        return finish_job(ctx, run_id, lambda run: verify_job(ctx.engine, ctx.ledger,
+                                                              ctx.engine.catalog, run))
+
+    @app.task(name="backstop.command", shared=False)
+    def command(run_id: str) -> dict[str, Any]:
+        """A ``kind: command`` event: run its argv on this control worker."""
+        ctx = context(app)
+        return finish_job(ctx, run_id, lambda run: command_job(app.settings, ctx.ledger, run))
 
     @app.task(name="backstop.watchdog", shared=False)
     def watchdog() -> int:

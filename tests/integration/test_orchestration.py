@@ -1,0 +1,238 @@
+"""SPEC section 4 with a real broker and a real worker: failover, exactly once, follow-ups."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+
+from orchestration.ledger import Ledger
+from orchestration.settings import load_settings
+from tests.waiting import wait_for
+from workers.app import BackstopApp, create_app
+from workers.constants import CONTROL_QUEUE, rds_queue
+from workers.engine import create_missing_stores
+from workers.heartbeat import live_workers
+from workers.store import MARKER
+
+CONFIG = """
+rds: [{name: local, interfaces: [{name: lo, address: 127.0.0.1}]}, {name: remote}]
+data_stores:
+  - {name: small, rds: local, path: stores/small, create: true, capacity: 64KiB}
+  - {name: big, rds: local, path: stores/big, create: true}
+  - {name: other, rds: local, path: stores/other, create: true}
+  - {name: far, rds: remote, path: stores/far}
+media_pools:
+  - {name: tiny, data_store: small, retention: 14d}
+  - {name: spare, data_store: big, retention: 14d}
+  - {name: main, data_store: other, retention: 14d, failover_pool: spare}
+  - {name: remote-pool, data_store: far, retention: 14d}
+  - {name: one-medium, data_store: big, retention: 14d, media: {count: 1, size: 400KiB}}
+drives:
+  - {name: drive-big, data_store: big, channels: 1}
+  - {name: drive-other, data_store: other, channels: 1}
+tasks: [{name: docs, source: src}, {name: gone, source: nowhere}]
+events:
+  - name: plain
+    task: docs
+    media_pool: spare
+  - name: to-tiny
+    task: docs
+    level: INC
+    enforce_full: true
+    media_pool: tiny
+    follow_ups: [{event: note, when: success}]
+    failover_event: to-spare
+  - name: to-spare
+    task: docs
+    level: DIFF
+    enforce_full: false
+    media_pool: spare
+    drive: drive-big
+    follow_ups: [{event: note, when: always}, {event: check, when: success}]
+    failover_event: to-tiny-again
+  - {name: to-tiny-again, task: docs, media_pool: tiny}
+  - {name: to-far, task: docs, media_pool: remote-pool, failover_event: to-spare}
+  - {name: to-one-medium, task: docs, media_pool: one-medium, failover_event: to-spare}
+  - {name: to-main, task: docs, media_pool: main}
+  - name: broken-source
+    task: gone
+    media_pool: spare
+    failover_event: to-spare
+    follow_ups: [{event: note, when: failure}]
+  - {name: both-full, task: docs, media_pool: tiny, failover_event: to-tiny-again}
+  - name: note
+    kind: command
+    argv: ["sh", "-c", "echo $BACKSTOP_PARENT_OCCURRENCE $BACKSTOP_PARENT_STATE >> notes.txt"]
+  - {name: check, kind: verify}
+"""
+
+
+@dataclass
+class Fleet:
+    app: BackstopApp
+    ledger: Ledger
+    root: Path
+
+    def occur(self, event: str, **options: Any) -> str:
+        occurrence = f"adhoc-{uuid.uuid4().hex[:8]}"
+        self.app.send_task("backstop.dispatch", args=[occurrence, event, "adhoc"],
+                           kwargs=options, queue=CONTROL_QUEUE)
+        return occurrence
+
+    def settled(self, occurrence: str) -> list[dict[str, Any]]:
+        def done() -> dict[str, Any] | None:
+            found = self.ledger.occurrence(occurrence)
+            return found if found and found["state"] != "open" else None
+
+        wait_for(done, f"occurrence {occurrence} to settle", limit_s=30)
+        return self.ledger.runs_of(occurrence)
+
+    def state(self, occurrence: str) -> str:
+        found = self.ledger.occurrence(occurrence)
+        assert found is not None
+        return str(found["state"])
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker_url: str, redis_client: redis.Redis) -> Iterator[Fleet]:
+    (tmp_path / "backstop.yaml").write_text(CONFIG)
+    (tmp_path / "src").mkdir()
+    for i in range(3):
+        (tmp_path / "src" / f"f{i}.bin").write_bytes(os.urandom(100_000))
+    settings = load_settings(str(tmp_path / "backstop.yaml"), {"BACKSTOP_BROKER_URL": broker_url})
+    create_missing_stores(settings, ["local"])
+    app = create_app(settings, broker_url)
+    with start_worker(app, queues=[CONTROL_QUEUE, rds_queue("local")], pool="threads",
+                      concurrency=4, perform_ping_check=False, hostname="fleet@test"):
+        wait_for(lambda: any("local" in w.rds for w in live_workers(redis_client)),
+                 "the worker's heartbeat")
+        yield Fleet(app, Ledger(redis_client), tmp_path)
+
+
+def test_a_run_succeeds_and_its_record_has_the_spec_shape(fleet: Fleet) -> None:
+    occurrence = fleet.occur("plain")
+    [run] = fleet.settled(occurrence)
+    assert set(run) >= {"run_id", "occurrence", "event", "origin_event", "trigger",
+                        "failover_of", "failover_run", "task", "level", "effective_level",
+                        "enforce_full", "media_pool", "data_store", "drive", "interface",
+                        "follow_ups", "migration_task", "state", "error", "saveset", "files",
+                        "bytes", "queued_at", "started_at", "finished_at"}
+    assert (run["state"], run["trigger"], run["files"], run["error"]) == (
+        "succeeded", "adhoc", 3, None)
+    assert run["saveset"] and run["effective_level"] == "FULL"
+    assert fleet.state(occurrence) == "succeeded"
+
+
+def test_out_of_space_fails_over_once_keeping_what_and_how(fleet: Fleet) -> None:
+    occurrence = fleet.occur("to-tiny")
+    original, failover = fleet.settled(occurrence)
+    # the original ran out of space, and names its one failover run
+    assert original["state"] == "storage_unavailable"
+    assert original["error"]["kind"] == "storage_unavailable"
+    assert original["error"]["reason"] == "out_of_space"
+    assert original["failover_run"] == failover["run_id"]
+    # the failover run: where from the failover event, what and how from the original
+    assert (failover["event"], failover["origin_event"], failover["trigger"]) == (
+        "to-spare", "to-tiny", "failover")
+    assert failover["failover_of"] == original["run_id"]
+    assert (failover["task"], failover["level"], failover["enforce_full"]) == ("docs", "INC", True)
+    assert (failover["media_pool"], failover["data_store"], failover["drive"]) == (
+        "spare", "big", "drive-big")
+    assert [f["event"] for f in failover["follow_ups"]] == ["note", "check"]
+    assert failover["state"] == "succeeded"
+    assert failover["effective_level"] == "FULL"  # INC with no FULL yet
+    assert fleet.state(occurrence) == "succeeded"
+
+
+def test_a_store_offline_fails_over(fleet: Fleet) -> None:
+    (fleet.root / "stores" / "small" / MARKER).write_text('{"store": "someone-else"}')
+    original, failover = fleet.settled(fleet.occur("to-tiny"))
+    assert original["error"]["reason"] == "store_offline"
+    assert failover["state"] == "succeeded"
+
+
+def test_no_free_media_fails_over(fleet: Fleet) -> None:
+    first = fleet.settled(fleet.occur("to-one-medium"))
+    assert [r["state"] for r in first] == ["succeeded"]
+    original, failover = fleet.settled(fleet.occur("to-one-medium", level="FULL"))
+    assert original["error"]["reason"] == "no_free_media"
+    assert failover["event"] == "to-spare"
+
+
+def test_an_rds_nobody_serves_fails_over_at_dispatch(fleet: Fleet) -> None:
+    original, failover = fleet.settled(fleet.occur("to-far"))
+    assert original["error"]["reason"] == "rds_unreachable"
+    assert original["started_at"] is None
+    assert (failover["data_store"], failover["state"]) == ("big", "succeeded")
+
+
+def test_a_source_error_never_fails_over(fleet: Fleet) -> None:
+    occurrence = fleet.occur("broken-source")
+    [run] = fleet.settled(occurrence)
+    assert (run["state"], run["error"]["kind"], run["failover_run"]) == (
+        "failed", "source_error", None)
+    assert fleet.state(occurrence) == "failed"
+
+
+def test_a_failover_that_fails_ends_the_occurrence_without_a_second_failover(
+        fleet: Fleet) -> None:
+    occurrence = fleet.occur("both-full")
+    runs = fleet.settled(occurrence)
+    assert [r["state"] for r in runs] == ["storage_unavailable", "storage_unavailable"]
+    assert runs[1]["failover_run"] is None  # to-tiny-again would be the next: never used
+    assert fleet.state(occurrence) == "failed"
+
+
+def test_pool_level_failover_when_the_event_has_none(fleet: Fleet) -> None:
+    (fleet.root / "stores" / "other" / MARKER).unlink()
+    original, redirected = fleet.settled(fleet.occur("to-main"))
+    assert original["error"]["reason"] == "store_offline"
+    assert (redirected["event"], redirected["media_pool"], redirected["data_store"]) == (
+        "to-main", "spare", "big")
+    assert redirected["state"] == "succeeded"
+
+
+def test_follow_ups_are_those_of_the_run_that_succeeded(fleet: Fleet) -> None:
+    occurrence = fleet.occur("to-tiny")
+    fleet.settled(occurrence)
+    # to-spare's follow-ups ran (note: always, check: success); to-tiny's would be note only
+    note = wait_for(lambda: fleet.ledger.occurrence(f"{occurrence}>note"), "note follow-up")
+    check = wait_for(lambda: fleet.ledger.occurrence(f"{occurrence}>check"), "check follow-up")
+    assert note["trigger"] == check["trigger"] == "follow_up"
+    [verify_run] = fleet.settled(f"{occurrence}>check")
+    assert verify_run["state"] == "succeeded"
+    [note_run] = fleet.settled(f"{occurrence}>note")
+    assert note_run["state"] == "succeeded"
+    assert (fleet.root / "notes.txt").read_text() == f"{occurrence} succeeded\n"
+
+
+def test_failure_follow_ups_fire_once_when_the_occurrence_failed(fleet: Fleet) -> None:
+    occurrence = fleet.occur("broken-source")
+    fleet.settled(occurrence)
+    fleet.settled(f"{occurrence}>note")
+    assert (fleet.root / "notes.txt").read_text() == f"{occurrence} failed\n"
+
+
+def test_a_late_or_repeated_message_changes_nothing(fleet: Fleet) -> None:
+    occurrence = fleet.occur("to-tiny")
+    runs = fleet.settled(occurrence)
+    # the same occurrence dispatched again (a second beat), a backup and a failover
+    # message delivered again after the runs ended
+    fleet.app.send_task("backstop.dispatch", args=[occurrence, "to-tiny", "adhoc"],
+                        queue=CONTROL_QUEUE)
+    for run in runs:
+        fleet.app.send_task("backstop.backup", args=[run["run_id"]], queue=rds_queue("local"))
+        fleet.app.send_task("backstop.failover", args=[run["run_id"]], queue=CONTROL_QUEUE)
+    probe = fleet.occur("plain")  # messages are handled in order enough: wait for a later one
+    fleet.settled(probe)
+    assert fleet.ledger.runs_of(occurrence) == runs
+    catalog_ids = [r["saveset"] for r in runs if r["saveset"]]
+    assert len(catalog_ids) == 1
