@@ -46,7 +46,7 @@ class WorkerBeat:
 
 def server_time(client: redis.Redis) -> float:
     seconds, micros = client.time()
-    return float(seconds) + micros / 1e6
+    return float(seconds) + float(micros) / 1e6
 
 
 def roles_of(queues: list[str]) -> tuple[list[str], bool]:
