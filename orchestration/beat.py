@@ -1,9 +1,10 @@
 """The beat scheduler: Celery beat, with one active scheduler among any number of processes.
 
 Every ``backstop beat`` process runs this scheduler. Only the holder of the leader lease
-(:mod:`orchestration.leader`) sends anything; the others poll for the lease every
+(:mod:`orchestration.leader`) schedules; the others poll for the lease every
 ``BEAT_STANDBY_POLL_S`` seconds and take over within ``BEAT_LOCK_TTL_S`` + that poll after
-the leader dies (well inside the 60 s of SPEC section 5).
+the leader dies (well inside the 60 s of SPEC section 5). The schedule is the config file:
+the planner turns due ticks into occurrences, and sends the watchdog.
 """
 
 from __future__ import annotations
@@ -11,22 +12,113 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 from celery.beat import Scheduler
 
+from orchestration.config import Config, Schedule
+from orchestration.control import Control
+from orchestration.events import Trigger
 from orchestration.leader import LeaderLease
-from workers.constants import BEAT_LEADER_KEY, BEAT_LOCK_TTL_S, BEAT_STANDBY_POLL_S
+from orchestration.schedules import (
+    TickAction,
+    latest_tick,
+    next_tick,
+    occurrence_id,
+    suppress,
+    tick_action,
+)
+from workers.constants import (
+    BEAT_LAST_TICK_KEY,
+    BEAT_LEADER_KEY,
+    BEAT_LOCK_TTL_S,
+    BEAT_STANDBY_POLL_S,
+    CONTROL_QUEUE,
+    WATCHDOG_INTERVAL_S,
+)
+from workers.tasks import control_for
 
 log = logging.getLogger(__name__)
 
+NEVER = datetime.min.replace(tzinfo=UTC)
 # The leader ticks at least this often, so its lease is renewed long before it runs out.
 LEADER_MAX_INTERVAL_S = BEAT_LOCK_TTL_S / 6
 
 
 def beat_name() -> str:
     return f"beat.{os.getpid()}@{socket.gethostname()}"
+
+
+@dataclass
+class ScheduleState:
+    schedule: Schedule
+    events: list[str]
+    last: datetime | None = None
+    next_due: datetime = NEVER
+
+
+class Planner:
+    """Turns the config's schedules into occurrences; keeps its place in Redis."""
+
+    def __init__(self, config: Config, client: redis.Redis, control: Control) -> None:
+        self.config, self.client, self.control = config, client, control
+        self.task_of = {e.name: getattr(e, "task", None) for e in config.events}
+        by_name = {e.name: e for e in config.events}
+        self.by_name = by_name
+        self.states = {s.name: ScheduleState(s, [e.name for e in config.events
+                                                 if e.schedule == s.name])
+                       for s in config.schedules}
+        self.next_watchdog = NEVER
+
+    def load(self) -> None:
+        """On becoming the leader: where the previous leader left off."""
+        stored = {k.decode(): datetime.fromisoformat(v.decode())
+                  for k, v in self.client.hgetall(BEAT_LAST_TICK_KEY).items()}
+        for name, state in self.states.items():
+            state.last = stored.get(name)
+            state.next_due = NEVER
+
+    def tick(self, now: datetime) -> float:
+        """Handle what is due at ``now``; return the seconds until something is due next."""
+        due: list[tuple[Any, datetime]] = []
+        for state in self.states.values():
+            if now >= state.next_due:
+                due += self._due(state, now)
+        for item in suppress(due, self.task_of):
+            self._occur(item.event, item.tick, "suppressed" if item.suppressed else None)
+        if now >= self.next_watchdog:
+            self.control.send("backstop.watchdog", [], CONTROL_QUEUE, "watchdog")
+            self.next_watchdog = now + timedelta(seconds=WATCHDOG_INTERVAL_S)
+        soonest = min([s.next_due for s in self.states.values()] + [self.next_watchdog])
+        return max(0.0, (soonest - now).total_seconds())
+
+    def _due(self, state: ScheduleState, now: datetime) -> list[tuple[Any, datetime]]:
+        schedule, tz = state.schedule, self.config.timezone
+        tick = latest_tick(schedule, tz, now)
+        action = tick_action(state.last, tick, now, schedule.catch_up)
+        state.next_due = next_tick(schedule, tz, now)
+        if state.last is not None and tick <= state.last:
+            return []
+        state.last = tick
+        self.client.hset(BEAT_LAST_TICK_KEY, schedule.name, tick.isoformat())
+        if action is TickAction.MISSED:
+            for event in state.events:
+                self._occur(event, tick, "missed")
+            log.warning("schedule %s: tick %s is older than catch_up; recorded as missed",
+                        schedule.name, tick.isoformat())
+            return []
+        return [(self.by_name[e], tick) for e in state.events] if action else []
+
+    def _occur(self, event: str, tick: datetime, skipped: str | None) -> None:
+        occurrence = occurrence_id(event, tick)
+        if skipped:
+            self.control.record_skipped(occurrence, event, Trigger.SCHEDULE, skipped)
+        else:
+            self.control.send("backstop.dispatch", [occurrence, event, "schedule"],
+                              CONTROL_QUEUE, f"event={event} occurrence={occurrence}")
 
 
 class LeaderScheduler(Scheduler):
@@ -37,12 +129,16 @@ class LeaderScheduler(Scheduler):
                                            socket_connect_timeout=5)
         self.lease = LeaderLease(self.client, BEAT_LEADER_KEY, beat_name(), BEAT_LOCK_TTL_S)
         self.leading = False
+        self.planner = Planner(app.settings.config, self.client,
+                               control_for(app, self.client))
         kwargs["max_interval"] = LEADER_MAX_INTERVAL_S
         super().__init__(app, *args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
             leading = self.lease.hold()
+            if leading and not self.leading:
+                self.planner.load()
         except redis.RedisError as exc:
             log.warning("beat: broker unreachable, not scheduling: %s", exc)
             leading = False
@@ -52,7 +148,12 @@ class LeaderScheduler(Scheduler):
             self.leading = leading
         if not leading:
             return BEAT_STANDBY_POLL_S
-        return float(super().tick(*args, **kwargs))
+        try:
+            wait = self.planner.tick(datetime.now(UTC))
+        except redis.RedisError as exc:
+            log.warning("beat: tick not handled: %s", exc)
+            wait = BEAT_STANDBY_POLL_S
+        return min(wait, LEADER_MAX_INTERVAL_S)
 
     def close(self) -> None:
         if self.leading:
@@ -62,3 +163,6 @@ class LeaderScheduler(Scheduler):
                 log.warning("beat: lease not released: %s", exc)
         self.client.close()
         super().close()
+
+
+__all__ = ["LeaderScheduler", "Planner"]

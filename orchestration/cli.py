@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestration import cli_data, cli_fleet
+from orchestration import cli_data, cli_fleet, cli_runs
 from orchestration.cli_common import (
     EXIT_USAGE,
     BackstopGroup,
@@ -115,7 +115,7 @@ def print_status(report: dict[str, Any]) -> None:
     console.print(f"beat leader: {report['beat_leader'] or 'none'}")
 
 
-for _command in [*cli_fleet.COMMANDS, *cli_data.COMMANDS]:
+for _command in [*cli_fleet.COMMANDS, *cli_data.COMMANDS, *cli_runs.COMMANDS]:
     main.add_command(_command)
 
 

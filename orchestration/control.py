@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestration.config import BackupEvent, CommandEvent, Config, FollowUp, FollowUpWhen, Level
+from orchestration.config import CommandEvent, Config, FollowUp, FollowUpWhen, Level
 from orchestration.events import RunSpec, Trigger, Unresolvable, failover_spec, resolve
 from orchestration.ledger import Ledger, now_iso
 from workers.constants import CONTROL_QUEUE, rds_queue
@@ -82,6 +82,18 @@ class Control:
         self.ledger.add_run(run_record(run_id, occurrence, spec))
         self.dispatch(run_id, spec, occurrence)
         return run_id
+
+    def record_skipped(self, occurrence: str, event: str, trigger: Trigger, state: str) -> bool:
+        """An occurrence that does not run (``suppressed``, ``missed``), recorded as such."""
+        if not self.ledger.open_occurrence(occurrence, event, trigger.value, state=state):
+            return False
+        try:
+            record = run_record(new_run_id(), occurrence, resolve(self.config, event, trigger))
+        except Unresolvable:  # a verify or command event
+            record = run_record(new_run_id(), occurrence, resolve_any(self.config, event))
+        record.update(state=state, finished_at=now_iso())
+        self.ledger.add_run(record)
+        return True
 
     def dispatch(self, run_id: str, spec: RunSpec, occurrence: str) -> None:
         """Send a queued run to its RDS, or end it as rds_unreachable when nobody serves it."""
@@ -211,5 +223,11 @@ class Control:
         return acted
 
 
-def is_backup(config: Config, event: str) -> bool:
-    return any(isinstance(e, BackupEvent) and e.name == event for e in config.events)
+def resolve_any(config: Config, event: str) -> RunSpec:
+    """A placeholder spec for a verify or command event (no storage settings)."""
+    definition = next(e for e in config.events if e.name == event)
+    return RunSpec(event=event, origin_event=event, trigger=Trigger.SCHEDULE,
+                   task=getattr(definition, "task", None) or "", level=Level.FULL,
+                   enforce_full=False, full_interval=None, media_pool="", data_store="", rds="",
+                   drive=None, interface=None, follow_ups=tuple(definition.follow_ups),
+                   migration_task=None)

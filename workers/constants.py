@@ -73,3 +73,9 @@ RUNS_KEPT = 10_000
 # A run's lease lives this long unless its process renews it (every RUN_LEASE_RENEW_S).
 RUN_LEASE_S = 15.0
 RUN_LEASE_RENEW_S = 3.0
+
+# Hash: schedule name -> ISO time of the newest tick the beat handled (run, or recorded as
+# missed); read by a beat when it becomes the leader.
+BEAT_LAST_TICK_KEY = "backstop:beat:last-tick"
+# The leading beat sends the watchdog this often, in seconds.
+WATCHDOG_INTERVAL_S = 10.0

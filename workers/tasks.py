@@ -47,9 +47,16 @@ def context(app: BackstopApp) -> Context:
     cached: Context | None = getattr(app, "_backstop_context", None)
     if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
         return cached
-    config = app.settings.config
     client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=30)
-    ledger = Ledger(client)
+    control = control_for(app, client)
+    made = Context(app, client, control.ledger, Engine(app.settings, Catalog(client)),
+                   Channels(client, app.settings.config), control)
+    app._backstop_context, app._backstop_pid = made, os.getpid()  # type: ignore[attr-defined]
+    return made
+
+
+def control_for(app: BackstopApp, client: redis.Redis) -> Control:
+    """The control plane, sending through ``app`` and judging RDS liveness by heartbeats."""
 
     def send(name: str, args: list[Any], queue: str, readable: str) -> None:
         app.send_task(name, args=args, queue=queue, argsrepr=readable)
@@ -57,10 +64,7 @@ def context(app: BackstopApp) -> Context:
     def rds_live(rds: str) -> bool:
         return any(rds in w.rds for w in live_workers(client))
 
-    made = Context(app, client, ledger, Engine(app.settings, Catalog(client)),
-                   Channels(client, config), Control(config, ledger, send, rds_live))
-    app._backstop_context, app._backstop_pid = made, os.getpid()  # type: ignore[attr-defined]
-    return made
+    return Control(app.settings.config, Ledger(client), send, rds_live)
 
 
 def finish_job(ctx: Context, run_id: str,
