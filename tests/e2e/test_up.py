@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -99,4 +100,45 @@ def test_up_with_an_external_broker_url_uses_it(quickstart: Path, broker_url: st
     report = json.loads(backstop("status", "--json", config=quickstart).stdout)
     password = broker_url.split("@", maxsplit=1)[0].rsplit(":", maxsplit=1)[-1]
     assert password not in json.dumps(report)
+    assert up.stop() == 0
+
+
+def test_the_quickstart_fails_over_when_its_primary_pool_is_full(
+        quickstart: Path, start_up: Callable[..., Up]) -> None:
+    up = start_up(quickstart, "--no-flower")
+    up.wait_live()
+    results = []
+    for _ in range(3):  # FULLs until the small primary store cannot take one more
+        done = backstop("run", "demo-often", "--level", "FULL", "--wait", "--timeout", "60",
+                        "--json", config=quickstart)
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout))
+    assert all(r["succeeded"] for r in results)
+    failed_over = [r for r in results if len(r["runs"]) == 2]
+    assert failed_over, [[run["state"] for run in r["runs"]] for r in results]
+    original, failover = failed_over[0]["runs"]
+    assert (original["state"], original["error"]["reason"]) == (
+        "storage_unavailable", "out_of_space")
+    assert (failover["event"], failover["origin_event"], failover["media_pool"]) == (
+        "demo-spare", "demo-often", "spare")
+    assert (failover["level"], failover["enforce_full"]) == ("FULL", True)
+    runs = json.loads(backstop("runs", "--json", "--event", "demo-spare",
+                               config=quickstart).stdout)
+    assert failover["run_id"] in {r["run_id"] for r in runs}
+    assert up.stop() == 0
+
+
+def test_run_exits_2_for_an_unknown_event_and_1_for_a_failed_occurrence(
+        quickstart: Path, start_up: Callable[..., Up]) -> None:
+    up = start_up(quickstart, "--no-flower")
+    up.wait_live()
+    unknown = backstop("run", "demo-oftn", config=quickstart)
+    assert unknown.returncode == 2
+    assert "did you mean 'demo-often'" in unknown.stderr
+    shutil.rmtree(quickstart.parent / "demo-data")  # the source is gone: a source error
+    failed = backstop("run", "demo-often", "--wait", "--json", config=quickstart)
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    assert report["succeeded"] is False
+    assert report["runs"][0]["error"]["kind"] == "source_error"
     assert up.stop() == 0
