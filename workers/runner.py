@@ -30,6 +30,9 @@ from workers.engine import BackupRequest, Engine
 
 log = logging.getLogger(__name__)
 
+# A run waiting for a drive channel asks again after this many seconds.
+CHANNEL_WAIT_S = 2.0
+
 # Take a channel: drop holders whose lease ran out, then join if there is room.
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
@@ -100,7 +103,9 @@ class Outcome:
     # True when this call ended the run (then the control plane must hear of it).
     ended: bool
     fields: dict[str, Any]
-    wait_for_channel: bool = False
+    # The run cannot start yet: no drive channel is free, or the lease of a process that
+    # ran it before (and may have died) has not run out yet. Ask again later.
+    come_back_in_s: float | None = None
 
 
 class Progress:
@@ -129,11 +134,12 @@ def run_backup(engine: Engine, ledger: Ledger, channels: Channels, run_id: str, 
     spec = RunSpec.from_json(run["spec"])
     may_write, drive = channels.acquire(spec, run_id)
     if not may_write:
-        return Outcome(False, {"state": "queued"}, wait_for_channel=True)
+        return Outcome(False, {"state": "queued"}, come_back_in_s=CHANNEL_WAIT_S)
     claim = ledger.claim(run_id, holder, int(RUN_LEASE_S * 1000))
+    if claim.outcome == "busy":  # the channel entry is the run's: its live holder keeps it
+        return Outcome(False, {"state": "running"}, come_back_in_s=RUN_LEASE_S)
     if not claim.ok:
-        if claim.outcome != "busy":
-            channels.release(drive, run_id)
+        channels.release(drive, run_id)
         return Outcome(False, {"state": claim.outcome})
     if drive is not None and spec.drive is None:
         ledger.update(run_id, {"drive": drive})

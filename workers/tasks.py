@@ -27,9 +27,6 @@ from workers.heartbeat import live_workers
 from workers.jobs import command_job, verify_job
 from workers.runner import Channels, run_backup
 
-# A run waiting for a drive channel asks again after this many seconds.
-CHANNEL_WAIT_S = 2.0
-
 
 @dataclass
 class Context:
@@ -99,8 +96,8 @@ def register_tasks(app: BackstopApp) -> None:
         holder = f"{task.request.hostname}:{os.getpid()}:{task.request.id}"
         outcome = run_backup(ctx.engine, ctx.ledger, ctx.channels, run_id, holder,
                              lambda progress: task.update_state(state="PROGRESS", meta=progress))
-        if outcome.wait_for_channel:
-            raise task.retry(countdown=CHANNEL_WAIT_S)
+        if outcome.come_back_in_s is not None:
+            raise task.retry(countdown=outcome.come_back_in_s)
         if outcome.ended:
             name = ("backstop.failover" if outcome.fields["state"] == "storage_unavailable"
                     else "backstop.settle")
