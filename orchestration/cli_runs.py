@@ -67,8 +67,8 @@ def run(ctx: click.Context, config_file: str | None, event: str, level: str | No
     occurrence = adhoc_occurrence(event)
     app = create_app(settings, url)
     options = {"level": level, "enforce_full": enforce_full}
-    app.send_task("backstop.dispatch", args=[occurrence, event, "adhoc"], kwargs=options,
-                  queue=CONTROL_QUEUE, argsrepr=f"event={event} occurrence={occurrence}")
+    app.send("backstop.dispatch", [occurrence, event, "adhoc"], CONTROL_QUEUE,
+             f"event={event} occurrence={occurrence}", **options)
     ledger = Ledger(client)
     state = follow(ledger, occurrence, wait, timeout_s, quiet=as_json)
     runs = ledger.runs_of(occurrence)

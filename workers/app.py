@@ -39,6 +39,17 @@ class BackstopApp(Celery):
 
     settings: Settings
 
+    def send(self, name: str, args: list[Any], queue: str, readable: str,
+             **options: Any) -> None:
+        """Put a task message on ``queue``; ``readable`` is what Flower shows as arguments.
+
+        Nothing in Backstop waits for a task's result, so none is subscribed to: with the
+        Redis result backend every waited-for result would hold a pub/sub subscription in
+        the sending process (the beat, a control worker) until it is garbage-collected.
+        """
+        self.send_task(name, args=args, kwargs=options or None, queue=queue,
+                       argsrepr=readable, ignore_result=True)
+
 
 def celery_config(config: Config, broker_url: str) -> dict[str, Any]:
     backup_limit_s = int(config.backup_time_limit.total_seconds())

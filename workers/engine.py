@@ -9,14 +9,16 @@ the run is left to be seen.
 
 from __future__ import annotations
 
+import json
 import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from orchestration.config import DataStore, Level, MediaPool, Task
-from orchestration.errors import StorageUnavailable
+from orchestration.errors import StorageError, StorageUnavailable
 from orchestration.levels import LevelDecision, decide_level
 from orchestration.retention import protected
 from orchestration.settings import Settings
@@ -101,7 +103,8 @@ class Engine:
     def backup(self, request: BackupRequest, progress: Progress | None = None) -> BackupResult:
         now = self.clock()
         saveset_id = request.saveset_id or new_saveset_id(request.task, now)
-        existing = self.catalog.get(saveset_id)
+        existing = self.catalog.get(saveset_id) or self.adopt(
+            self.pool(request.media_pool).data_store, saveset_id)
         if existing is not None:  # this run already committed its saveset
             return BackupResult(existing, LevelDecision(request.level, existing.level,
                                                         existing.based_on, "already taken"))
@@ -173,6 +176,72 @@ class Engine:
             raise
         self.catalog.add(saveset, encoded)
         return saveset
+
+    def adopt(self, store_name: str, saveset_id: str) -> Saveset | None:
+        """A saveset committed to its store but not cataloged (its writer died in between):
+        catalog it now, instead of writing it again."""
+        store = self.stores[store_name]
+        try:
+            keys = store.list()
+        except StorageUnavailable:
+            return None  # nothing to adopt; the run's pre-flight reports the store
+        for key in keys:
+            if key.saveset_id == saveset_id:
+                with store.read(key, META) as meta:
+                    saveset = Saveset.from_json(json.loads(meta.read()))
+                with store.read(key, MANIFEST) as manifest:
+                    self.catalog.add(saveset, manifest.read())
+                return saveset
+        return None
+
+    def migrate(self, saveset_id: str, migration_name: str, run_id: str | None
+                ) -> tuple[Saveset, bytes]:
+        """Copy a saveset into the migration task's target pool, verify it, catalog it.
+
+        The copy holds the same archive; its manifest names the copy as the holder of what
+        the original held (content of earlier savesets of a chain stays where it is).
+        """
+        copy_id = f"{saveset_id}.{migration_name}"
+        migration = next(m for m in self.config.migration_tasks if m.name == migration_name)
+        pool = self.pool(migration.target_pool)
+        for key in self.stores[pool.data_store].list():
+            if key.saveset_id == copy_id:  # copied before: hand back what is there
+                with self.stores[pool.data_store].read(key, META) as meta, \
+                        self.stores[pool.data_store].read(key, MANIFEST) as stored:
+                    return Saveset.from_json(json.loads(meta.read())), stored.read()
+        source = self.catalog.get(saveset_id)
+        if source is None:
+            raise StorageError(f"saveset {saveset_id} is not in the catalog")
+        manifest = self.base_manifest_of(source)
+        manifest.saveset_id = copy_id
+        manifest.entries = {p: replace(e, holder=copy_id) if e.holder == saveset_id else e
+                            for p, e in manifest.entries.items()}
+        encoded = manifests.encode(manifest)
+        now = self.clock()
+        choice = self._choose_medium(pool, source.archive_bytes + len(encoded), now)
+        copy = replace(source, id=copy_id, pool=pool.name, data_store=pool.data_store,
+                       medium=choice.label, run_id=run_id, created_at=now,
+                       migrated_from=source.id, manifest_bytes=len(encoded),
+                       manifest_digest=digest_of(encoded),
+                       needs=tuple(sorted(manifest.holders() - {copy_id})))
+        staging = self.stores[pool.data_store].stage(copy.key, copy.stored_bytes,
+                                                     choice.room_bytes)
+        try:
+            with self.stores[source.data_store].read(source.key, ARCHIVE) as data, \
+                    staging.open(ARCHIVE) as out:
+                shutil.copyfileobj(data, out, 1 << 20)
+            for part, content in ((MANIFEST, encoded), (META, copy.dumps().encode())):
+                with staging.open(part) as out:
+                    out.write(content)
+            staging.commit()
+        except BaseException:
+            staging.abort()
+            raise
+        return copy, encoded
+
+    def base_manifest_of(self, saveset: Saveset) -> Manifest:
+        with self.stores[saveset.data_store].read(saveset.key, MANIFEST) as data:
+            return manifests.decode(data, saveset.id)
 
     def _choose_medium(self, pool: MediaPool, estimate: int, now: datetime) -> MediumChoice:
         everything = self.catalog.all()

@@ -63,3 +63,15 @@ def command_job(settings: Settings, ledger: Ledger, run: dict[str, Any]) -> dict
         return failed("internal", f"{event.argv[0]} exited with {done.returncode}: {tail}")
     return {"state": "succeeded"}
 
+
+
+def migrate_job(engine: Engine, catalog: Catalog, run: dict[str, Any]) -> dict[str, Any]:
+    """Copy the run's saveset by its migration task, verify the copy, then catalog it."""
+    copy, manifest = engine.migrate(run["saveset"], run["migration_task"], run["run_id"])
+    if catalog.get(copy.id) is None:
+        result = Restorer(catalog, engine.stores).verify(copy)
+        if not result.ok:
+            engine.stores[copy.data_store].delete(copy.key)
+            return {"state": "failed", "saveset": copy.id, "bad": result.bad}
+        catalog.add(copy, manifest)
+    return {"state": "succeeded", "saveset": copy.id}

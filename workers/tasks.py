@@ -17,6 +17,7 @@ from celery import Task
 
 from orchestration.config import Level
 from orchestration.control import Control
+from orchestration.errors import BackstopError
 from orchestration.events import Trigger
 from orchestration.ledger import Ledger
 from workers.app import BackstopApp
@@ -24,7 +25,7 @@ from workers.catalog import Catalog
 from workers.constants import CONTROL_QUEUE, RUN_LEASE_S
 from workers.engine import Engine
 from workers.heartbeat import live_workers
-from workers.jobs import command_job, verify_job
+from workers.jobs import command_job, migrate_job, verify_job
 from workers.runner import Channels, run_backup
 
 
@@ -55,13 +56,10 @@ def context(app: BackstopApp) -> Context:
 def control_for(app: BackstopApp, client: redis.Redis) -> Control:
     """The control plane, sending through ``app`` and judging RDS liveness by heartbeats."""
 
-    def send(name: str, args: list[Any], queue: str, readable: str) -> None:
-        app.send_task(name, args=args, queue=queue, argsrepr=readable)
-
     def rds_live(rds: str) -> bool:
         return any(rds in w.rds for w in live_workers(client))
 
-    return Control(app.settings.config, Ledger(client), send, rds_live)
+    return Control(app.settings.config, Ledger(client), app.send, rds_live)
 
 
 def finish_job(ctx: Context, run_id: str,
@@ -78,6 +76,32 @@ def finish_job(ctx: Context, run_id: str,
     return {"run_id": run_id, **fields}
 
 
+def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, Any]:
+    ctx = context(app)
+    holder = f"{task.request.hostname}:{os.getpid()}:{task.request.id}"
+    outcome = run_backup(ctx.engine, ctx.ledger, ctx.channels, run_id, holder,
+                         lambda progress: task.update_state(state="PROGRESS", meta=progress))
+    if outcome.come_back_in_s is not None:
+        raise task.retry(countdown=outcome.come_back_in_s)
+    if outcome.ended:
+        name = ("backstop.failover" if outcome.fields["state"] == "storage_unavailable"
+                else "backstop.settle")
+        app.send(name, [run_id], CONTROL_QUEUE, f"run={run_id}")
+    return {"run_id": run_id, **outcome.fields}
+
+
+def migrate_run(ctx: Context, run_id: str) -> dict[str, Any]:
+    run = ctx.ledger.run(run_id)
+    if run is None or run.get("migration") is not None:
+        return {"run_id": run_id, "late": True}
+    try:
+        outcome = migrate_job(ctx.engine, ctx.engine.catalog, run)
+    except BackstopError as exc:
+        outcome = {"state": "failed", "error": str(exc)}
+    ctx.ledger.update(run_id, {"migration": outcome})
+    return {"run_id": run_id, **outcome}
+
+
 def register_tasks(app: BackstopApp) -> None:
     backup_limit = int(app.settings.config.backup_time_limit.total_seconds())
 
@@ -92,17 +116,7 @@ def register_tasks(app: BackstopApp) -> None:
               soft_time_limit=backup_limit, time_limit=backup_limit + 60)
     def backup(task: Task[Any, Any], run_id: str) -> dict[str, Any]:
         """One backup run on its RDS."""
-        ctx = context(app)
-        holder = f"{task.request.hostname}:{os.getpid()}:{task.request.id}"
-        outcome = run_backup(ctx.engine, ctx.ledger, ctx.channels, run_id, holder,
-                             lambda progress: task.update_state(state="PROGRESS", meta=progress))
-        if outcome.come_back_in_s is not None:
-            raise task.retry(countdown=outcome.come_back_in_s)
-        if outcome.ended:
-            name = ("backstop.failover" if outcome.fields["state"] == "storage_unavailable"
-                    else "backstop.settle")
-            app.send_task(name, args=[run_id], queue=CONTROL_QUEUE, argsrepr=f"run={run_id}")
-        return {"run_id": run_id, **outcome.fields}
+        return back_up(app, task, run_id)
 
     @app.task(name="backstop.failover", shared=False)
     def failover(run_id: str) -> str | None:
@@ -126,6 +140,11 @@ def register_tasks(app: BackstopApp) -> None:
         """A ``kind: command`` event: run its argv on this control worker."""
         ctx = context(app)
         return finish_job(ctx, run_id, lambda run: command_job(app.settings, ctx.ledger, run))
+
+    @app.task(name="backstop.migrate", shared=False)
+    def migrate(run_id: str) -> dict[str, Any]:
+        """The migration task of a succeeded run: copy its saveset to the target pool."""
+        return migrate_run(context(app), run_id)
 
     @app.task(name="backstop.watchdog", shared=False)
     def watchdog() -> int:

@@ -78,6 +78,6 @@ def test_queue_depth_counts_waiting_messages_of_every_priority(
     app = create_app(settings, broker_url)
     queue = rds_queue("local")
     for priority in (0, 0, 5, 9):
-        app.send_task("backstop.example", queue=queue, priority=priority)
+        app.send_task("backstop.example", queue=queue, priority=priority, ignore_result=True)
     depths = {q["name"]: q["depth"] for q in fleet_status(redis_client, settings.config)["queues"]}
     assert depths == {CONTROL_QUEUE: 0, queue: 4}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Iterator
@@ -29,12 +30,15 @@ data_stores:
   - {name: big, rds: local, path: stores/big, create: true}
   - {name: other, rds: local, path: stores/other, create: true}
   - {name: far, rds: remote, path: stores/far}
+  - {name: vaultstore, rds: local, path: stores/vault, create: true}
 media_pools:
   - {name: tiny, data_store: small, retention: 14d}
   - {name: spare, data_store: big, retention: 14d}
   - {name: main, data_store: other, retention: 14d, failover_pool: spare}
   - {name: remote-pool, data_store: far, retention: 14d}
   - {name: one-medium, data_store: big, retention: 14d, media: {count: 1, size: 400KiB}}
+  - {name: vault, data_store: vaultstore, retention: 90d}
+migration_tasks: [{name: offsite, target_pool: vault}]
 drives:
   - {name: drive-big, data_store: big, channels: 1}
   - {name: drive-other, data_store: other, channels: 1}
@@ -43,6 +47,8 @@ events:
   - name: plain
     task: docs
     media_pool: spare
+  - {name: with-migration, task: docs, media_pool: spare, migration_task: offsite}
+  - {name: one-channel, task: docs, media_pool: spare, drive: drive-big}
   - name: to-tiny
     task: docs
     level: INC
@@ -83,8 +89,8 @@ class Fleet:
 
     def occur(self, event: str, **options: Any) -> str:
         occurrence = f"adhoc-{uuid.uuid4().hex[:8]}"
-        self.app.send_task("backstop.dispatch", args=[occurrence, event, "adhoc"],
-                           kwargs=options, queue=CONTROL_QUEUE)
+        self.app.send("backstop.dispatch", [occurrence, event, "adhoc"], CONTROL_QUEUE,
+                      f"event={event}", **options)
         return occurrence
 
     def settled(self, occurrence: str) -> list[dict[str, Any]]:
@@ -226,13 +232,71 @@ def test_a_late_or_repeated_message_changes_nothing(fleet: Fleet) -> None:
     runs = fleet.settled(occurrence)
     # the same occurrence dispatched again (a second beat), a backup and a failover
     # message delivered again after the runs ended
-    fleet.app.send_task("backstop.dispatch", args=[occurrence, "to-tiny", "adhoc"],
-                        queue=CONTROL_QUEUE)
+    fleet.app.send("backstop.dispatch", [occurrence, "to-tiny", "adhoc"], CONTROL_QUEUE, "")
     for run in runs:
-        fleet.app.send_task("backstop.backup", args=[run["run_id"]], queue=rds_queue("local"))
-        fleet.app.send_task("backstop.failover", args=[run["run_id"]], queue=CONTROL_QUEUE)
+        fleet.app.send("backstop.backup", [run["run_id"]], rds_queue("local"), "")
+        fleet.app.send("backstop.failover", [run["run_id"]], CONTROL_QUEUE, "")
     probe = fleet.occur("plain")  # messages are handled in order enough: wait for a later one
     fleet.settled(probe)
     assert fleet.ledger.runs_of(occurrence) == runs
     catalog_ids = [r["saveset"] for r in runs if r["saveset"]]
     assert len(catalog_ids) == 1
+
+
+def test_migration_copies_the_new_saveset_verifies_and_catalogs_it(fleet: Fleet) -> None:
+    from workers.catalog import Catalog
+
+    [run] = fleet.settled(fleet.occur("with-migration"))
+
+    def migrated() -> dict[str, Any] | None:
+        found = fleet.ledger.run(run["run_id"])
+        return found["migration"] if found and found.get("migration") else None
+
+    migration = wait_for(migrated, "the migration")
+    assert migration["state"] == "succeeded"
+    catalog = Catalog(fleet.ledger.client)
+    copy = catalog.get(migration["saveset"])
+    assert copy is not None
+    assert (copy.migrated_from, copy.pool, copy.data_store) == (run["saveset"], "vault",
+                                                                 "vaultstore")
+    original = catalog.get(run["saveset"])
+    assert original is not None
+    assert (copy.files, copy.bytes, copy.level) == (original.files, original.bytes,
+                                                    original.level)
+
+
+def test_a_drive_never_has_more_writers_than_channels_and_waiting_is_not_failing(
+        fleet: Fleet) -> None:
+    for i in range(6):  # bigger source: runs long enough to overlap if they could
+        (fleet.root / "src" / f"big{i}.bin").write_bytes(os.urandom(4 << 20))
+    occurrences = [fleet.occur("one-channel") for _ in range(3)]
+    runs = [fleet.settled(o)[0] for o in occurrences]
+    assert [r["state"] for r in runs] == ["succeeded"] * 3
+    spans = sorted((r["started_at"], r["finished_at"]) for r in runs)
+    for (_, first_end), (second_start, _) in itertools.pairwise(spans):
+        assert second_start >= first_end  # one channel: one writer at a time
+
+
+def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> None:
+    import json
+
+    from workers.constants import HEARTBEATS_KEY
+    from workers.heartbeat import server_time
+    from workers.tasks import control_for
+
+    # Given a worker for RDS remote that announced itself (its heartbeat) and then vanished
+    client = fleet.ledger.client
+    beat = {"name": "remote@gone", "rds": ["remote"], "control": False, "pid": 1,
+            "host": "gone", "at": server_time(client)}
+    client.hset(HEARTBEATS_KEY, "remote@gone", json.dumps(beat))
+    occurrence = fleet.occur("to-far")
+    run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    assert run["state"] == "queued"  # sent to backstop.rds.remote, which nobody consumes
+    client.hdel(HEARTBEATS_KEY, "remote@gone")
+    # When the watchdog looks
+    assert control_for(fleet.app, client).watchdog() >= 1
+    # Then the run ended as rds_unreachable and its occurrence failed over
+    original, failover = fleet.settled(occurrence)
+    assert (original["state"], original["error"]["reason"]) == (
+        "storage_unavailable", "rds_unreachable")
+    assert failover["state"] == "succeeded"
