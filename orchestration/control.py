@@ -198,6 +198,18 @@ class Control:
                 return str(run["rds"])
         return None
 
+    # cancellation
+
+    def cancel(self, run_id: str) -> None:
+        """A revoked run ends as failed/cancelled; one still running ends when its process
+        has gone (its lease runs out) and is never sent again."""
+        fields = {"state": "failed", "error": {"kind": "cancelled", "message": "revoked"}}
+        outcome = self.ledger.finish(run_id, fields)
+        if outcome == "busy":
+            self.ledger.update(run_id, {"cancel_requested": True})
+        elif outcome == "done":
+            self.run_ended(run_id)
+
     # the watchdog
 
     def watchdog(self) -> int:
@@ -214,7 +226,9 @@ class Control:
                 acted += 1
             elif run["state"] == "running" and self.ledger.lease_holder(run["run_id"]) is None:
                 acted += 1
-                if served:
+                if run.get("cancel_requested"):
+                    self.cancel(run["run_id"])
+                elif served:
                     spec = RunSpec.from_json(run["spec"])
                     self.dispatch(run["run_id"], spec, run["occurrence"])
                 else:

@@ -35,6 +35,7 @@ TERMINAL = ("succeeded", "failed", "storage_unavailable", "suppressed", "missed"
 _CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == 'true' then return 'cancelled' end
 if state == '"queued"' or (state == '"running"' and redis.call('EXISTS', KEYS[2]) == 0) then
   redis.call('HSET', KEYS[1], 'state', '"running"', 'worker', ARGV[4])
   if redis.call('HGET', KEYS[1], 'started_at') == 'null' then

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.signals import task_revoked
 
 from orchestration.config import Level
 from orchestration.control import Control
@@ -100,6 +101,18 @@ def migrate_run(ctx: Context, run_id: str) -> dict[str, Any]:
         outcome = {"state": "failed", "error": str(exc)}
     ctx.ledger.update(run_id, {"migration": outcome})
     return {"run_id": run_id, **outcome}
+
+
+@task_revoked.connect
+def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A revoked backup (or verify, command) run ends as cancelled."""
+    app = getattr(sender, "app", None)
+    if (isinstance(app, BackstopApp) and request is not None and request.args
+            and getattr(sender, "name", "") in RUN_TASKS):
+        context(app).control.cancel(str(request.args[0]))
+
+
+RUN_TASKS = ("backstop.backup", "backstop.verify", "backstop.command")
 
 
 def register_tasks(app: BackstopApp) -> None:

@@ -300,3 +300,28 @@ def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> N
     assert (original["state"], original["error"]["reason"]) == (
         "storage_unavailable", "rds_unreachable")
     assert failover["state"] == "succeeded"
+
+
+def test_a_revoked_run_is_cancelled_and_never_run(fleet: Fleet) -> None:
+    # Given a run queued for RDS remote, which nobody consumes, revoked by the operator
+    import json
+
+    from workers.constants import HEARTBEATS_KEY
+    from workers.heartbeat import server_time
+    from workers.tasks import control_for
+
+    client = fleet.ledger.client
+    beat = {"name": "remote@idle", "rds": ["remote"], "control": False, "pid": 1,
+            "host": "idle", "at": server_time(client)}
+    client.hset(HEARTBEATS_KEY, "remote@idle", json.dumps(beat))
+    occurrence = fleet.occur("to-far")
+    run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    control_for(fleet.app, client).cancel(run["run_id"])
+    [cancelled] = fleet.settled(occurrence)
+    assert (cancelled["state"], cancelled["error"]["kind"]) == ("failed", "cancelled")
+    assert fleet.state(occurrence) == "failed"
+    # a message for it delivered later does nothing
+    client.hdel(HEARTBEATS_KEY, "remote@idle")
+    fleet.app.send("backstop.backup", [run["run_id"]], rds_queue("local"), "")
+    fleet.settled(fleet.occur("plain"))
+    assert fleet.ledger.runs_of(occurrence) == [cancelled]
