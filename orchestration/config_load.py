@@ -129,7 +129,7 @@ def _validate_model(cls: type[BaseModel], data: Any, path: str) -> list[str]:
     try:
         cls.model_validate(data)
     except ValidationError as exc:
-        return [_describe(error, path) for error in exc.errors()]
+        return [_describe(error, path, cls) for error in exc.errors()]
     return []
 
 
@@ -145,14 +145,16 @@ def format_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
-def _describe(error: ErrorDetails, prefix: str) -> str:
+def _describe(error: ErrorDetails, prefix: str, cls: type[BaseModel]) -> str:
     path = format_path(prefix, tuple(error["loc"]))
     kind, value = error["type"], error.get("input")
     message = error["msg"]
     if kind == "extra_forbidden":
         key = str(error["loc"][-1])
-        fields = {f for model in _ALL_MODELS for f in model.model_fields}
-        message = f"unknown key {key!r}{did_you_mean(key, fields)}"
+        # keys of the entity itself; for nested mappings, keys of any entity
+        known = cls.model_fields if len(error["loc"]) == 1 else {
+            f for model in _ALL_MODELS for f in model.model_fields}
+        message = f"unknown key {key!r}{did_you_mean(key, set(known) - {key})}"
     elif kind == "missing":
         message = "missing required key"
     elif kind == "value_error":

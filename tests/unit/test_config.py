@@ -220,3 +220,9 @@ def test_arbitrary_text_yields_a_config_or_a_config_error(text: str) -> None:
         parse_config(text)
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_a_key_of_another_entity_is_not_suggested_as_itself() -> None:
+    problems = problems_of("schedules: [{name: s, every: 5s, media_pool: x, evry: 3}]")
+    assert "schedules[0].media_pool: unknown key 'media_pool' (line 1)" in problems
+    assert "schedules[0].evry: unknown key 'evry' (did you mean 'every'?) (line 1)" in problems
