@@ -135,7 +135,10 @@ def beat_tick_ms(url: str, events: int = 10_000) -> tuple[float, float]:
     from orchestration.ledger import Ledger
 
     raw = yaml.safe_load(CONFIG)
-    raw["schedules"] = [{"name": f"s{i}", "every": f"{60 + i}s"} for i in range(100)]
+    # s0 ticks every minute; the other 99 once a year, so that a tick of s0 has exactly
+    # its own 100 events due (all of one task: 99 of them are suppressed)
+    raw["schedules"] = [{"name": "s0", "cron": "* * * * *"}] + [
+        {"name": f"s{i}", "cron": f"0 3 1 {1 + i % 12} *"} for i in range(1, 100)]
     raw["events"] = [{"name": f"e{i}", "schedule": f"s{i % 100}", "task": "tiny",
                       "media_pool": "fast", "priority": i} for i in range(events)]
     config = parse_config(yaml.safe_dump(raw))

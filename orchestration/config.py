@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import zoneinfo
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -265,5 +266,9 @@ class Config(Model):
     def rds_named(self, name: str) -> Rds:
         return next(r for r in self.rds if r.name == name)
 
+    @cached_property
+    def events_by_name(self) -> dict[str, BackupEvent | VerifyEvent | CommandEvent]:
+        return {e.name: e for e in self.events}
+
     def event_named(self, name: str) -> BackupEvent | VerifyEvent | CommandEvent:
-        return next(e for e in self.events if e.name == name)
+        return self.events_by_name[name]

@@ -69,7 +69,8 @@ class Control:
         """Start an occurrence (beat tick, ad-hoc, follow-up); None if it exists already."""
         if not self.ledger.open_occurrence(occurrence, event, trigger.value, parent):
             return None
-        kind = next((e.kind for e in self.config.events if e.name == event), None)
+        found = self.config.events_by_name.get(event)
+        kind = found.kind if found else None
         if kind in ("verify", "command"):
             return self._start_job(occurrence, event, trigger, parent)
         try:
@@ -166,7 +167,7 @@ class Control:
 
     def _start_job(self, occurrence: str, event: str, trigger: Trigger,
                    parent: str | None) -> str:
-        definition = next(e for e in self.config.events if e.name == event)
+        definition = self.config.event_named(event)
         run_id = new_run_id()
         record = {
             "run_id": run_id, "occurrence": occurrence, "event": event, "origin_event": event,
@@ -239,7 +240,7 @@ class Control:
 
 def resolve_any(config: Config, event: str) -> RunSpec:
     """A placeholder spec for a verify or command event (no storage settings)."""
-    definition = next(e for e in config.events if e.name == event)
+    definition = config.event_named(event)
     return RunSpec(event=event, origin_event=event, trigger=Trigger.SCHEDULE,
                    task=getattr(definition, "task", None) or "", level=Level.FULL,
                    enforce_full=False, full_interval=None, media_pool="", data_store="", rds="",

@@ -93,7 +93,7 @@ def storage_of(config: Config, pool_name: str) -> tuple[str, str]:
 
 
 def backup_event(config: Config, name: str) -> BackupEvent:
-    event = next((e for e in config.events if e.name == name), None)
+    event = config.events_by_name.get(name)
     if event is None:
         raise Unresolvable(f"unknown event {name!r}")
     if not isinstance(event, BackupEvent):

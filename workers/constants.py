@@ -44,6 +44,10 @@ CATALOG_SAVESET_KEY = "backstop:catalog:saveset:{id}"
 CATALOG_INDEX_KEY = "backstop:catalog:savesets"
 # Sorted set: the saveset ids of one task, scored by creation time.
 CATALOG_TASK_KEY = "backstop:catalog:task:{task}"
+# Sorted set: the saveset ids of one media pool, scored by creation time.
+CATALOG_POOL_KEY = "backstop:catalog:pool:{pool}"
+# Set: the ids of a task's savesets whose manifest is cached (see below).
+CATALOG_CACHED_KEY = "backstop:catalog:cached-manifests:{task}"
 # String: compressed manifest of a saveset that may still be a base (the task's newest FULL
 # and newest FULL/DIFF/INC), so a DIFF/INC works while the base's store is offline.
 CATALOG_MANIFEST_KEY = "backstop:catalog:manifest:{id}"

@@ -244,11 +244,9 @@ class Engine:
             return manifests.decode(data, saveset.id)
 
     def _choose_medium(self, pool: MediaPool, estimate: int, now: datetime) -> MediumChoice:
-        everything = self.catalog.all()
-        retention = {p.name: p.retention for p in self.config.media_pools}
-        keep = protected(everything, retention, now)
-        choice = choose_medium(pool, [s for s in everything if s.pool == pool.name], keep,
-                               estimate)
+        in_pool = self.catalog.in_pool(pool.name) if pool.media else []
+        choice = choose_medium(pool, in_pool, set(), estimate, keep_needed=lambda: protected(
+            self.catalog.all(), {p.name: p.retention for p in self.config.media_pools}, now))
         for old in choice.recycle:
             self.stores[old.data_store].delete(old.key)
             self.catalog.remove(old)

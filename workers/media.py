@@ -10,6 +10,7 @@ no free media.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestration.config import MediaPool
@@ -51,7 +52,10 @@ def media_states(pool: MediaPool, savesets: list[Saveset], keep: set[str]) -> li
 
 
 def choose_medium(pool: MediaPool, savesets: list[Saveset], keep: set[str],
-                  estimate_bytes: int) -> MediumChoice:
+                  estimate_bytes: int, keep_needed: Callable[[], set[str]] | None = None
+                  ) -> MediumChoice:
+    """``keep``: ids that must stay; or ``keep_needed`` computes them, only when a medium
+    would be recycled (it looks at every saveset)."""
     size = pool.media.size if pool.media else None
     count = pool.media.count if pool.media else None
     states = media_states(pool, savesets, keep)
@@ -69,6 +73,8 @@ def choose_medium(pool: MediaPool, savesets: list[Saveset], keep: set[str],
     if count is None:
         highest = max((int(st.label[-5:]) for st in states), default=0)
         return MediumChoice(label(pool.name, highest + 1), size)
+    if keep_needed is not None:
+        states = media_states(pool, savesets, keep | keep_needed())
     recyclable = sorted((st for st in states if st.free),
                         key=lambda st: max(s.created_at for s in st.savesets))
     if recyclable:
