@@ -100,17 +100,20 @@ def measure_bare(app: Any, client: Any, n: int, samples: int) -> dict[str, Any]:
 def measure_backstop(app: Any, ledger: Any, n: int, samples: int) -> dict[str, Any]:
     from workers.constants import CONTROL_QUEUE
 
-    def settled(occurrences: list[str]) -> bool:
-        return all((ledger.occurrence(o) or {}).get("state") in ("succeeded", "failed")
-                   for o in occurrences[-20:]) and all(
-            (ledger.occurrence(o) or {}).get("state") == "succeeded" for o in occurrences)
+    def states(occurrences: list[str]) -> list[str]:
+        return [(ledger.occurrence(o) or {}).get("state", "sent") for o in occurrences]
 
     names = [f"bench-{i}" for i in range(n)]
     start = time.perf_counter()
     for name in names:
         app.send("backstop.dispatch", [name, "tiny-now", "adhoc"], CONTROL_QUEUE, name)
-    wait_until(lambda: settled(names))
+    wait_until(lambda: all(s in ("succeeded", "failed") for s in states(names[-50:]))
+               and all(s in ("succeeded", "failed") for s in states(names)))
     rate = n / (time.perf_counter() - start)
+    failed = [o for o, s in zip(names, states(names), strict=True) if s != "succeeded"]
+    if failed:
+        print(f"{len(failed)} occurrences did not succeed, e.g. "
+              f"{ledger.runs_of(failed[0])}", file=sys.stderr)
     latencies = []
     for i in range(samples):
         name = f"failover-{i}"

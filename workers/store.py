@@ -19,13 +19,14 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from orchestration.errors import StorageError, StorageUnavailable
 from workers.model import SavesetKey, Space
@@ -209,6 +210,7 @@ class PathStore(Store):
         self.root = root
         self.capacity_bytes = capacity_bytes
         self.reserve_bytes = reserve_bytes
+        self._sizes: dict[str, int] = {}  # committed saveset directory -> bytes
 
     def saveset_dir(self, key: SavesetKey) -> Path:
         return self.root / "pools" / key.pool / key.medium / key.saveset_id
@@ -254,7 +256,7 @@ class PathStore(Store):
         return None
 
     def _write_problem(self) -> str | None:
-        probe = self.root / f".probe-{os.getpid()}"
+        probe = self.root / f".probe-{os.getpid()}-{secrets.token_hex(4)}"  # one per call
         try:
             probe.write_bytes(b"")
             probe.unlink()
@@ -284,18 +286,26 @@ class PathStore(Store):
         return Space(used_bytes=used, free_bytes=max(0, free))
 
     def _usage(self) -> tuple[int, int]:
-        """Bytes used (committed + claimed by live writes), and claimed but not yet written."""
+        """Bytes used (committed + claimed by live writes), and claimed but not yet written.
+
+        Other processes commit, abort and delete while this looks, so an entry may vanish
+        under it: that is not an error. A committed saveset never changes, so its size is
+        measured once per process.
+        """
         used = claimed = 0
-        pools = self.root / "pools"
-        for dirpath, _dirs, files in os.walk(pools):
-            here = Path(dirpath)
-            written = sum((here / f).stat().st_size for f in files)
-            reserve = here / ".reserve"
-            if here.name.startswith(PARTIAL) and reserve.exists():
-                claim = int(reserve.read_text() or 0)
-                claimed += max(0, claim - written)
-                written = max(written, claim)
-            used += written
+        seen: set[str] = set()
+        for medium in self._media_dirs():
+            for entry in _scandir(medium):
+                if entry.name.startswith(PARTIAL):
+                    written, claim = _dir_bytes(entry.path), _claim_of(entry.path)
+                    claimed += max(0, claim - written)
+                    used += max(written, claim)
+                elif not entry.name.startswith("."):
+                    seen.add(entry.path)
+                    if entry.path not in self._sizes:
+                        self._sizes[entry.path] = _dir_bytes(entry.path)
+                    used += self._sizes[entry.path]
+        self._sizes = {path: size for path, size in self._sizes.items() if path in seen}
         return used, claimed
 
     def stage(self, key: SavesetKey, reserve_bytes: int, room_bytes: int | None = None) -> Staging:
@@ -326,10 +336,8 @@ class PathStore(Store):
                     shutil.rmtree(entry, ignore_errors=True)
 
     def _media_dirs(self) -> list[Path]:
-        pools = self.root / "pools"
-        if not pools.is_dir():
-            return []
-        return [m for p in pools.iterdir() if p.is_dir() for m in p.iterdir() if m.is_dir()]
+        return [Path(m.path) for p in _scandir(self.root / "pools") if p.is_dir()
+                for m in _scandir(Path(p.path)) if m.is_dir()]
 
     def list(self) -> list[SavesetKey]:
         self.check()
@@ -359,9 +367,43 @@ class PathStore(Store):
                     return
                 os.rename(final, doomed)
                 fsync_dir(final.parent)
-            shutil.rmtree(doomed)
+            remove_tree(doomed)
         except OSError as exc:
             raise unavailable(self.name, exc, "delete") from exc
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path``; parts that another process removed meanwhile are not an error."""
+
+    def gone_already(function: Any, target: str, exc_info: Any) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
+    shutil.rmtree(path, onerror=gone_already)
+
+
+def _scandir(path: Path | str) -> list[os.DirEntry[str]]:
+    """The entries of a directory; none if it is gone (another process removed it)."""
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _dir_bytes(path: str) -> int:
+    total = 0
+    for entry in _scandir(path):
+        with suppress(FileNotFoundError):
+            total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _claim_of(path: str) -> int:
+    try:
+        return int((Path(path) / ".reserve").read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def _held(lock: Path) -> bool:

@@ -141,3 +141,44 @@ def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(store: Sto
     assert nothing_on_disk_but_markers(store)
 
 
+
+
+def test_space_is_measured_while_other_writes_come_and_go(store: Store) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def churn(worker: int) -> None:
+        try:
+            for i in range(40):
+                key = SavesetKey("daily", "DAILY00001", f"w{worker}-{i}")
+                staging = store.stage(key, 4096)
+                with staging.open("archive") as out:
+                    out.write(b"x" * 2000)
+                if i % 3 == 0:
+                    staging.abort()
+                    continue
+                staging.commit()
+                if i % 2 == 0:
+                    store.delete(key)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def measure() -> None:
+        try:
+            while not stop.is_set():
+                store.space()
+                store.list()
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=churn, args=(n,)) for n in range(2)]
+    reader = threading.Thread(target=measure)
+    for thread in [*writers, reader]:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    reader.join()
+    assert errors == []
