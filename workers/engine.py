@@ -182,16 +182,15 @@ class Engine:
         catalog it now, instead of writing it again."""
         store = self.stores[store_name]
         try:
-            keys = store.list()
+            key = store.find(saveset_id)
         except StorageUnavailable:
             return None  # nothing to adopt; the run's pre-flight reports the store
-        for key in keys:
-            if key.saveset_id == saveset_id:
-                with store.read(key, META) as meta:
-                    saveset = Saveset.from_json(json.loads(meta.read()))
-                with store.read(key, MANIFEST) as manifest:
-                    self.catalog.add(saveset, manifest.read())
-                return saveset
+        if key is not None:
+            with store.read(key, META) as meta:
+                saveset = Saveset.from_json(json.loads(meta.read()))
+            with store.read(key, MANIFEST) as manifest:
+                self.catalog.add(saveset, manifest.read())
+            return saveset
         return None
 
     def migrate(self, saveset_id: str, migration_name: str, run_id: str | None
@@ -204,11 +203,11 @@ class Engine:
         copy_id = f"{saveset_id}.{migration_name}"
         migration = next(m for m in self.config.migration_tasks if m.name == migration_name)
         pool = self.pool(migration.target_pool)
-        for key in self.stores[pool.data_store].list():
-            if key.saveset_id == copy_id:  # copied before: hand back what is there
-                with self.stores[pool.data_store].read(key, META) as meta, \
-                        self.stores[pool.data_store].read(key, MANIFEST) as stored:
-                    return Saveset.from_json(json.loads(meta.read())), stored.read()
+        done = self.stores[pool.data_store].find(copy_id)
+        if done is not None:  # copied before: hand back what is there
+            with self.stores[pool.data_store].read(done, META) as meta, \
+                    self.stores[pool.data_store].read(done, MANIFEST) as stored:
+                return Saveset.from_json(json.loads(meta.read())), stored.read()
         source = self.catalog.get(saveset_id)
         if source is None:
             raise StorageError(f"saveset {saveset_id} is not in the catalog")

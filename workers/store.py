@@ -92,6 +92,10 @@ class Store(ABC):
         """Every committed saveset."""
 
     @abstractmethod
+    def find(self, saveset_id: str) -> SavesetKey | None:
+        """Where a committed saveset is, by id; None when it is not in this store."""
+
+    @abstractmethod
     def read(self, key: SavesetKey, part: str) -> BinaryIO:
         """A committed part; SavesetMissing when the saveset is not there."""
 
@@ -347,6 +351,13 @@ class PathStore(Store):
                           if not s.name.startswith(".") and (s / "saveset.json").exists())
         except OSError as exc:
             raise unavailable(self.name, exc, "list savesets") from exc
+
+    def find(self, saveset_id: str) -> SavesetKey | None:
+        self.check()
+        for medium in self._media_dirs():
+            if (medium / saveset_id / "saveset.json").exists():
+                return SavesetKey(medium.parent.name, medium.name, saveset_id)
+        return None
 
     def read(self, key: SavesetKey, part: str) -> BinaryIO:
         self.check()

@@ -84,10 +84,10 @@ def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, An
                          lambda progress: task.update_state(state="PROGRESS", meta=progress))
     if outcome.come_back_in_s is not None:
         raise task.retry(countdown=outcome.come_back_in_s)
-    if outcome.ended:
-        name = ("backstop.failover" if outcome.fields["state"] == "storage_unavailable"
-                else "backstop.settle")
-        app.send(name, [run_id], CONTROL_QUEUE, f"run={run_id}")
+    if outcome.ended and outcome.fields["state"] == "storage_unavailable":
+        app.send("backstop.failover", [run_id], CONTROL_QUEUE, f"run={run_id}")
+    elif outcome.ended:  # settle here: the control plane may run on any worker (SPEC 5)
+        ctx.control.run_ended(run_id)
     return {"run_id": run_id, **outcome.fields}
 
 

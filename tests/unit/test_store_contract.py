@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,8 @@ def test_a_committed_saveset_is_listed_and_reads_back(store: Store) -> None:
     assert store.list() == []  # staged, not committed: invisible
     staging.commit()
     assert store.list() == [KEY]
+    assert store.find(KEY.saveset_id) == KEY
+    assert store.find("another") is None
     with store.read(KEY, "archive") as data:
         assert data.read() == b"payload"
 
@@ -143,38 +146,40 @@ def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(store: Sto
 
 
 
-def test_space_is_measured_while_other_writes_come_and_go(store: Store) -> None:
-    import threading
+def churn(store: Store, worker: int) -> None:
+    """Write, commit, abort and delete savesets, as another worker of the store would."""
+    for i in range(40):
+        key = SavesetKey("daily", "DAILY00001", f"w{worker}-{i}")
+        staging = store.stage(key, 4096)
+        with staging.open("archive") as out:
+            out.write(b"x" * 2000)
+        if i % 3 == 0:
+            staging.abort()
+        else:
+            staging.commit()
+            if i % 2 == 0:
+                store.delete(key)
 
+
+def test_space_is_measured_while_other_writes_come_and_go(store: Store) -> None:
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def churn(worker: int) -> None:
-        try:
-            for i in range(40):
-                key = SavesetKey("daily", "DAILY00001", f"w{worker}-{i}")
-                staging = store.stage(key, 4096)
-                with staging.open("archive") as out:
-                    out.write(b"x" * 2000)
-                if i % 3 == 0:
-                    staging.abort()
-                    continue
-                staging.commit()
-                if i % 2 == 0:
-                    store.delete(key)
-        except BaseException as exc:
-            errors.append(exc)
+    def guarded(work: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:
+                errors.append(exc)
+        return threading.Thread(target=run)
 
     def measure() -> None:
-        try:
-            while not stop.is_set():
-                store.space()
-                store.list()
-        except BaseException as exc:
-            errors.append(exc)
+        while not stop.is_set():
+            store.space()
+            store.list()
 
-    writers = [threading.Thread(target=churn, args=(n,)) for n in range(2)]
-    reader = threading.Thread(target=measure)
+    writers = [guarded(lambda n=n: churn(store, n)) for n in range(2)]
+    reader = guarded(measure)
     for thread in [*writers, reader]:
         thread.start()
     for thread in writers:
