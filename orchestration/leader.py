@@ -11,7 +11,8 @@ from __future__ import annotations
 import redis
 
 # Renew: extend the lease only if we still hold it. Release: delete it only if we hold it.
-_RENEW = """
+# (The run ledger renews run leases with the same script.)
+RENEW_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -31,7 +32,7 @@ class LeaderLease:
         self.key = key
         self.holder = holder
         self.ttl_ms = int(ttl_s * 1000)
-        self._renew = client.register_script(_RENEW)
+        self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(_RELEASE)
 
     def hold(self) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from orchestration.leader import RENEW_SCRIPT
 from workers.constants import (
     OCCURRENCE_FAILOVER_KEY,
     OCCURRENCE_KEY,
@@ -47,12 +48,6 @@ if state == '"queued"' or (state == '"running"' and redis.call('EXISTS', KEYS[2]
 end
 if state == '"running"' then return 'busy' end
 return 'ended'
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
 """
 # ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), then field/value pairs.
 _FINISH = """
@@ -105,7 +100,7 @@ class Ledger:
         self.client = client
         self.kept = kept
         self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
+        self._renew = client.register_script(RENEW_SCRIPT)
         self._finish = client.register_script(_FINISH)
         self._update = client.register_script(_UPDATE)
         self._settle = client.register_script(_SETTLE)

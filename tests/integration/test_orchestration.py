@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ from orchestration.ledger import Ledger
 from orchestration.settings import load_settings
 from tests.waiting import wait_for
 from workers.app import BackstopApp, create_app
-from workers.constants import CONTROL_QUEUE, rds_queue
+from workers.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
 from workers.engine import create_missing_stores
-from workers.heartbeat import live_workers
+from workers.heartbeat import live_workers, server_time
 from workers.store import MARKER
 
 CONFIG = """
@@ -105,6 +106,13 @@ class Fleet:
         found = self.ledger.occurrence(occurrence)
         assert found is not None
         return str(found["state"])
+
+
+def announce(client: redis.Redis, name: str, rds: str) -> None:
+    """Write the heartbeat a worker serving ``rds`` writes; it consumes nothing."""
+    beat = {"name": name, "rds": [rds], "control": False, "pid": 1, "host": "elsewhere",
+            "at": server_time(client)}
+    client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
 
 
 @pytest.fixture
@@ -278,17 +286,11 @@ def test_a_drive_never_has_more_writers_than_channels_and_waiting_is_not_failing
 
 
 def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> None:
-    import json
-
-    from workers.constants import HEARTBEATS_KEY
-    from workers.heartbeat import server_time
     from workers.tasks import control_for
 
     # Given a worker for RDS remote that announced itself (its heartbeat) and then vanished
     client = fleet.ledger.client
-    beat = {"name": "remote@gone", "rds": ["remote"], "control": False, "pid": 1,
-            "host": "gone", "at": server_time(client)}
-    client.hset(HEARTBEATS_KEY, "remote@gone", json.dumps(beat))
+    announce(client, "remote@gone", "remote")
     occurrence = fleet.occur("to-far")
     run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
     assert run["state"] == "queued"  # sent to backstop.rds.remote, which nobody consumes
@@ -303,17 +305,11 @@ def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> N
 
 
 def test_a_revoked_run_is_cancelled_and_never_run(fleet: Fleet) -> None:
-    # Given a run queued for RDS remote, which nobody consumes, revoked by the operator
-    import json
-
-    from workers.constants import HEARTBEATS_KEY
-    from workers.heartbeat import server_time
     from workers.tasks import control_for
 
+    # Given a run queued for RDS remote, which nobody consumes, revoked by the operator
     client = fleet.ledger.client
-    beat = {"name": "remote@idle", "rds": ["remote"], "control": False, "pid": 1,
-            "host": "idle", "at": server_time(client)}
-    client.hset(HEARTBEATS_KEY, "remote@idle", json.dumps(beat))
+    announce(client, "remote@idle", "remote")
     occurrence = fleet.occur("to-far")
     run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
     control_for(fleet.app, client).cancel(run["run_id"])
