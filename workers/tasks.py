@@ -136,11 +136,6 @@ def register_tasks(app: BackstopApp) -> None:
         """The one failover run of an occurrence whose run hit StorageUnavailable."""
         return context(app).control.failover(run_id)
 
-    @app.task(name="backstop.settle", shared=False)
-    def settle(run_id: str) -> None:
-        """A run ended: settle its occurrence, fire follow-ups and migration."""
-        context(app).control.run_ended(run_id)
-
     @app.task(name="backstop.verify", shared=False)
     def verify(run_id: str) -> dict[str, Any]:
         """A ``kind: verify`` follow-up: re-read the triggering occurrence's saveset."""
