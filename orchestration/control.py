@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestration.config import CommandEvent, Config, FollowUp, FollowUpWhen, Level
@@ -214,8 +215,26 @@ class Control:
     # the watchdog
 
     def watchdog(self) -> int:
-        """End runs whose RDS nobody serves; send again those whose process died. Returns how
-        many runs it acted on."""
+        """End runs whose RDS nobody serves; send again those whose process died; settle
+        occurrences whose runs all ended unsettled. Returns how many it acted on."""
+        return self._watch_runs() + self._settle_stragglers()
+
+    def _settle_stragglers(self, grace_s: float = 30.0) -> int:
+        """An occurrence whose last run ended over ``grace_s`` ago but that was never settled
+        (the process that ended the run died before it could): settle it now."""
+        acted = 0
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
+        for occurrence in self.ledger.open_occurrences():
+            runs = self.ledger.runs_of(occurrence)
+            last = runs[-1] if runs else None
+            if (last is not None and last["state"] not in ("queued", "running")
+                    and last.get("finished_at")
+                    and datetime.fromisoformat(last["finished_at"]) < cutoff):
+                self.run_ended(last["run_id"])
+                acted += 1
+        return acted
+
+    def _watch_runs(self) -> int:
         acted = 0
         for run in self.ledger.unfinished():
             if run.get("rds") is None:

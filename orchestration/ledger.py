@@ -22,11 +22,13 @@ from workers.constants import (
     OCCURRENCE_FAILOVER_KEY,
     OCCURRENCE_KEY,
     OCCURRENCE_RUNS_KEY,
+    OCCURRENCES_OPEN_KEY,
     RUN_KEY,
     RUN_LEASE_KEY,
     RUNS_BY_EVENT_KEY,
     RUNS_INDEX_KEY,
     RUNS_KEPT,
+    RUNS_UNFINISHED_KEY,
 )
 
 TERMINAL = ("succeeded", "failed", "storage_unavailable", "suppressed", "missed")
@@ -49,7 +51,7 @@ end
 if state == '"running"' then return 'busy' end
 return 'ended'
 """
-# ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), then field/value pairs.
+# ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), run id, field/value pairs.
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
@@ -57,8 +59,9 @@ if state ~= '"queued"' and state ~= '"running"' then return 'ended' end
 local holder = redis.call('GET', KEYS[2])
 if ARGV[1] ~= '' and holder ~= ARGV[1] then return 'lost' end
 if ARGV[1] == '' and holder then return 'busy' end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[2])
 return 'done'
 """
 _UPDATE = """
@@ -69,6 +72,7 @@ return 1
 _SETTLE = """
 if redis.call('HGET', KEYS[1], 'state') ~= '"open"' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'settled_at', ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[3])
 return 1
 """
 
@@ -117,7 +121,12 @@ class Ledger:
         if not self.client.hsetnx(key, "occurrence", json.dumps(occurrence)):
             return False
         self.client.hset(key, mapping=dict(zip(*[iter(encode(record))] * 2, strict=True)))
+        if state == "open":
+            self.client.sadd(OCCURRENCES_OPEN_KEY, occurrence)
         return True
+
+    def open_occurrences(self) -> list[str]:
+        return sorted(_text(o) for o in self.client.smembers(OCCURRENCES_OPEN_KEY))
 
     def occurrence(self, occurrence: str) -> dict[str, Any] | None:
         raw = self.client.hgetall(OCCURRENCE_KEY.format(occ=occurrence))
@@ -126,8 +135,9 @@ class Ledger:
 
     def settle(self, occurrence: str, state: str) -> bool:
         """Close an open occurrence as succeeded/failed; True only for the one caller that did."""
-        return bool(self._settle(keys=[OCCURRENCE_KEY.format(occ=occurrence)],
-                                 args=[json.dumps(state), json.dumps(now_iso())]))
+        return bool(self._settle(keys=[OCCURRENCE_KEY.format(occ=occurrence),
+                                       OCCURRENCES_OPEN_KEY],
+                                 args=[json.dumps(state), json.dumps(now_iso()), occurrence]))
 
     def start_failover_once(self, occurrence: str) -> bool:
         return bool(self.client.set(OCCURRENCE_FAILOVER_KEY.format(occ=occurrence), "1", nx=True))
@@ -146,6 +156,8 @@ class Ledger:
         for event in {record["event"], record["origin_event"]}:
             pipe.zadd(RUNS_BY_EVENT_KEY.format(event=event), {run_id: score})
         pipe.rpush(OCCURRENCE_RUNS_KEY.format(occ=occurrence), run_id)
+        if record["state"] in ("queued", "running"):
+            pipe.sadd(RUNS_UNFINISHED_KEY, run_id)
         pipe.execute()
         self._trim()
         return True
@@ -169,8 +181,9 @@ class Ledger:
     def finish(self, run_id: str, fields: dict[str, Any], holder: str = "") -> str:
         """End a run: ``done``, or ``ended``/``lost``/``busy`` when someone else has it."""
         fields = {"finished_at": now_iso(), **fields}
-        keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id)]
-        return _text(self._finish(keys=keys, args=[holder, *encode(fields)]))
+        keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id),
+                RUNS_UNFINISHED_KEY]
+        return _text(self._finish(keys=keys, args=[holder, run_id, *encode(fields)]))
 
     def update(self, run_id: str, fields: dict[str, Any]) -> None:
         """Set fields of a run that exists (progress, the drive it got, its failover run)."""
@@ -187,8 +200,8 @@ class Ledger:
         return self._records([_text(i) for i in self.client.zrevrange(index, 0, limit - 1)])
 
     def unfinished(self) -> list[dict[str, Any]]:
-        """Queued and running runs (the watchdog's work list), among the newest kept."""
-        ids = [_text(i) for i in self.client.zrevrange(RUNS_INDEX_KEY, 0, -1)]
+        """Queued and running runs: the watchdog's work list."""
+        ids = sorted(_text(i) for i in self.client.smembers(RUNS_UNFINISHED_KEY))
         return [r for r in self._records(ids) if r["state"] in ("queued", "running")]
 
     def _records(self, ids: Iterable[str]) -> list[dict[str, Any]]:

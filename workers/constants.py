@@ -64,6 +64,10 @@ RUN_LEASE_KEY = "backstop:run:{run}:lease"
 RUNS_INDEX_KEY = "backstop:runs"
 # Sorted set: run ids of one event (as the event used or as the event triggered).
 RUNS_BY_EVENT_KEY = "backstop:runs:event:{event}"
+# Set: ids of runs that are queued or running (the watchdog's work list).
+RUNS_UNFINISHED_KEY = "backstop:runs:unfinished"
+# Set: occurrences not settled yet (the watchdog settles those whose runs all ended).
+OCCURRENCES_OPEN_KEY = "backstop:occurrences:open"
 # String: JSON occurrence {occurrence, event, trigger, parent, state, created_at, settled_at}.
 OCCURRENCE_KEY = "backstop:occurrence:{occ}"
 # List: the run ids of one occurrence, in order (its run, then at most one failover run).

@@ -321,3 +321,23 @@ def test_a_revoked_run_is_cancelled_and_never_run(fleet: Fleet) -> None:
     fleet.app.send("backstop.backup", [run["run_id"]], rds_queue("local"), "")
     fleet.settled(fleet.occur("plain"))
     assert fleet.ledger.runs_of(occurrence) == [cancelled]
+
+
+def test_an_occurrence_left_open_by_a_dead_worker_is_settled_by_the_watchdog(
+        fleet: Fleet) -> None:
+    from workers.constants import OCCURRENCE_KEY, OCCURRENCES_OPEN_KEY, RUN_KEY
+    from workers.tasks import control_for
+
+    # Given an occurrence whose run ended, but whose worker died before settling it
+    occurrence = fleet.occur("plain")
+    [run] = fleet.settled(occurrence)
+    client = fleet.ledger.client
+    client.hset(OCCURRENCE_KEY.format(occ=occurrence), "state", '"open"')
+    client.sadd(OCCURRENCES_OPEN_KEY, occurrence)
+    client.hset(RUN_KEY.format(run=run["run_id"]), "finished_at",
+                '"2026-01-01T00:00:00+00:00"')
+    # When the watchdog looks, Then it is settled (once) from its run
+    control = control_for(fleet.app, client)
+    assert control.watchdog() == 1
+    assert fleet.state(occurrence) == "succeeded"
+    assert control.watchdog() == 0
