@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestration.config import CommandEvent, Config, FollowUp, FollowUpWhen, Level
+from orchestration.config import BackupEvent, CommandEvent, Config, FollowUp, FollowUpWhen, Level
 from orchestration.events import RunSpec, Trigger, Unresolvable, failover_spec, resolve
 from orchestration.ledger import Ledger, now_iso
 from workers.constants import CONTROL_QUEUE, rds_queue
@@ -67,19 +67,21 @@ class Control:
 
     def occur(self, occurrence: str, event: str, trigger: Trigger, level: Level | None = None,
               enforce_full: bool | None = None, parent: str | None = None) -> str | None:
-        """Start an occurrence (beat tick, ad-hoc, follow-up); None if it exists already."""
+        """Start an occurrence (beat tick, ad-hoc, follow-up); None if it exists already.
+
+        Raises Unresolvable for an event that is not in the config, having written nothing:
+        a bad message must not leave a trace in the ledger.
+        """
+        found = self.config.events_by_name.get(event)
+        if found is None:
+            raise Unresolvable(f"unknown event {event!r}")
+        spec = None
+        if isinstance(found, BackupEvent):
+            spec = resolve(self.config, event, trigger, level, enforce_full)
         if not self.ledger.open_occurrence(occurrence, event, trigger.value, parent):
             return None
-        found = self.config.events_by_name.get(event)
-        kind = found.kind if found else None
-        if kind in ("verify", "command"):
+        if spec is None:  # a verify or command event
             return self._start_job(occurrence, event, trigger, parent)
-        try:
-            spec = resolve(self.config, event, trigger, level, enforce_full)
-        except Unresolvable as exc:
-            log.error("occurrence %s: %s", occurrence, exc)
-            self.ledger.settle(occurrence, "failed")
-            return None
         run_id = new_run_id()
         self.ledger.add_run(run_record(run_id, occurrence, spec))
         self.dispatch(run_id, spec, occurrence)

@@ -36,6 +36,12 @@ def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
     assert any("valkey-server" in " ".join(p.cmdline()) for p in children)
     # And the demo source was created on first start
     assert (quickstart.parent / "demo-data" / "docs").is_dir()
+    # And the broker's password is in no log, of up or of any part it started
+    state = quickstart.parent / ".backstop"
+    secret = (state / "broker" / "secret").read_text().strip()
+    logs = [*(state / "logs").glob("*.log"), up.log]
+    assert len(logs) >= 5
+    assert all(secret not in log.read_text(errors="replace") for log in logs)
 
     # When the operator presses Ctrl-C
     assert up.stop(signal.SIGINT) == 0
