@@ -23,7 +23,7 @@ from orchestration.levels import LevelDecision, decide_level
 from orchestration.retention import protected
 from orchestration.settings import Settings
 from workers import manifest as manifests
-from workers.archive import ArchiveWriter, tar_size
+from workers.archive import ArchiveWriter, CorruptSaveset, tar_size
 from workers.catalog import Catalog
 from workers.digest import digest_of
 from workers.media import MediumChoice, choose_medium
@@ -138,8 +138,7 @@ class Engine:
         base = self.catalog.get(base_id)
         if base is None or self.store_unavailable(base.data_store):
             return None
-        with self.stores[base.data_store].read(base.key, MANIFEST) as data:
-            return manifests.decode(data, base_id)
+        return self.stored_manifest(base)
 
     def _write(self, request: BackupRequest, decision: LevelDecision, saveset_id: str,
                now: datetime, entries: list[Entry], base: Manifest | None,
@@ -185,13 +184,11 @@ class Engine:
             key = store.find(saveset_id)
         except StorageUnavailable:
             return None  # nothing to adopt; the run's pre-flight reports the store
-        if key is not None:
-            with store.read(key, META) as meta:
-                saveset = Saveset.from_json(json.loads(meta.read()))
-            with store.read(key, MANIFEST) as manifest:
-                self.catalog.add(saveset, manifest.read())
-            return saveset
-        return None
+        if key is None:
+            return None
+        saveset, manifest = read_committed(store, key)
+        self.catalog.add(saveset, manifest)
+        return saveset
 
     def migrate(self, saveset_id: str, migration_name: str, run_id: str | None
                 ) -> tuple[Saveset, bytes]:
@@ -205,13 +202,11 @@ class Engine:
         pool = self.pool(migration.target_pool)
         done = self.stores[pool.data_store].find(copy_id)
         if done is not None:  # copied before: hand back what is there
-            with self.stores[pool.data_store].read(done, META) as meta, \
-                    self.stores[pool.data_store].read(done, MANIFEST) as stored:
-                return Saveset.from_json(json.loads(meta.read())), stored.read()
+            return read_committed(self.stores[pool.data_store], done)
         source = self.catalog.get(saveset_id)
         if source is None:
             raise StorageError(f"saveset {saveset_id} is not in the catalog")
-        manifest = self.base_manifest_of(source)
+        manifest = self.stored_manifest(source)
         manifest.saveset_id = copy_id
         manifest.entries = {p: replace(e, holder=copy_id) if e.holder == saveset_id else e
                             for p, e in manifest.entries.items()}
@@ -238,7 +233,8 @@ class Engine:
             raise
         return copy, encoded
 
-    def base_manifest_of(self, saveset: Saveset) -> Manifest:
+    def stored_manifest(self, saveset: Saveset) -> Manifest:
+        """A saveset's manifest as its store holds it."""
         with self.stores[saveset.data_store].read(saveset.key, MANIFEST) as data:
             return manifests.decode(data, saveset.id)
 
@@ -250,6 +246,16 @@ class Engine:
             self.stores[old.data_store].delete(old.key)
             self.catalog.remove(old)
         return choice
+
+
+def read_committed(store: Store, key: SavesetKey) -> tuple[Saveset, bytes]:
+    """The catalog record and the manifest of a committed saveset, read from its store."""
+    with store.read(key, META) as meta:
+        saveset = Saveset.from_json(json.loads(meta.read()))
+    if saveset.id != key.saveset_id:
+        raise CorruptSaveset(key.saveset_id, f"its metadata names {saveset.id}")
+    with store.read(key, MANIFEST) as manifest:
+        return saveset, manifest.read()
 
 
 def archive_files(writer: ArchiveWriter, source: Path, manifest: Manifest,

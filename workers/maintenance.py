@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,7 +12,7 @@ from orchestration.errors import StorageError, StorageUnavailable
 from orchestration.retention import protected, purge_plan
 from workers.archive import CorruptSaveset
 from workers.catalog import Catalog
-from workers.engine import MANIFEST, META
+from workers.engine import read_committed
 from workers.media import media_states
 from workers.model import Saveset, Space
 from workers.store import Store
@@ -111,7 +110,7 @@ def rebuild(catalog: Catalog, stores: dict[str, Store]) -> RebuildResult:
         found = set()
         for key in keys:
             try:
-                saveset, manifest = _read_saveset(store, key.saveset_id, key)
+                saveset, manifest = read_committed(store, key)
             except (CorruptSaveset, StorageError, ValueError, KeyError) as exc:
                 result.stores.append({"name": name, "saveset": key.saveset_id,
                                       "error": str(exc)})
@@ -125,11 +124,3 @@ def rebuild(catalog: Catalog, stores: dict[str, Store]) -> RebuildResult:
         result.stores.append({"name": name, "savesets": len(found)})
     return result
 
-
-def _read_saveset(store: Store, saveset_id: str, key: Any) -> tuple[Saveset, bytes]:
-    with store.read(key, META) as meta:
-        saveset = Saveset.from_json(json.loads(meta.read()))
-    if saveset.id != saveset_id:
-        raise CorruptSaveset(saveset_id, f"its metadata names {saveset.id}")
-    with store.read(key, MANIFEST) as manifest:
-        return saveset, manifest.read()
