@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestration.config import BackupEvent, CommandEvent, Config, FollowUp, FollowUpWhen, Level
+from orchestration.config import (
+    BackupEvent,
+    CommandEvent,
+    Config,
+    FollowUp,
+    FollowUpWhen,
+    Level,
+    VerifyEvent,
+)
 from orchestration.events import RunSpec, Trigger, Unresolvable, failover_spec, resolve
 from orchestration.ledger import Ledger, now_iso
 from workers.constants import CONTROL_QUEUE, rds_queue
@@ -91,10 +99,11 @@ class Control:
         """An occurrence that does not run (``suppressed``, ``missed``), recorded as such."""
         if not self.ledger.open_occurrence(occurrence, event, trigger.value, state=state):
             return False
-        try:
+        definition = self.config.event_named(event)
+        if isinstance(definition, BackupEvent):
             record = run_record(new_run_id(), occurrence, resolve(self.config, event, trigger))
-        except Unresolvable:  # a verify or command event
-            record = run_record(new_run_id(), occurrence, resolve_any(self.config, event))
+        else:
+            record = job_record(new_run_id(), occurrence, definition, trigger, parent=None)
         record.update(state=state, finished_at=now_iso())
         self.ledger.add_run(record)
         return True
@@ -171,21 +180,9 @@ class Control:
     def _start_job(self, occurrence: str, event: str, trigger: Trigger,
                    parent: str | None) -> str:
         definition = self.config.event_named(event)
+        assert not isinstance(definition, BackupEvent)
         run_id = new_run_id()
-        record = {
-            "run_id": run_id, "occurrence": occurrence, "event": event, "origin_event": event,
-            "trigger": trigger.value, "failover_of": None, "failover_run": None,
-            "task": getattr(definition, "task", None), "level": None, "effective_level": None,
-            "enforce_full": False, "media_pool": None, "data_store": None, "drive": None,
-            "interface": None,
-            "follow_ups": [{"event": f.event, "when": f.when.value}
-                           for f in definition.follow_ups],
-            "migration_task": None, "state": "queued", "error": None, "saveset": None,
-            "files": None, "bytes": None, "queued_at": now_iso(), "started_at": None,
-            "finished_at": None, "rds": None, "attempts": 0, "progress": None,
-            "kind": definition.kind, "parent": parent,
-        }
-        self.ledger.add_run(record)
+        self.ledger.add_run(job_record(run_id, occurrence, definition, trigger, parent))
         readable = f"event={event} occurrence={occurrence} run={run_id}"
         if isinstance(definition, CommandEvent):
             self.send("backstop.command", [run_id], CONTROL_QUEUE, readable)
@@ -259,11 +256,19 @@ class Control:
         return acted
 
 
-def resolve_any(config: Config, event: str) -> RunSpec:
-    """A placeholder spec for a verify or command event (no storage settings)."""
-    definition = config.event_named(event)
-    return RunSpec(event=event, origin_event=event, trigger=Trigger.SCHEDULE,
-                   task=getattr(definition, "task", None) or "", level=Level.FULL,
-                   enforce_full=False, full_interval=None, media_pool="", data_store="", rds="",
-                   drive=None, interface=None, follow_ups=tuple(definition.follow_ups),
-                   migration_task=None)
+def job_record(run_id: str, occurrence: str, definition: VerifyEvent | CommandEvent,
+               trigger: Trigger, parent: str | None) -> dict[str, Any]:
+    """A queued run of a verify or command event: the run record without storage settings."""
+    return {
+        "run_id": run_id, "occurrence": occurrence, "event": definition.name,
+        "origin_event": definition.name, "trigger": trigger.value, "failover_of": None,
+        "failover_run": None, "task": getattr(definition, "task", None), "level": None,
+        "effective_level": None, "enforce_full": False, "media_pool": None,
+        "data_store": None, "drive": None, "interface": None,
+        "follow_ups": [{"event": f.event, "when": f.when.value}
+                       for f in definition.follow_ups],
+        "migration_task": None, "state": "queued", "error": None, "saveset": None,
+        "files": None, "bytes": None, "queued_at": now_iso(), "started_at": None,
+        "finished_at": None, "rds": None, "attempts": 0, "progress": None,
+        "kind": definition.kind, "parent": parent,
+    }
