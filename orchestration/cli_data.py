@@ -29,9 +29,8 @@ from orchestration.config_refs import did_you_mean
 from orchestration.settings import Settings
 from orchestration.units import format_size
 from workers.catalog import Catalog
-from workers.engine import path_store
+from workers.engine import path_store, stores_of
 from workers.model import Saveset
-from workers.store import Store
 
 
 class Data:
@@ -44,8 +43,7 @@ class Data:
         self.settings = settings
         self.client = connect(broker_url(settings))
         self.catalog = Catalog(self.client)
-        self.stores: dict[str, Store] = {s.name: path_store(settings, s)
-                                         for s in settings.config.data_stores}
+        self.stores = stores_of(settings)
 
     def saveset(self, saveset_id: str) -> Saveset:
         found = self.catalog.get(saveset_id)
@@ -171,11 +169,11 @@ def verify(ctx: click.Context, config_file: str | None, saveset_id: str, as_json
 @click.pass_context
 def pools(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     """Each pool: store, RDS, availability, used/free bytes, media."""
-    from workers.heartbeat import live_workers
+    from workers.heartbeat import served_rds
     from workers.maintenance import pool_report
 
     data = data_from(ctx, config_file)
-    served = {r for w in live_workers(data.client) for r in w.rds}
+    served = served_rds(data.client)
     report = pool_report(data.settings.config, data.catalog, data.stores, datetime.now(UTC),
                          lambda rds: rds in served)
     if as_json:

@@ -10,6 +10,9 @@ from datetime import datetime, timedelta
 
 from orchestration.config import Level
 
+# Levels a DIFF/INC may be based on: a COPY never is.
+BASE_LEVELS = (Level.FULL, Level.DIFF, Level.INC)
+
 
 @dataclass(frozen=True)
 class PastSaveset:

@@ -11,9 +11,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from orchestration.config import Level
+from orchestration.levels import BASE_LEVELS
 from workers.model import Saveset
-
-BASE_LEVELS = (Level.FULL, Level.DIFF, Level.INC)
 
 
 def past_retention(saveset: Saveset, retention: timedelta, now: datetime) -> bool:

@@ -13,7 +13,7 @@ from datetime import datetime
 import redis
 
 from orchestration.config import Level
-from orchestration.levels import LevelFacts, PastSaveset
+from orchestration.levels import BASE_LEVELS, LevelFacts, PastSaveset
 from workers.constants import (
     CATALOG_CACHED_KEY,
     CATALOG_FULL_ATTEMPT_KEY,
@@ -24,8 +24,6 @@ from workers.constants import (
     CATALOG_TASK_KEY,
 )
 from workers.model import Saveset
-
-BASE_LEVELS = (Level.FULL, Level.DIFF, Level.INC)
 
 
 class Catalog:

@@ -64,6 +64,11 @@ def path_store(settings: Settings, store: DataStore) -> PathStore:
     return PathStore(store.name, settings.resolve(store.path), store.capacity, store.reserve)
 
 
+def stores_of(settings: Settings) -> dict[str, Store]:
+    """Every data store of the config, by name."""
+    return {s.name: path_store(settings, s) for s in settings.config.data_stores}
+
+
 def create_missing_stores(settings: Settings, rds: list[str]) -> list[PathStore]:
     """At start-up: create the stores marked ``create: true`` of these RDS that do not exist."""
     created = []
@@ -84,8 +89,7 @@ class Engine:
         self.config = settings.config
         self.catalog = catalog
         self.clock = clock
-        self.stores: dict[str, Store] = {s.name: path_store(settings, s)
-                                         for s in self.config.data_stores}
+        self.stores = stores_of(settings)
 
     def store_unavailable(self, name: str) -> bool:
         try:

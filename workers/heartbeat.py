@@ -86,6 +86,11 @@ def live_workers(client: redis.Redis) -> list[WorkerBeat]:
     return [b for b in beats if b.age_s(now) <= HEARTBEAT_TTL_S]
 
 
+def served_rds(client: redis.Redis) -> set[str]:
+    """The RDS that some live worker serves."""
+    return {name for worker in live_workers(client) for name in worker.rds}
+
+
 class HeartbeatStep(bootsteps.StartStopStep):
     """Consumer boot step: beats on the worker's own timer, so a wedged worker goes quiet."""
 

@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -25,11 +24,9 @@ from workers import manifest as manifests
 from workers.archive import CHUNK, CorruptSaveset, corruption_of, read_members
 from workers.catalog import Catalog
 from workers.digest import digest_of, new_digest
-from workers.engine import ARCHIVE, MANIFEST
+from workers.engine import ARCHIVE, MANIFEST, Progress
 from workers.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset
 from workers.store import Store
-
-Progress = Callable[[int, int, int, int], None]
 
 
 class RestoreRefused(BackstopError):

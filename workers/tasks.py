@@ -25,7 +25,7 @@ from workers.app import BackstopApp
 from workers.catalog import Catalog
 from workers.constants import CONTROL_QUEUE, RUN_LEASE_S
 from workers.engine import Engine
-from workers.heartbeat import live_workers
+from workers.heartbeat import served_rds
 from workers.jobs import command_job, migrate_job, verify_job
 from workers.runner import Channels, run_backup
 
@@ -58,7 +58,7 @@ def control_for(app: BackstopApp, client: redis.Redis) -> Control:
     """The control plane, sending through ``app`` and judging RDS liveness by heartbeats."""
 
     def rds_live(rds: str) -> bool:
-        return any(rds in w.rds for w in live_workers(client))
+        return rds in served_rds(client)
 
     return Control(app.settings.config, Ledger(client), app.send, rds_live)
 
