@@ -244,7 +244,7 @@ class Engine:
 
     def _choose_medium(self, pool: MediaPool, estimate: int, now: datetime) -> MediumChoice:
         in_pool = self.catalog.in_pool(pool.name) if pool.media else []
-        choice = choose_medium(pool, in_pool, set(), estimate, keep_needed=lambda: protected(
+        choice = choose_medium(pool, in_pool, estimate, keep=lambda: protected(
             self.catalog.all(), {p.name: p.retention for p in self.config.media_pools}, now))
         for old in choice.recycle:
             self.stores[old.data_store].delete(old.key)

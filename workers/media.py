@@ -51,14 +51,13 @@ def media_states(pool: MediaPool, savesets: list[Saveset], keep: set[str]) -> li
             for m in sorted(labels)]
 
 
-def choose_medium(pool: MediaPool, savesets: list[Saveset], keep: set[str],
-                  estimate_bytes: int, keep_needed: Callable[[], set[str]] | None = None
-                  ) -> MediumChoice:
-    """``keep``: ids that must stay; or ``keep_needed`` computes them, only when a medium
-    would be recycled (it looks at every saveset)."""
+def choose_medium(pool: MediaPool, savesets: list[Saveset], estimate_bytes: int,
+                  keep: Callable[[], set[str]]) -> MediumChoice:
+    """``keep`` gives the ids that must stay; it is asked only when a medium would be
+    recycled (it may look at every saveset)."""
     size = pool.media.size if pool.media else None
     count = pool.media.count if pool.media else None
-    states = media_states(pool, savesets, keep)
+    states = media_states(pool, savesets, set())
     if savesets:
         current = max(savesets, key=lambda s: s.created_at).medium
         used = next(st.used_bytes for st in states if st.label == current)
@@ -73,8 +72,7 @@ def choose_medium(pool: MediaPool, savesets: list[Saveset], keep: set[str],
     if count is None:
         highest = max((int(st.label[-5:]) for st in states), default=0)
         return MediumChoice(label(pool.name, highest + 1), size)
-    if keep_needed is not None:
-        states = media_states(pool, savesets, keep | keep_needed())
+    states = media_states(pool, savesets, keep())
     recyclable = sorted((st for st in states if st.free),
                         key=lambda st: max(s.created_at for s in st.savesets))
     if recyclable:

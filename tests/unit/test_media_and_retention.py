@@ -50,14 +50,14 @@ def test_labels_are_the_pool_name_in_upper_case_and_five_digits() -> None:
 def test_medium_choice(savesets: list[Saveset], count: int | None, estimate: int,
                        expected: str) -> None:
     keep = protected(savesets, {"daily": timedelta(days=7)}, NOW)
-    assert choose_medium(pool(count), savesets, keep, estimate).label == expected
+    assert choose_medium(pool(count), savesets, estimate, lambda: keep).label == expected
 
 
 def test_a_recycled_medium_names_the_savesets_to_delete_first() -> None:
     savesets = [saveset("old", "DAILY00001", 30, size=9 * MIB),
                 saveset("new", "DAILY00002", 1, size=9 * MIB)]
     keep = protected(savesets, {"daily": timedelta(days=7)}, NOW)
-    choice = choose_medium(pool(2), savesets, keep, 2 * MIB)
+    choice = choose_medium(pool(2), savesets, 2 * MIB, lambda: keep)
     assert [s.id for s in choice.recycle] == ["old"]
 
 
@@ -71,18 +71,18 @@ def test_a_recycled_medium_names_the_savesets_to_delete_first() -> None:
 def test_no_free_media(savesets: list[Saveset]) -> None:
     keep = protected(savesets, {"daily": timedelta(days=7)}, NOW)
     with pytest.raises(StorageUnavailable) as caught:
-        choose_medium(pool(2), savesets, keep, 2 * MIB)
+        choose_medium(pool(2), savesets, 2 * MIB, lambda: keep)
     assert caught.value.reason == "no_free_media"
 
 
 def test_a_saveset_larger_than_a_medium_has_no_medium() -> None:
     with pytest.raises(StorageUnavailable, match="larger than a medium"):
-        choose_medium(pool(2), [], set(), 11 * MIB)
+        choose_medium(pool(2), [], 11 * MIB, set)
 
 
 def test_a_pool_without_media_settings_has_one_unbounded_medium() -> None:
     savesets = [saveset("a", "DAILY00001", 1, size=500 * MIB)]
-    choice = choose_medium(pool(None, None), savesets, set(), 900 * MIB)
+    choice = choose_medium(pool(None, None), savesets, 900 * MIB, set)
     assert (choice.label, choice.room_bytes) == ("DAILY00001", None)
 
 
