@@ -25,7 +25,7 @@ from orchestration.config import (
 )
 from orchestration.events import RunSpec, Trigger, Unresolvable, failover_spec, resolve
 from orchestration.ledger import Ledger, now_iso
-from workers.constants import CONTROL_QUEUE, rds_queue
+from workers.constants import CONTROL_QUEUE, RESEND_QUEUED_AFTER_S, rds_queue
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class Control:
     # occurrences and dispatch
 
     def occur(self, occurrence: str, event: str, trigger: Trigger, level: Level | None = None,
-              enforce_full: bool | None = None, parent: str | None = None) -> str | None:
+              enforce_full: bool | None = None, parent: str | None = None,
+              parent_state: str | None = None) -> str | None:
         """Start an occurrence (beat tick, ad-hoc, follow-up); None if it exists already.
 
         Raises Unresolvable for an event that is not in the config, having written nothing:
@@ -86,27 +87,27 @@ class Control:
         spec = None
         if isinstance(found, BackupEvent):
             spec = resolve(self.config, event, trigger, level, enforce_full)
-        if not self.ledger.open_occurrence(occurrence, event, trigger.value, parent):
+            record = run_record(new_run_id(), occurrence, spec)
+        else:
+            record = job_record(new_run_id(), occurrence, found, trigger, parent)
+            record["parent_state"] = parent_state
+        if not self.ledger.open_occurrence(occurrence, event, trigger.value, record, parent):
             return None
         if spec is None:  # a verify or command event
-            return self._start_job(occurrence, event, trigger, parent)
-        run_id = new_run_id()
-        self.ledger.add_run(run_record(run_id, occurrence, spec))
-        self.dispatch(run_id, spec, occurrence)
-        return run_id
+            self._send_job(record)
+        else:
+            self.dispatch(record["run_id"], spec, occurrence)
+        return str(record["run_id"])
 
     def record_skipped(self, occurrence: str, event: str, trigger: Trigger, state: str) -> bool:
         """An occurrence that does not run (``suppressed``, ``missed``), recorded as such."""
-        if not self.ledger.open_occurrence(occurrence, event, trigger.value, state=state):
-            return False
         definition = self.config.event_named(event)
         if isinstance(definition, BackupEvent):
             record = run_record(new_run_id(), occurrence, resolve(self.config, event, trigger))
         else:
             record = job_record(new_run_id(), occurrence, definition, trigger, parent=None)
         record.update(state=state, finished_at=now_iso())
-        self.ledger.add_run(record)
-        return True
+        return self.ledger.open_occurrence(occurrence, event, trigger.value, record, state=state)
 
     def dispatch(self, run_id: str, spec: RunSpec, occurrence: str) -> None:
         """Send a queued run to its RDS, or end it as rds_unreachable when nobody serves it."""
@@ -136,11 +137,10 @@ class Control:
             log.info("run %s: no failover (%s)", run_id, decision.why)
             self.conclude(occurrence, run, succeeded=False)
             return None
-        if not self.ledger.start_failover_once(occurrence):
-            return None
         failover_id = new_run_id()
-        self.ledger.add_run(run_record(failover_id, occurrence, decision.spec))
-        self.ledger.update(run_id, {"failover_run": failover_id})
+        if not self.ledger.add_failover_run(run_id, run_record(failover_id, occurrence,
+                                                               decision.spec)):
+            return None
         log.info("run %s failed over to run %s (%s)", run_id, failover_id, decision.why)
         self.dispatch(failover_id, decision.spec, occurrence)
         return failover_id
@@ -158,14 +158,23 @@ class Control:
             self.conclude(run["occurrence"], run, succeeded=run["state"] == "succeeded")
 
     def conclude(self, occurrence: str, run: dict[str, Any], succeeded: bool) -> None:
-        """Settle the occurrence once; its follow-ups and migration are those of ``run``."""
-        if not self.ledger.settle(occurrence, "succeeded" if succeeded else "failed"):
+        """Settle the occurrence once; its follow-ups and migration are those of ``run``.
+
+        Follow-ups are started before the occurrence is settled: their occurrence ids are
+        derived from this one, so starting them twice starts them once, and a process killed
+        in between leaves the occurrence open for the watchdog to settle (and start the
+        follow-ups) again."""
+        found = self.ledger.occurrence(occurrence)
+        if found is None or found["state"] != "open":
             return
         wanted = {FollowUpWhen.ALWAYS, FollowUpWhen.SUCCESS if succeeded else FollowUpWhen.FAILURE}
+        state = "succeeded" if succeeded else "failed"
         for follow_up in (FollowUp.model_validate(f) for f in run.get("follow_ups") or []):
             if follow_up.when in wanted:
                 self.occur(f"{occurrence}>{follow_up.event}", follow_up.event,
-                           Trigger.FOLLOW_UP, parent=occurrence)
+                           Trigger.FOLLOW_UP, parent=occurrence, parent_state=state)
+        if not self.ledger.settle(occurrence, state):
+            return
         if succeeded and run.get("migration_task") and run.get("saveset"):
             self.send("backstop.migrate", [run["run_id"]], rds_queue(self._migration_rds(run)),
                       f"run={run['run_id']} migration={run['migration_task']}")
@@ -177,20 +186,17 @@ class Control:
 
     # verify and command events
 
-    def _start_job(self, occurrence: str, event: str, trigger: Trigger,
-                   parent: str | None) -> str:
-        definition = self.config.event_named(event)
-        assert not isinstance(definition, BackupEvent)
-        run_id = new_run_id()
-        self.ledger.add_run(job_record(run_id, occurrence, definition, trigger, parent))
-        readable = f"event={event} occurrence={occurrence} run={run_id}"
-        if isinstance(definition, CommandEvent):
+    def _send_job(self, record: dict[str, Any]) -> None:
+        """Send a verify or command run: a verify reads the saveset where it lies, on the
+        RDS of its store; a command runs on the control plane."""
+        run_id, occurrence = record["run_id"], record["occurrence"]
+        readable = f"event={record['event']} occurrence={occurrence} run={run_id}"
+        if record["kind"] == "command":
             self.send("backstop.command", [run_id], CONTROL_QUEUE, readable)
-        else:  # a verify reads the saveset where it lies: on the RDS of its store
-            rds = self.saveset_rds(parent)
+        else:
+            rds = self.saveset_rds(record.get("parent"))
             self.send("backstop.verify", [run_id], rds_queue(rds) if rds else CONTROL_QUEUE,
                       readable)
-        return run_id
 
     def saveset_rds(self, occurrence: str | None) -> str | None:
         """The RDS that holds the saveset made by ``occurrence``, if it made one."""
@@ -235,25 +241,47 @@ class Control:
 
     def _watch_runs(self) -> int:
         acted = 0
+        stale = (datetime.now(UTC) - timedelta(seconds=RESEND_QUEUED_AFTER_S)).isoformat()
         for run in self.ledger.unfinished():
-            if run.get("rds") is None:
+            run_id = run["run_id"]
+            lease_gone = run["state"] == "running" and self.ledger.lease_holder(run_id) is None
+            # a queued run nobody took for long: its message may have died with a worker
+            forgotten = run["state"] == "queued" and (run.get("sent_at")
+                                                      or run["queued_at"]) < stale
+            if run.get("rds") is None:  # a verify or command run
+                if lease_gone and run.get("cancel_requested"):
+                    self.cancel(run_id)
+                elif lease_gone or forgotten:
+                    self._send_again(run)
+                else:
+                    continue
+                acted += 1
                 continue
             served = self.rds_live(run["rds"])
             if run["state"] == "queued" and not served:
-                self.end_unreachable(run["run_id"], f"RDS {run['rds']} stopped being served "
-                                                    "while the run was queued")
-                acted += 1
-            elif run["state"] == "running" and self.ledger.lease_holder(run["run_id"]) is None:
-                acted += 1
-                if run.get("cancel_requested"):
-                    self.cancel(run["run_id"])
-                elif served:
-                    spec = RunSpec.from_json(run["spec"])
-                    self.dispatch(run["run_id"], spec, run["occurrence"])
-                else:
-                    self.end_unreachable(run["run_id"], f"RDS {run['rds']} stopped being "
-                                                        "served while the run was running")
+                self.end_unreachable(run_id, f"RDS {run['rds']} stopped being served "
+                                             "while the run was queued")
+            elif lease_gone and run.get("cancel_requested"):
+                self.cancel(run_id)
+            elif lease_gone and not served:
+                self.end_unreachable(run_id, f"RDS {run['rds']} stopped being served "
+                                             "while the run was running")
+            elif lease_gone or forgotten:
+                self._send_again(run)
+            else:
+                continue
+            acted += 1
         return acted
+
+    def _send_again(self, run: dict[str, Any]) -> None:
+        log.warning("run %s (%s): sending it again: %s", run["run_id"], run["event"],
+                    "its process died" if run["state"] == "running"
+                    else f"queued and untaken for over {RESEND_QUEUED_AFTER_S:.0f} s")
+        self.ledger.update(run["run_id"], {"sent_at": now_iso()})
+        if run.get("rds") is None:
+            self._send_job(run)
+        else:
+            self.dispatch(run["run_id"], RunSpec.from_json(run["spec"]), run["occurrence"])
 
 
 def job_record(run_id: str, occurrence: str, definition: VerifyEvent | CommandEvent,

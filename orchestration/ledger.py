@@ -1,21 +1,22 @@
 """The run ledger in Redis: runs and occurrences, with atomic state transitions.
 
-Every transition is one Lua script, so that of two workers, two beats or a message
-delivered twice, exactly one wins: a run is claimed by one process at a time (it holds a
-lease it renews while it works); a run that has ended cannot be claimed or ended again;
-an occurrence is settled once, and only the caller that settled it fires its follow-ups;
-the failover of an occurrence is started once.
+Every transition is one Lua script or one MULTI/EXEC transaction, so that of two workers,
+two beats or a message delivered twice, exactly one wins: a run is claimed by one process at
+a time (it holds a lease it renews while it works); a run that has ended cannot be claimed
+or ended again; an occurrence and its first run are written together, once; an occurrence
+is settled once; the failover run of an occurrence is added once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from orchestration.leader import RENEW_SCRIPT
 from workers.constants import (
@@ -82,6 +83,10 @@ def encode(fields: dict[str, Any]) -> list[str]:
     return [part for key, value in fields.items() for part in (key, json.dumps(value))]
 
 
+def _mapping(fields: dict[str, Any]) -> dict[str, str]:
+    return {key: json.dumps(value) for key, value in fields.items()}
+
+
 def decode(raw: dict[Any, Any]) -> dict[str, Any]:
     return {_text(k): json.loads(v) for k, v in raw.items()}
 
@@ -112,18 +117,23 @@ class Ledger:
     # occurrences
 
     def open_occurrence(self, occurrence: str, event: str, trigger: str,
-                        parent: str | None = None, state: str = "open") -> bool:
-        """Record a new occurrence; False when it exists already (a second beat, a redelivery)."""
+                        first_run: dict[str, Any], parent: str | None = None,
+                        state: str = "open") -> bool:
+        """Record a new occurrence and its first run in one transaction; False when the
+        occurrence exists already (a second beat, a redelivery). A process killed at any
+        point leaves either both or neither."""
         key = OCCURRENCE_KEY.format(occ=occurrence)
         record = {"occurrence": occurrence, "event": event, "trigger": trigger,
                   "parent": parent, "state": state, "created_at": now_iso(),
                   "settled_at": None}
-        if not self.client.hsetnx(key, "occurrence", json.dumps(occurrence)):
-            return False
-        self.client.hset(key, mapping=dict(zip(*[iter(encode(record))] * 2, strict=True)))
-        if state == "open":
-            self.client.sadd(OCCURRENCES_OPEN_KEY, occurrence)
-        return True
+
+        def write(pipe: Pipeline) -> None:
+            pipe.hset(key, mapping=_mapping(record))
+            if state == "open":
+                pipe.sadd(OCCURRENCES_OPEN_KEY, occurrence)
+            self._add_run(pipe, first_run)
+
+        return self._write_once(key, write)
 
     def open_occurrences(self) -> list[str]:
         return sorted(_text(o) for o in self.client.smembers(OCCURRENCES_OPEN_KEY))
@@ -139,28 +149,46 @@ class Ledger:
                                        OCCURRENCES_OPEN_KEY],
                                  args=[json.dumps(state), json.dumps(now_iso()), occurrence]))
 
-    def start_failover_once(self, occurrence: str) -> bool:
-        return bool(self.client.set(OCCURRENCE_FAILOVER_KEY.format(occ=occurrence), "1", nx=True))
+    def add_failover_run(self, original: str, record: dict[str, Any]) -> bool:
+        """Add the failover run of an occurrence and link the original run to it, in one
+        transaction; False when the occurrence has its failover run already."""
+        key = OCCURRENCE_FAILOVER_KEY.format(occ=record["occurrence"])
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(key, record["run_id"])
+            self._add_run(pipe, record)
+            pipe.hset(RUN_KEY.format(run=original), "failover_run", json.dumps(record["run_id"]))
+
+        return self._write_once(key, write)
+
+    def _write_once(self, guard: str, write: Callable[[Pipeline], None]) -> bool:
+        """Run ``write`` in a MULTI/EXEC transaction if ``guard`` does not exist, and no one
+        creates it meanwhile."""
+        with self.client.pipeline() as pipe:
+            try:
+                pipe.watch(guard)
+                if pipe.exists(guard):
+                    return False
+                pipe.multi()
+                write(pipe)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        self._trim()
+        return True
 
     # runs
 
-    def add_run(self, record: dict[str, Any]) -> bool:
-        run_id, occurrence = record["run_id"], record["occurrence"]
-        key = RUN_KEY.format(run=run_id)
-        if not self.client.hsetnx(key, "run_id", json.dumps(run_id)):
-            return False
-        self.client.hset(key, mapping=dict(zip(*[iter(encode(record))] * 2, strict=True)))
+    def _add_run(self, pipe: Pipeline, record: dict[str, Any]) -> None:
+        run_id = record["run_id"]
+        pipe.hset(RUN_KEY.format(run=run_id), mapping=_mapping(record))
         score = datetime.fromisoformat(record["queued_at"]).timestamp()
-        pipe = self.client.pipeline(transaction=False)
         pipe.zadd(RUNS_INDEX_KEY, {run_id: score})
         for event in {record["event"], record["origin_event"]}:
             pipe.zadd(RUNS_BY_EVENT_KEY.format(event=event), {run_id: score})
-        pipe.rpush(OCCURRENCE_RUNS_KEY.format(occ=occurrence), run_id)
+        pipe.rpush(OCCURRENCE_RUNS_KEY.format(occ=record["occurrence"]), run_id)
         if record["state"] in ("queued", "running"):
             pipe.sadd(RUNS_UNFINISHED_KEY, run_id)
-        pipe.execute()
-        self._trim()
-        return True
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         found = decode(self.client.hgetall(RUN_KEY.format(run=run_id)))

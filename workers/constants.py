@@ -81,6 +81,10 @@ RUNS_KEPT = 10_000
 # A run's lease lives this long unless its process renews it (every RUN_LEASE_RENEW_S).
 RUN_LEASE_S = 15.0
 RUN_LEASE_RENEW_S = 3.0
+# The watchdog sends a queued run again when no worker has taken (or deferred) it for this
+# long: its message may have died with a worker that had received it. A second message for
+# a run does nothing once the run has been claimed.
+RESEND_QUEUED_AFTER_S = 120.0
 
 # Hash: schedule name -> ISO time of the newest tick the beat handled (run, or recorded as
 # missed); read by a beat when it becomes the leader.

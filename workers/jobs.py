@@ -45,10 +45,13 @@ def command_job(settings: Settings, ledger: Ledger, run: dict[str, Any]) -> dict
     """Run the event's argv (never through a shell) in the config file's directory."""
     event = next(e for e in settings.config.events if e.name == run["event"])
     assert isinstance(event, CommandEvent)
-    parent = ledger.occurrence(run["parent"]) if run.get("parent") else None
+    # a follow-up is started just before its parent is settled: it carries the outcome
+    parent_state = run.get("parent_state")
+    if parent_state is None and run.get("parent"):
+        parent_state = (ledger.occurrence(run["parent"]) or {}).get("state")
     env = dict(os.environ, BACKSTOP_OCCURRENCE=run["occurrence"], BACKSTOP_EVENT=run["event"],
                BACKSTOP_RUN_ID=run["run_id"], BACKSTOP_PARENT_OCCURRENCE=run.get("parent") or "",
-               BACKSTOP_PARENT_STATE=(parent or {}).get("state", ""),
+               BACKSTOP_PARENT_STATE=parent_state or "",
                BACKSTOP_SAVESET=parent_saveset(ledger, run) or "")
     try:
         done = subprocess.run(event.argv, cwd=settings.base_dir, env=env, shell=False,

@@ -24,7 +24,7 @@ from orchestration.config import Config
 from orchestration.control import storage_error
 from orchestration.errors import SourceError, StorageUnavailable
 from orchestration.events import RunSpec
-from orchestration.ledger import Ledger
+from orchestration.ledger import Ledger, now_iso
 from workers.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
 from workers.engine import BackupRequest, Engine
 
@@ -133,7 +133,8 @@ def run_backup(engine: Engine, ledger: Ledger, channels: Channels, run_id: str, 
         return Outcome(False, {"state": run["state"] if run else "missing", "late": True})
     spec = RunSpec.from_json(run["spec"])
     may_write, drive = channels.acquire(spec, run_id)
-    if not may_write:
+    if not may_write:  # waiting, not forgotten: the watchdog need not send it again
+        ledger.update(run_id, {"sent_at": now_iso()})
         return Outcome(False, {"state": "queued"}, come_back_in_s=CHANNEL_WAIT_S)
     claim = ledger.claim(run_id, holder, int(RUN_LEASE_S * 1000))
     if claim.outcome == "busy":  # the channel entry is the run's: its live holder keeps it

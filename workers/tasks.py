@@ -15,6 +15,8 @@ from typing import Any
 import redis
 from celery import Task
 from celery.signals import task_revoked
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from orchestration.config import Level
 from orchestration.control import Control
@@ -27,7 +29,7 @@ from workers.constants import CONTROL_QUEUE, RUN_LEASE_S
 from workers.engine import Engine
 from workers.heartbeat import served_rds
 from workers.jobs import command_job, migrate_job, verify_job
-from workers.runner import Channels, run_backup
+from workers.runner import Channels, lease_kept, run_backup
 
 
 @dataclass
@@ -46,7 +48,9 @@ def context(app: BackstopApp) -> Context:
     cached: Context | None = getattr(app, "_backstop_context", None)
     if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
         return cached
-    client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=30)
+    # rides out a broker restart of up to about half a minute instead of failing the task
+    retry = Retry(ExponentialWithJitterBackoff(base=0.5, cap=4), retries=10)
+    client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=30, retry=retry)
     control = control_for(app, client)
     made = Context(app, client, control.ledger, Engine(app.settings, Catalog(client)),
                    Channels(client, app.settings.config), control)
@@ -71,7 +75,8 @@ def finish_job(ctx: Context, run_id: str,
         return {"run_id": run_id, "late": True}
     run = ctx.ledger.run(run_id)
     assert run is not None
-    fields = work(run)
+    with lease_kept(ctx.ledger, ctx.channels, run_id, holder, drive=None):
+        fields = work(run)
     if ctx.ledger.finish(run_id, fields, holder) == "done":
         ctx.control.run_ended(run_id)
     return {"run_id": run_id, **fields}

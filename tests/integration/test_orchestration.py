@@ -341,3 +341,53 @@ def test_an_occurrence_left_open_by_a_dead_worker_is_settled_by_the_watchdog(
     assert control.watchdog() == 1
     assert fleet.state(occurrence) == "succeeded"
     assert control.watchdog() == 0
+
+
+def test_a_queued_run_whose_message_was_lost_is_sent_again_by_the_watchdog(
+        fleet: Fleet) -> None:
+    from orchestration.control import new_run_id, run_record
+    from orchestration.events import Trigger, resolve
+    from workers.tasks import control_for
+
+    # Given an occurrence and its run, written by a dispatch killed before it sent the run
+    control = control_for(fleet.app, fleet.ledger.client)
+    spec = resolve(control.config, "plain", Trigger.ADHOC)
+    record = run_record(new_run_id(), "lost-message", spec)
+    record["queued_at"] = "2026-01-01T00:00:00+00:00"  # long ago: nobody took it since
+    assert fleet.ledger.open_occurrence("lost-message", "plain", "adhoc", record)
+    # When the watchdog looks, Then it sends the run again and the occurrence succeeds
+    assert control.watchdog() == 1
+    [run] = fleet.settled("lost-message")
+    assert run["state"] == "succeeded" and run["sent_at"] is not None
+    assert control.watchdog() == 0
+
+
+def test_a_recent_queued_run_is_not_sent_again(fleet: Fleet) -> None:
+    from workers.tasks import control_for
+
+    # Given a run queued for RDS remote (served, but its worker consumes nothing)
+    client = fleet.ledger.client
+    announce(client, "remote@slow", "remote")
+    occurrence = fleet.occur("to-far")
+    wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    # When the watchdog looks, Then a run queued a moment ago is left to its message
+    assert control_for(fleet.app, client).watchdog() == 0
+    client.hdel(HEARTBEATS_KEY, "remote@slow")
+
+
+def test_a_command_run_whose_process_died_is_run_again_by_the_watchdog(fleet: Fleet) -> None:
+    from orchestration.control import job_record, new_run_id
+    from orchestration.events import Trigger
+    from workers.tasks import control_for
+
+    # Given a command run left running by a process that died (its lease has run out)
+    control = control_for(fleet.app, fleet.ledger.client)
+    record = job_record(new_run_id(), "dead-command", control.config.event_named("note"),
+                        Trigger.ADHOC, parent=None)
+    record.update(state="running", attempts=1)
+    assert fleet.ledger.open_occurrence("dead-command", "note", "adhoc", record)
+    # When the watchdog looks, Then the command runs again, once, and the occurrence ends
+    assert control.watchdog() == 1
+    [run] = fleet.settled("dead-command")
+    assert (run["state"], run["attempts"]) == ("succeeded", 2)
+    assert control.watchdog() == 0
