@@ -1,0 +1,205 @@
+"""Real faults against real processes; every test ends with the same audit (tests/invariants).
+
+Each fleet here is started by hand (no supervisor restarts anything) unless the test is
+about ``backstop up`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+from click.testing import CliRunner
+
+from orchestration.cli import main
+from orchestration.ledger import Ledger
+from tests.e2e.conftest import Fleet, Up, bulk_source
+from tests.invariants import audit
+from tests.waiting import wait_for
+from workers.constants import CONTROL_QUEUE
+
+pytestmark = pytest.mark.e2e
+
+TWO_RDS = """
+state_dir: .backstop
+rds: [{name: near}, {name: far}]
+data_stores:
+  - {name: near-store, rds: near, path: stores/near, create: true}
+  - {name: far-store, rds: far, path: stores/far, create: true}
+media_pools:
+  - {name: near-pool, data_store: near-store, retention: 14d}
+  - {name: far-pool, data_store: far-store, retention: 14d}
+tasks: [{name: bulk, source: bulk}, {name: small, source: small}]
+events:
+  - {name: to-near, task: bulk, level: FULL, media_pool: near-pool, failover_event: to-far}
+  - {name: to-far, task: bulk, level: FULL, media_pool: far-pool}
+  - {name: small-near, task: small, level: FULL, media_pool: near-pool, failover_event: to-far}
+"""
+
+
+def running_run(fleet: Fleet, occurrence: str) -> dict[str, Any]:
+    def running() -> dict[str, Any] | None:
+        runs = fleet.ledger.runs_of(occurrence)
+        return runs[0] if runs and runs[0]["state"] == "running" else None
+
+    return wait_for(running, f"{occurrence} to be running", limit_s=30, every_s=0.005)
+
+
+def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_other(
+        make_fleet: Callable[[str], Fleet]) -> None:
+    fleet = make_fleet(TWO_RDS)
+    bulk_source(fleet.root / "bulk")
+    fleet.start("control", "worker", "--control", "--concurrency", "2")
+    fleet.start("near-a", "worker", "--rds", "near", "--concurrency", "1")
+    fleet.start("near-b", "worker", "--rds", "near", "--concurrency", "1")
+    fleet.start("far", "worker", "--rds", "far", "--concurrency", "1")
+    fleet.start("beat", "beat")
+    fleet.serving({"near", "far"})
+    fleet.send("backstop.dispatch", ["twice", "to-near", "adhoc"], CONTROL_QUEUE)
+    first = running_run(fleet, "twice")
+    killed = fleet.owner_of(int(first["worker"].split(":")[1]))
+    fleet.kill(killed)  # the worker and its pool: RDS near is still served by the other
+    fleet.settled(["twice"])
+    [run] = fleet.ledger.runs_of("twice")  # no failover: the RDS never stopped being served
+    assert (run["state"], run["data_store"]) == ("succeeded", "near-store")
+    assert run["attempts"] >= 2
+    assert fleet.owner_of(int(run["worker"].split(":")[1])) in {"near-a", "near-b"} - {killed}
+    found = fleet.audit(["twice"])
+    assert (found.savesets, found.failovers, found.restored) == (1, {}, 1)
+
+
+def test_the_broker_stopped_and_restarted_while_workers_run_loses_and_repeats_nothing(
+        make_fleet: Callable[[str], Fleet]) -> None:
+    fleet = make_fleet(TWO_RDS)
+    bulk_source(fleet.root / "bulk")
+    bulk_source(fleet.root / "small", files=5, size=1 << 20)
+    fleet.start("control", "worker", "--control", "--concurrency", "2")
+    fleet.start("near", "worker", "--rds", "near", "--concurrency", "2")
+    fleet.start("far", "worker", "--rds", "far", "--concurrency", "1")
+    fleet.start("beat", "beat")
+    fleet.serving({"near", "far"})
+    accepted = ["during-1", "during-2"] + [f"queued-{i}" for i in range(4)]
+    fleet.send("backstop.dispatch", ["during-1", "to-near", "adhoc"], CONTROL_QUEUE)
+    fleet.send("backstop.dispatch", ["during-2", "to-far", "adhoc"], CONTROL_QUEUE)
+    for occurrence in accepted[2:]:
+        fleet.send("backstop.dispatch", [occurrence, "small-near", "adhoc"], CONTROL_QUEUE)
+    running_run(fleet, "during-1")
+    fleet.broker.stop()  # SIGTERM: Valkey writes its append-only file and exits
+    time.sleep(5)
+    fleet.broker.start()  # same port, same password, same data
+    fleet.settled(accepted, limit_s=150)
+    fleet.send("backstop.dispatch", ["after", "small-near", "adhoc"], CONTROL_QUEUE)
+    fleet.settled(["after"])
+    found = fleet.audit([*accepted, "after"])
+    assert found.outcomes == {"succeeded": 7}
+    assert all(p.poll() is None for p in fleet.processes.values())  # every process rode it out
+
+
+def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repeats_nothing(
+        tmp_path: Path, start_up: Callable[..., Up]) -> None:
+    config = tmp_path / "backstop.yaml"
+    config.write_text(TWO_RDS)
+    bulk_source(tmp_path / "bulk")
+    bulk_source(tmp_path / "small", files=5, size=1 << 20)
+    up = start_up(config, "--no-flower")
+    up.wait_live()
+    runner = CliRunner()
+    accepted = []
+    for event in ["to-near"] * 5 + ["to-far", "small-near", "small-near"]:
+        started = runner.invoke(main, ["run", event, "--json", "-c", str(config)],
+                                catch_exceptions=False)
+        accepted.append(json.loads(started.stdout)["occurrence"])
+    url = json.loads((tmp_path / ".backstop" / "broker.json").read_text())["url"]
+    ledger = Ledger(redis.Redis.from_url(url))
+    wait_for(lambda: any(r["state"] == "running" for o in accepted for r in ledger.runs_of(o)),
+             "a backup to be running", limit_s=30, every_s=0.01)
+    unsettled = [o for o in accepted if (ledger.occurrence(o) or {}).get("state") != (
+        "succeeded")]
+    # SIGKILL everything at once: up, the broker, every worker and pool process, the beat
+    everything = [psutil.Process(up.process.pid), *up.processes()]
+    for process in everything:
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(everything, timeout=30)
+    up.process.wait()
+    assert len(unsettled) >= 3  # a moment before, these were queued or running
+    again = start_up(config, "--no-flower")
+    again.wait_live()
+    url = json.loads((tmp_path / ".backstop" / "broker.json").read_text())["url"]
+    ledger = Ledger(redis.Redis.from_url(url))
+    wait_for(lambda: all((ledger.occurrence(o) or {}).get("state") not in (None, "open")
+                         for o in accepted), "every occurrence to settle", limit_s=150,
+             every_s=1)
+    found = audit(config, accepted)
+    assert found.problems == []
+    assert found.outcomes == {"succeeded": len(accepted)}
+    assert again.stop() == 0
+
+
+TMPFS = """
+state_dir: .backstop
+rds: [{name: local}]
+data_stores:
+  - {name: cramped, rds: local, path: cramped/store, create: true}
+  - {name: roomy, rds: local, path: stores/roomy, create: true}
+media_pools:
+  - {name: cramped-pool, data_store: cramped, retention: 14d}
+  - {name: roomy-pool, data_store: roomy, retention: 14d}
+tasks: [{name: bulk, source: bulk}, {name: small, source: small}]
+events:
+  - {name: to-cramped, task: bulk, level: FULL, media_pool: cramped-pool,
+     failover_event: to-roomy}
+  - {name: to-roomy, task: bulk, level: FULL, media_pool: roomy-pool}
+  - {name: small-roomy, task: small, level: FULL, media_pool: roomy-pool}
+"""
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Any:
+    mount = tmp_path / "cramped"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_store_filling_up_mid_write_fails_over_while_other_backups_run(
+        make_fleet: Callable[[str], Fleet], small_tmpfs: Path) -> None:
+    fleet = make_fleet(TMPFS)
+    bulk_source(fleet.root / "bulk")  # 320 MiB of random data: it fits, until the filler runs
+    bulk_source(fleet.root / "small", files=5, size=1 << 20)
+    fleet.start("worker", "worker", "--control", "--rds", "local", "--concurrency", "3")
+    fleet.start("beat", "beat")
+    fleet.serving({"local"})
+    fleet.send("backstop.dispatch", ["crowded", "to-cramped", "adhoc"], CONTROL_QUEUE)
+    others = [f"other-{i}" for i in range(4)]
+    for occurrence in others:
+        fleet.send("backstop.dispatch", [occurrence, "small-roomy", "adhoc"], CONTROL_QUEUE)
+    running_run(fleet, "crowded")
+    # Something else on the same file system takes the space the backup was counting on
+    with open(small_tmpfs / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(os.urandom(1 << 20))
+        except OSError:
+            pass
+    fleet.settled(["crowded", *others])
+    first, failover = fleet.ledger.runs_of("crowded")
+    assert (first["state"], first["error"]["reason"]) == ("storage_unavailable",
+                                                          "out_of_space")
+    assert (failover["state"], failover["data_store"]) == ("succeeded", "roomy")
+    (small_tmpfs / "filler").unlink()
+    found = fleet.audit(["crowded", *others])
+    assert found.outcomes == {"succeeded": 5}
+    assert found.failovers == {"out_of_space": 1}
