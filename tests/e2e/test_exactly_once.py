@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from orchestration.ledger import Ledger
-from tests.e2e.conftest import Up, backstop
+from tests.e2e.conftest import Up, backstop, bulk_source
+from tests.invariants import audit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +30,7 @@ events: [{name: bulk-now, task: bulk, level: FULL, media_pool: daily}]
 
 @pytest.fixture
 def bulk_config(tmp_path: Path) -> Path:
-    (tmp_path / "bulk").mkdir()
-    for i in range(40):  # about 2 s of work: long enough to be killed in the middle
-        (tmp_path / "bulk" / f"f{i:02}.bin").write_bytes(os.urandom(8 << 20))
+    bulk_source(tmp_path / "bulk")  # about 2 s of work: long enough to be killed midway
     path = tmp_path / "backstop.yaml"
     path.write_text(CONFIG)
     return path
@@ -64,7 +63,7 @@ def test_a_backup_whose_process_is_killed_runs_again_and_makes_one_saveset(
     assert int(str(final["attempts"])) >= 2
     savesets = json.loads(backstop("savesets", "--json", config=bulk_config).stdout)
     assert [s["run_id"] for s in savesets] == [final["run_id"]]
-    leftovers = [p for p in (bulk_config.parent / "stores" / "big" / "pools").rglob("*")
-                 if ".partial-" in str(p)]
-    assert leftovers == []
+    found = audit(bulk_config, [occurrence])
+    assert found.problems == []
+    assert (found.savesets, found.restored) == (1, 1)
     assert up.stop() == 0
