@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import psutil
 import pytest
 import redis
 from click.testing import CliRunner
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from orchestration.cli import main
 from orchestration.ledger import Ledger
@@ -78,30 +79,43 @@ def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_oth
 
 
 def test_the_broker_stopped_and_restarted_while_workers_run_loses_and_repeats_nothing(
-        make_fleet: Callable[[str], Fleet]) -> None:
-    fleet = make_fleet(TWO_RDS)
-    bulk_source(fleet.root / "bulk")
-    bulk_source(fleet.root / "small", files=5, size=1 << 20)
-    fleet.start("control", "worker", "--control", "--concurrency", "2")
-    fleet.start("near", "worker", "--rds", "near", "--concurrency", "2")
-    fleet.start("far", "worker", "--rds", "far", "--concurrency", "1")
-    fleet.start("beat", "beat")
-    fleet.serving({"near", "far"})
-    accepted = ["during-1", "during-2"] + [f"queued-{i}" for i in range(4)]
-    fleet.send("backstop.dispatch", ["during-1", "to-near", "adhoc"], CONTROL_QUEUE)
-    fleet.send("backstop.dispatch", ["during-2", "to-far", "adhoc"], CONTROL_QUEUE)
-    for occurrence in accepted[2:]:
-        fleet.send("backstop.dispatch", [occurrence, "small-near", "adhoc"], CONTROL_QUEUE)
-    running_run(fleet, "during-1")
-    fleet.broker.stop()  # SIGTERM: Valkey writes its append-only file and exits
-    time.sleep(5)
-    fleet.broker.start()  # same port, same password, same data
-    fleet.settled(accepted, limit_s=150)
-    fleet.send("backstop.dispatch", ["after", "small-near", "adhoc"], CONTROL_QUEUE)
-    fleet.settled(["after"])
-    found = fleet.audit([*accepted, "after"])
-    assert found.outcomes == {"succeeded": 7}
-    assert all(p.poll() is None for p in fleet.processes.values())  # every process rode it out
+        tmp_path: Path, start_up: Callable[..., Up]) -> None:
+    config = tmp_path / "backstop.yaml"
+    config.write_text(TWO_RDS)
+    bulk_source(tmp_path / "bulk")
+    bulk_source(tmp_path / "small", files=5, size=1 << 20)
+    up = start_up(config, "--no-flower")
+    up.wait_live()
+    accepted = [start(config, event) for event in
+                ["to-near"] * 3 + ["to-far"] + ["small-near"] * 4]
+    ledger = ledger_of(tmp_path)
+    wait_for(lambda: any(r["state"] == "running" for o in accepted for r in ledger.runs_of(o)),
+             "a backup to be running", limit_s=30, every_s=0.01)
+    broker = next(p for p in up.processes() if "valkey" in p.name())
+    broker.terminate()  # Valkey writes its append-only file and exits; up starts it again
+    broker.wait(timeout=30)
+    wait_for(lambda: all((ledger.occurrence(o) or {}).get("state") not in (None, "open")
+                         for o in accepted), "every occurrence to settle", limit_s=150,
+             every_s=1)
+    found = audit(config, [*accepted, start(config, "small-near", wait=True)])
+    assert found.problems == []
+    assert found.outcomes == {"succeeded": len(accepted) + 1}
+    assert "embedded broker exited" in up.output()
+    assert up.stop() == 0
+
+
+def start(config: Path, event: str, wait: bool = False) -> str:
+    """``backstop run EVENT``: the occurrence it started."""
+    started = CliRunner().invoke(main, ["run", event, "--json", "-c", str(config),
+                                        *(["--wait"] if wait else [])],
+                                 catch_exceptions=False)
+    return str(json.loads(started.stdout)["occurrence"])
+
+
+def ledger_of(root: Path) -> Ledger:
+    url = json.loads((root / ".backstop" / "broker.json").read_text())["url"]
+    retry = Retry(ExponentialWithJitterBackoff(base=0.5, cap=4), retries=10)
+    return Ledger(redis.Redis.from_url(url, retry=retry))  # rides out a broker restart
 
 
 def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repeats_nothing(
@@ -112,14 +126,9 @@ def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repe
     bulk_source(tmp_path / "small", files=5, size=1 << 20)
     up = start_up(config, "--no-flower")
     up.wait_live()
-    runner = CliRunner()
-    accepted = []
-    for event in ["to-near"] * 5 + ["to-far", "small-near", "small-near"]:
-        started = runner.invoke(main, ["run", event, "--json", "-c", str(config)],
-                                catch_exceptions=False)
-        accepted.append(json.loads(started.stdout)["occurrence"])
-    url = json.loads((tmp_path / ".backstop" / "broker.json").read_text())["url"]
-    ledger = Ledger(redis.Redis.from_url(url))
+    accepted = [start(config, event) for event in
+                ["to-near"] * 5 + ["to-far", "small-near", "small-near"]]
+    ledger = ledger_of(tmp_path)
     wait_for(lambda: any(r["state"] == "running" for o in accepted for r in ledger.runs_of(o)),
              "a backup to be running", limit_s=30, every_s=0.01)
     unsettled = [o for o in accepted if (ledger.occurrence(o) or {}).get("state") != (
@@ -133,8 +142,7 @@ def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repe
     assert len(unsettled) >= 3  # a moment before, these were queued or running
     again = start_up(config, "--no-flower")
     again.wait_live()
-    url = json.loads((tmp_path / ".backstop" / "broker.json").read_text())["url"]
-    ledger = Ledger(redis.Redis.from_url(url))
+    ledger = ledger_of(tmp_path)
     wait_for(lambda: all((ledger.occurrence(o) or {}).get("state") not in (None, "open")
                          for o in accepted), "every occurrence to settle", limit_s=150,
              every_s=1)
