@@ -182,9 +182,6 @@ class Soak:
 
 
 def report(soak: Soak, found: Audit, minutes: float, settle_s: float) -> None:
-    duplicated = [p for p in found.problems if "runs of its own" in p or "failover runs" in p
-                  or "savesets" in p]
-    lost = [p for p in found.problems if "never ended" in p or "has no run" in p]
     print()
     print(f"duration            {minutes:g} min of faults, then {settle_s:.0f} s to settle")
     print(f"faults              {sum(soak.faults.values())}: " + ", ".join(
@@ -199,11 +196,12 @@ def report(soak: Soak, found: Audit, minutes: float, settle_s: float) -> None:
     print("failovers by reason " + (", ".join(f"{k} {v}" for k, v in sorted(
         found.failovers.items())) or "none"))
     print(f"savesets            {found.savesets}")
-    print(f"lost                {len(lost)}")
-    print(f"duplicated          {len(duplicated)}")
+    print(f"recycled            {found.recycled} savesets of cramped-pool, past retention")
+    print(f"lost                {len(found.lost)}")
+    print(f"duplicated          {len(found.duplicated)}")
     print(f"restore checks      {found.restored} of {found.verified} verified savesets "
           f"restored bit-exact (random sample)")
-    print(f"other problems      {len(found.problems) - len(lost) - len(duplicated)}")
+    print(f"other problems      {len(found.broken)}")
     for problem in found.problems[:20]:
         print(f"  {problem}")
 
@@ -241,7 +239,7 @@ def main() -> None:
             soak.supervise(1)
         settle_s = time.monotonic() - settle_started
         found = audit(root / "backstop.yaml", soak.accepted, env=soak.fleet.env,
-                      restore_at_most=args.restore_checks)
+                      restore_at_most=args.restore_checks, recycling_pools=["cramped-pool"])
     finally:
         soak.fleet.stop()
         soak.fleet.broker.stop()

@@ -25,7 +25,9 @@ from orchestration.config import (
 )
 from orchestration.events import RunSpec, Trigger, Unresolvable, failover_spec, resolve
 from orchestration.ledger import Ledger, now_iso
+from workers.catalog import Catalog
 from workers.constants import CONTROL_QUEUE, RESEND_QUEUED_AFTER_S, rds_queue
+from workers.model import Saveset
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,16 @@ def storage_error(reason: str, message: str) -> dict[str, Any]:
     return {"kind": "storage_unavailable", "reason": reason, "message": message}
 
 
+def saveset_id_for(task: str, run_id: str) -> str:
+    """A run's saveset id, derived from the run: a run done again never makes a second."""
+    return f"{task}-{run_id}"
+
+
+def succeeded_fields(saveset: Saveset) -> dict[str, Any]:
+    return {"state": "succeeded", "saveset": saveset.id, "effective_level": saveset.level.value,
+            "files": saveset.files, "bytes": saveset.bytes}
+
+
 def describe(spec: RunSpec, occurrence: str, run_id: str) -> str:
     """What Flower shows as a task's arguments."""
     return (f"event={spec.event} occurrence={occurrence} run={run_id} "
@@ -70,6 +82,8 @@ class Control:
     ledger: Ledger
     send: Send
     rds_live: Callable[[str], bool]
+    # finds a saveset a run wrote before its worker died (None: do not look)
+    catalog: Catalog | None = None
 
     # occurrences and dispatch
 
@@ -118,6 +132,17 @@ class Control:
                   describe(spec, occurrence, run_id))
 
     def end_unreachable(self, run_id: str, message: str) -> None:
+        """End a run whose RDS nobody serves; one whose saveset is in the catalog already
+        succeeded (its worker died after writing it, before saying so)."""
+        run = self.ledger.run(run_id) or {}
+        made = (self.catalog.get(saveset_id_for(run["task"], run_id))
+                if self.catalog is not None and run.get("task") else None)
+        if made is not None:
+            log.warning("run %s: its worker is gone, but its saveset %s was written and "
+                        "cataloged: the run succeeded", run_id, made.id)
+            if self.ledger.finish(run_id, succeeded_fields(made)) == "done":
+                self.run_ended(run_id)
+            return
         fields = {"state": "storage_unavailable",
                   "error": storage_error("rds_unreachable", message)}
         if self.ledger.finish(run_id, fields) == "done":

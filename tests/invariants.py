@@ -43,7 +43,14 @@ class Audit:
     failovers: Counter[str] = field(default_factory=Counter)
     verified: int = 0
     restored: int = 0
-    problems: list[str] = field(default_factory=list)
+    recycled: int = 0
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.lost + self.duplicated + self.broken
 
     @property
     def ok(self) -> bool:
@@ -77,8 +84,12 @@ def tree(root: Path) -> dict[str, tuple[str, int, str]]:
 
 
 def audit(config: Path, accepted: Iterable[str] = (), *, env: dict[str, str] | None = None,
-          restore_at_most: int | None = None, sources_unchanged: bool = True) -> Audit:
+          restore_at_most: int | None = None, sources_unchanged: bool = True,
+          recycling_pools: Iterable[str] = ()) -> Audit:
     """Check every invariant; ``accepted`` are occurrences that must be in the ledger.
+
+    In ``recycling_pools`` (media recycled once past retention) a succeeded run's saveset
+    may be gone from the catalog by now: counted as ``recycled``, not lost.
 
     Restores all succeeded savesets, or a random ``restore_at_most`` of them; a restore is
     compared with the task's source as it is now, so only when ``sources_unchanged`` and the
@@ -93,16 +104,16 @@ def audit(config: Path, accepted: Iterable[str] = (), *, env: dict[str, str] | N
         by_occurrence[run["occurrence"]].append(run)
     found.occurrences = len(by_occurrence)
     for occurrence in set(accepted) - by_occurrence.keys():
-        found.problems.append(f"occurrence {occurrence} was accepted but has no run")
+        found.lost.append(f"occurrence {occurrence} was accepted but has no run")
     by_id = {run["run_id"]: run for run in runs}
     for occurrence, its_runs in by_occurrence.items():
         _check_occurrence(occurrence, its_runs, by_id, found)
-    _check_savesets(runs, savesets, found)
+    _check_savesets(runs, savesets, set(recycling_pools), found)
     settings = load_settings(str(config), env or {})
     for store in settings.config.data_stores:
         root = settings.resolve(store.path)
         partial = [p for p in root.rglob("*") if ".partial" in p.name] if root.is_dir() else []
-        found.problems += [f"partial file left in store {store.name}: {p}" for p in partial]
+        found.broken += [f"partial file left in store {store.name}: {p}" for p in partial]
     made = [s for s in savesets if by_id.get(s["run_id"], {}).get("state") == "succeeded"
             and s.get("migrated_from") is None]
     checked = made if restore_at_most is None else random.sample(
@@ -120,17 +131,19 @@ def _check_occurrence(occurrence: str, runs: list[dict[str, Any]],
     failovers = [r for r in runs if r["trigger"] == "failover"]
     unfinished = [r["run_id"] for r in runs if r["state"] not in TERMINAL]
     if unfinished:
-        found.problems.append(f"occurrence {occurrence}: runs {unfinished} never ended")
-    if len(own) != 1:
-        found.problems.append(f"occurrence {occurrence}: {len(own)} runs of its own")
+        found.lost.append(f"occurrence {occurrence}: runs {unfinished} never ended")
+    if len(own) > 1:
+        found.duplicated.append(f"occurrence {occurrence}: {len(own)} runs of its own")
+    if not own:
+        found.broken.append(f"occurrence {occurrence}: only failover runs")
     if len(failovers) > 1:
-        found.problems.append(f"occurrence {occurrence}: {len(failovers)} failover runs")
+        found.duplicated.append(f"occurrence {occurrence}: {len(failovers)} failover runs")
     for failover in failovers:
         original = by_id.get(failover["failover_of"] or "")
         if original is None or original["state"] != "storage_unavailable" or (
                 original["failover_run"] != failover["run_id"]):
-            found.problems.append(f"occurrence {occurrence}: failover run "
-                                  f"{failover['run_id']} does not follow a storage failure")
+            found.broken.append(f"occurrence {occurrence}: failover run "
+                                f"{failover['run_id']} does not follow a storage failure")
         else:
             found.failovers[original["error"]["reason"]] += 1
     last = failovers[-1] if failovers else (own[-1] if own else None)
@@ -139,35 +152,37 @@ def _check_occurrence(occurrence: str, runs: list[dict[str, Any]],
 
 
 def _check_savesets(runs: list[dict[str, Any]], savesets: list[dict[str, Any]],
-                    found: Audit) -> None:
+                    recycling: set[str], found: Audit) -> None:
     of_run = Counter(s["run_id"] for s in savesets if s.get("migrated_from") is None)
     for run_id, count in of_run.items():
         if count > 1:
-            found.problems.append(f"run {run_id} made {count} savesets")
+            found.duplicated.append(f"run {run_id} made {count} savesets")
     ids = {s["id"] for s in savesets}
     for run in runs:
         if run.get("kind", "backup") != "backup":
             continue
         made = of_run.get(run["run_id"], 0)
-        if run["state"] == "succeeded" and (made != 1 or run["saveset"] not in ids):
-            found.problems.append(f"run {run['run_id']} succeeded with {made} savesets")
+        where = f"run {run['run_id']} ({run['event']}, pool {run['media_pool']})"
+        if run["state"] == "succeeded" and not made and run["media_pool"] in recycling:
+            found.recycled += 1
+        elif run["state"] == "succeeded" and (made != 1 or run["saveset"] not in ids):
+            found.lost.append(f"{where} succeeded, but its saveset is not in the catalog")
         elif run["state"] != "succeeded" and made:
-            found.problems.append(f"run {run['run_id']} ended {run['state']} but made "
-                                  f"{made} saveset(s)")
+            found.duplicated.append(f"{where} ended {run['state']} but made a saveset")
 
 
 def _check_saveset(config: Path, saveset: dict[str, Any], source: Path | None,
                    env: dict[str, str] | None, found: Audit) -> None:
     verified = cli_json(config, "verify", saveset["id"], env=env)
     if not verified["ok"]:
-        found.problems.append(f"saveset {saveset['id']} does not verify: {verified['bad']}")
+        found.broken.append(f"saveset {saveset['id']} does not verify: {verified['bad']}")
         return
     found.verified += 1
     target = Path(tempfile.mkdtemp(prefix="backstop-audit-"))
     try:
         cli_json(config, "restore", "--saveset", saveset["id"], "--to", str(target), env=env)
         if source is not None and tree(target) != tree(source):
-            found.problems.append(f"saveset {saveset['id']} does not restore to its source")
+            found.broken.append(f"saveset {saveset['id']} does not restore to its source")
         else:
             found.restored += 1
     finally:

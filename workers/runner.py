@@ -21,7 +21,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestration.config import Config
-from orchestration.control import storage_error
+from orchestration.control import saveset_id_for, storage_error, succeeded_fields
 from orchestration.errors import SourceError, StorageUnavailable
 from orchestration.events import RunSpec
 from orchestration.ledger import Ledger, now_iso
@@ -156,7 +156,7 @@ def run_backup(engine: Engine, ledger: Ledger, channels: Channels, run_id: str, 
 def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: Progress) -> dict[str, Any]:
     request = BackupRequest(task=spec.task, level=spec.level, media_pool=spec.media_pool,
                             enforce_full=spec.enforce_full, full_interval=spec.full_interval,
-                            run_id=run_id, saveset_id=f"{spec.task}-{run_id}")
+                            run_id=run_id, saveset_id=saveset_id_for(spec.task, run_id))
     try:
         result = engine.backup(request, progress=progress)
     except StorageUnavailable as exc:
@@ -168,9 +168,7 @@ def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: Progress) -> 
     except Exception as exc:
         log.exception("run %s failed", run_id)
         return failed("internal", f"{type(exc).__name__}: {exc}")
-    saveset = result.saveset
-    return {"state": "succeeded", "saveset": saveset.id, "effective_level": saveset.level.value,
-            "files": saveset.files, "bytes": saveset.bytes, "pid": os.getpid()}
+    return {**succeeded_fields(result.saveset), "pid": os.getpid()}
 
 
 def failed(kind: str, message: str) -> dict[str, Any]:

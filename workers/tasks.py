@@ -64,7 +64,7 @@ def control_for(app: BackstopApp, client: redis.Redis) -> Control:
     def rds_live(rds: str) -> bool:
         return rds in served_rds(client)
 
-    return Control(app.settings.config, Ledger(client), app.send, rds_live)
+    return Control(app.settings.config, Ledger(client), app.send, rds_live, Catalog(client))
 
 
 def finish_job(ctx: Context, run_id: str,

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,23 @@ def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
     logs = [*(state / "logs").glob("*.log"), up.log]
     assert len(logs) >= 5
     assert all(secret not in log.read_text(errors="replace") for log in logs)
+    # And Flower shows each task with readable arguments, and no password anywhere
+    assert backstop("run", "demo-often", "--wait", config=quickstart).returncode == 0
+    port = up.process.args[up.process.args.index("--flower-port") + 1]  # type: ignore[index]
+
+    def flower_tasks() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        return text if '"backstop.backup"' in text else None
+
+    shown = wait_for(flower_tasks, "Flower to show the backup task", limit_s=60, every_s=1)
+    backup = next(t for t in json.loads(shown).values() if t["name"] == "backstop.backup")
+    assert all(f"{key}=" in backup["args"] for key in
+               ("event", "occurrence", "run", "level", "pool")), backup["args"]
+    assert secret not in shown
 
     # When the operator presses Ctrl-C
     assert up.stop(signal.SIGINT) == 0

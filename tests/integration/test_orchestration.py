@@ -391,3 +391,30 @@ def test_a_command_run_whose_process_died_is_run_again_by_the_watchdog(fleet: Fl
     [run] = fleet.settled("dead-command")
     assert (run["state"], run["attempts"]) == ("succeeded", 2)
     assert control.watchdog() == 0
+
+
+def test_a_run_whose_worker_died_after_cataloging_its_saveset_succeeded(fleet: Fleet) -> None:
+    import dataclasses
+
+    from workers.catalog import Catalog
+    from workers.constants import CATALOG_SAVESET_KEY
+    from workers.tasks import control_for
+
+    # Given a run on RDS remote, claimed by a worker that then died: its lease ran out
+    client = fleet.ledger.client
+    announce(client, "remote@dying", "remote")
+    occurrence = fleet.occur("to-far")
+    run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    assert fleet.ledger.claim(run["run_id"], "remote@dying:1:x", lease_ms=1).ok
+    # ... after writing and cataloging its saveset (the one the run's id names)
+    [plain] = fleet.settled(fleet.occur("plain"))
+    catalog = Catalog(client)
+    written = dataclasses.replace(catalog.get(plain["saveset"]), id=f"docs-{run['run_id']}")
+    client.set(CATALOG_SAVESET_KEY.format(id=written.id), written.dumps())
+    client.hdel(HEARTBEATS_KEY, "remote@dying")
+    # When the watchdog finds RDS remote unserved, Then the run succeeded: no failover
+    assert control_for(fleet.app, client).watchdog() == 1
+    [ended] = fleet.settled(occurrence)
+    assert (ended["state"], ended["saveset"], ended["failover_run"]) == (
+        "succeeded", written.id, None)
+    assert fleet.state(occurrence) == "succeeded"

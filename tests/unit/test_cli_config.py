@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orchestration.cli import main
 from orchestration.settings import config_path, load_settings
@@ -115,3 +117,56 @@ def test_paths_are_relative_to_the_config_file_and_the_broker_env_wins(
     assert settings.state_dir == path.parent / ".backstop"
     assert settings.resolve(settings.config.tasks[0].source) == path.parent / "data" / "docs"
     assert load_settings(str(path), {}).broker_url == "redis://config:6379/0"
+
+
+mutations = st.lists(st.tuples(st.sampled_from(["delete-line", "duplicate-line", "insert",
+                                                "replace-char", "truncate"]),
+                               st.integers(min_value=0, max_value=10_000),
+                               st.text(max_size=8)), min_size=1, max_size=4)
+
+
+def mutate(text: str, steps: list[tuple[str, int, str]]) -> str:
+    for kind, at, token in steps:
+        lines = text.splitlines(keepends=True)
+        if kind == "delete-line" and lines:
+            del lines[at % len(lines)]
+            text = "".join(lines)
+        elif kind == "duplicate-line" and lines:
+            line = lines[at % len(lines)]
+            lines.insert(at % len(lines), line)
+            text = "".join(lines)
+        elif kind == "insert":
+            text = text[:at % (len(text) + 1)] + token + text[at % (len(text) + 1):]
+        elif kind == "replace-char" and text:
+            i = at % len(text)
+            text = text[:i] + (token[:1] or ":") + text[i + 1:]
+        elif kind == "truncate":
+            text = text[:at % (len(text) + 1)]
+    return text
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations)
+def test_config_check_of_a_mangled_config_never_shows_a_traceback(
+        write_config: Callable[[str], Path], steps: list[tuple[str, int, str]]) -> None:
+    path = write_config(mutate(MINIMAL_CONFIG, steps))
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code in (0, 2), result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception,
+                                                                      SystemExit)
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        assert str(path) in result.output or "line" in result.output, result.output
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_config_check_of_any_bytes_never_shows_a_traceback(tmp_path: Path,
+                                                           raw: bytes) -> None:
+    path = tmp_path / "backstop.yaml"
+    path.write_bytes(raw)
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code in (0, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
