@@ -26,7 +26,7 @@ from orchestration.ledger import Ledger
 from tests.e2e.conftest import Fleet, Up, bulk_source
 from tests.invariants import audit
 from tests.waiting import wait_for
-from workers.constants import CONTROL_QUEUE
+from workers.constants import CONTROL_QUEUE, rds_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -78,30 +78,74 @@ def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_oth
     assert (found.savesets, found.failovers, found.restored) == (1, {}, 1)
 
 
+def test_the_only_worker_of_an_rds_killed_mid_backup_fails_over_once(
+        make_fleet: Callable[[str], Fleet]) -> None:
+    fleet = make_fleet(TWO_RDS)
+    bulk_source(fleet.root / "bulk")
+    fleet.start("control", "worker", "--control", "--concurrency", "2")
+    fleet.start("near", "worker", "--rds", "near", "--concurrency", "1")
+    fleet.start("far", "worker", "--rds", "far", "--concurrency", "1")
+    fleet.start("beat", "beat")  # sends the watchdog
+    fleet.serving({"near", "far"})
+    fleet.send("backstop.dispatch", ["lost-1", "to-near", "adhoc"], CONTROL_QUEUE)
+
+    original = running_run(fleet, "lost-1")
+    fleet.kill("near")  # RDS near has no worker any more
+    fleet.settled(["lost-1"], limit_s=90)
+    assert fleet.ledger.occurrence("lost-1")["state"] == "succeeded"  # type: ignore[index]
+    first, failover = fleet.ledger.runs_of("lost-1")
+    assert (first["state"], first["error"]["reason"]) == ("storage_unavailable",
+                                                          "rds_unreachable")
+    assert (failover["event"], failover["data_store"], failover["state"]) == (
+        "to-far", "far-store", "succeeded")
+    # The worker comes back and the old message reaches it late: nothing changes
+    fleet.start("near", "worker", "--rds", "near", "--concurrency", "1")
+    fleet.serving({"near"})
+    fleet.send("backstop.backup", [original["run_id"]], rds_queue("near"))
+    fleet.send("backstop.failover", [original["run_id"]], CONTROL_QUEUE)
+    fleet.send("backstop.dispatch", ["probe", "to-near", "adhoc"], CONTROL_QUEUE)
+    fleet.settled(["probe"], limit_s=60)
+    assert fleet.ledger.runs_of("lost-1") == [first, failover]
+    found = fleet.audit(["lost-1", "probe"])
+    assert (found.savesets, found.failovers, found.restored) == (2, {"rds_unreachable": 1}, 2)
+
+
 def test_the_broker_stopped_and_restarted_while_workers_run_loses_and_repeats_nothing(
         tmp_path: Path, start_up: Callable[..., Up]) -> None:
+    up, config, accepted, ledger = up_with_work(
+        tmp_path, start_up, ["to-near"] * 3 + ["to-far"] + ["small-near"] * 4)
+    broker = next(p for p in up.processes() if "valkey" in p.name())
+    broker.terminate()  # Valkey writes its append-only file and exits; up starts it again
+    broker.wait(timeout=30)
+    settled(ledger, accepted)
+    found = audit(config, [*accepted, start(config, "small-near", wait=True)])
+    assert found.problems == []
+    assert found.outcomes == {"succeeded": len(accepted) + 1}
+    assert "embedded broker exited" in up.output()
+    assert up.stop() == 0
+
+
+def up_with_work(tmp_path: Path, start_up: Callable[..., Up],
+                 events: list[str]) -> tuple[Up, Path, list[str], Ledger]:
+    """``backstop up`` on TWO_RDS, ``events`` started with ``backstop run``, and one of
+    their backups running."""
     config = tmp_path / "backstop.yaml"
     config.write_text(TWO_RDS)
     bulk_source(tmp_path / "bulk")
     bulk_source(tmp_path / "small", files=5, size=1 << 20)
     up = start_up(config, "--no-flower")
     up.wait_live()
-    accepted = [start(config, event) for event in
-                ["to-near"] * 3 + ["to-far"] + ["small-near"] * 4]
+    accepted = [start(config, event) for event in events]
     ledger = ledger_of(tmp_path)
     wait_for(lambda: any(r["state"] == "running" for o in accepted for r in ledger.runs_of(o)),
              "a backup to be running", limit_s=30, every_s=0.01)
-    broker = next(p for p in up.processes() if "valkey" in p.name())
-    broker.terminate()  # Valkey writes its append-only file and exits; up starts it again
-    broker.wait(timeout=30)
+    return up, config, accepted, ledger
+
+
+def settled(ledger: Ledger, accepted: list[str]) -> None:
     wait_for(lambda: all((ledger.occurrence(o) or {}).get("state") not in (None, "open")
                          for o in accepted), "every occurrence to settle", limit_s=150,
              every_s=1)
-    found = audit(config, [*accepted, start(config, "small-near", wait=True)])
-    assert found.problems == []
-    assert found.outcomes == {"succeeded": len(accepted) + 1}
-    assert "embedded broker exited" in up.output()
-    assert up.stop() == 0
 
 
 def start(config: Path, event: str, wait: bool = False) -> str:
@@ -120,17 +164,8 @@ def ledger_of(root: Path) -> Ledger:
 
 def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repeats_nothing(
         tmp_path: Path, start_up: Callable[..., Up]) -> None:
-    config = tmp_path / "backstop.yaml"
-    config.write_text(TWO_RDS)
-    bulk_source(tmp_path / "bulk")
-    bulk_source(tmp_path / "small", files=5, size=1 << 20)
-    up = start_up(config, "--no-flower")
-    up.wait_live()
-    accepted = [start(config, event) for event in
-                ["to-near"] * 5 + ["to-far", "small-near", "small-near"]]
-    ledger = ledger_of(tmp_path)
-    wait_for(lambda: any(r["state"] == "running" for o in accepted for r in ledger.runs_of(o)),
-             "a backup to be running", limit_s=30, every_s=0.01)
+    up, config, accepted, ledger = up_with_work(
+        tmp_path, start_up, ["to-near"] * 5 + ["to-far", "small-near", "small-near"])
     unsettled = [o for o in accepted if (ledger.occurrence(o) or {}).get("state") != (
         "succeeded")]
     # SIGKILL everything at once: up, the broker, every worker and pool process, the beat
@@ -143,9 +178,7 @@ def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repe
     again = start_up(config, "--no-flower")
     again.wait_live()
     ledger = ledger_of(tmp_path)
-    wait_for(lambda: all((ledger.occurrence(o) or {}).get("state") not in (None, "open")
-                         for o in accepted), "every occurrence to settle", limit_s=150,
-             every_s=1)
+    settled(ledger, accepted)
     found = audit(config, accepted)
     assert found.problems == []
     assert found.outcomes == {"succeeded": len(accepted)}
