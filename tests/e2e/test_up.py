@@ -24,8 +24,9 @@ def gone(processes: list[psutil.Process]) -> bool:
 
 
 def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
-        quickstart: Path, start_up: Callable[..., Up]) -> None:
-    # Given backstop up on the quickstart config
+        quickstart: Path, start_up: Callable[..., Up], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given backstop up on the quickstart config (Flower's API open: it is on loopback)
+    monkeypatch.setenv("FLOWER_UNAUTHENTICATED_API", "true")
     up = start_up(quickstart)
     report = up.wait_live()
     # Then status shows the RDS live, a control worker, an RDS worker and a beat leader
