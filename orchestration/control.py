@@ -266,23 +266,15 @@ class Control:
 
     def _watch_runs(self) -> int:
         acted = 0
-        stale = (datetime.now(UTC) - timedelta(seconds=RESEND_QUEUED_AFTER_S)).isoformat()
+        stale = datetime.now(UTC) - timedelta(seconds=RESEND_QUEUED_AFTER_S)
         for run in self.ledger.unfinished():
             run_id = run["run_id"]
             lease_gone = run["state"] == "running" and self.ledger.lease_holder(run_id) is None
             # a queued run nobody took for long: its message may have died with a worker
-            forgotten = run["state"] == "queued" and (run.get("sent_at")
-                                                      or run["queued_at"]) < stale
-            if run.get("rds") is None:  # a verify or command run
-                if lease_gone and run.get("cancel_requested"):
-                    self.cancel(run_id)
-                elif lease_gone or forgotten:
-                    self._send_again(run)
-                else:
-                    continue
-                acted += 1
-                continue
-            served = self.rds_live(run["rds"])
+            forgotten = run["state"] == "queued" and datetime.fromisoformat(
+                run.get("sent_at") or run["queued_at"]) < stale
+            # a verify or command run has no RDS of its own to lose
+            served = run.get("rds") is None or self.rds_live(run["rds"])
             if run["state"] == "queued" and not served:
                 self.end_unreachable(run_id, f"RDS {run['rds']} stopped being served "
                                              "while the run was queued")
