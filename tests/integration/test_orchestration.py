@@ -418,3 +418,25 @@ def test_a_run_whose_worker_died_after_cataloging_its_saveset_succeeded(fleet: F
     assert (ended["state"], ended["saveset"], ended["failover_run"]) == (
         "succeeded", written.id, None)
     assert fleet.state(occurrence) == "succeeded"
+
+
+def test_a_backup_revoked_by_broadcast_is_cancelled_when_its_message_arrives(
+        fleet: Fleet) -> None:
+    from orchestration.control import new_run_id, run_record
+    from orchestration.events import Trigger, resolve
+    from workers.tasks import control_for
+
+    # Given a queued run, and its task id revoked fleet-wide (as Flower's revoke does)
+    control = control_for(fleet.app, fleet.ledger.client)
+    record = run_record(new_run_id(), "revoked", resolve(control.config, "plain", Trigger.ADHOC))
+    assert fleet.ledger.open_occurrence("revoked", "plain", "adhoc", record)
+    task_id = f"backup-{record['run_id']}"
+    replies = fleet.app.control.revoke(task_id, reply=True, timeout=5)
+    assert replies  # the worker has heard it
+    # When the run's message reaches the worker
+    fleet.app.send_task("backstop.backup", args=[record["run_id"]], queue=rds_queue("local"),
+                        task_id=task_id, ignore_result=True)
+    # Then the run is cancelled, never run, and its occurrence failed
+    [run] = fleet.settled("revoked")
+    assert (run["state"], run["error"]["kind"], run["saveset"]) == ("failed", "cancelled", None)
+    assert fleet.state("revoked") == "failed"
