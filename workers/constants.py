@@ -85,6 +85,9 @@ RUN_LEASE_RENEW_S = 3.0
 # long: its message may have died with a worker that had received it. A second message for
 # a run does nothing once the run has been claimed.
 RESEND_QUEUED_AFTER_S = 120.0
+# A control message (dispatch, failover, command, ...) unacknowledged for this long was
+# taken by a worker that died: the watchdog puts it back on its queue.
+CONTROL_REDELIVER_AFTER_S = 60.0
 
 # Hash: schedule name -> ISO time of the newest tick the beat handled (run, or recorded as
 # missed); read by a beat when it becomes the leader.

@@ -29,6 +29,7 @@ from workers.constants import CONTROL_QUEUE, RUN_LEASE_S
 from workers.engine import Engine
 from workers.heartbeat import served_rds
 from workers.jobs import command_job, migrate_job, verify_job
+from workers.redeliver import redeliver_stale
 from workers.runner import Channels, lease_kept, run_backup
 
 
@@ -161,5 +162,6 @@ def register_tasks(app: BackstopApp) -> None:
 
     @app.task(name="backstop.watchdog", shared=False)
     def watchdog() -> int:
-        """End runs whose RDS nobody serves; send again those whose process died."""
-        return context(app).control.watchdog()
+        """End runs whose RDS nobody serves; send again those whose process died; put back
+        control messages held by a worker that died."""
+        return context(app).control.watchdog() + redeliver_stale(app)

@@ -1,0 +1,62 @@
+"""A control message taken by a worker that then died goes back on its queue."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+from celery.contrib.testing.worker import start_worker
+
+from orchestration.ledger import Ledger
+from orchestration.settings import load_settings
+from tests.integration.test_orchestration import CONFIG
+from tests.waiting import wait_for
+from workers.app import create_app
+from workers.constants import CONTROL_QUEUE, rds_queue
+from workers.engine import create_missing_stores
+from workers.heartbeat import live_workers
+from workers.redeliver import redeliver_stale
+
+# Takes one message from the control queue as a worker does (it goes to kombu's unacked
+# hash), then dies at once: no acknowledgement, no restore at shutdown.
+TAKE_AND_DIE = """
+import os, sys
+from kombu import Connection
+with Connection(sys.argv[1]) as connection:
+    message = connection.default_channel.basic_get(queue=sys.argv[2], no_ack=False)
+    print("took" if message is not None else "nothing", flush=True)
+    os._exit(0)
+"""
+
+
+def test_a_dispatch_held_by_a_dead_worker_is_put_back_and_its_occurrence_runs(
+        tmp_path: Path, broker_url: str, redis_client: redis.Redis) -> None:
+    (tmp_path / "backstop.yaml").write_text(CONFIG)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("a")
+    settings = load_settings(str(tmp_path / "backstop.yaml"), {"BACKSTOP_BROKER_URL": broker_url})
+    create_missing_stores(settings, ["local"])
+    app = create_app(settings, broker_url)
+    # Given an accepted dispatch, taken by a worker that died before running it
+    app.send("backstop.dispatch", ["held", "plain", "adhoc"], CONTROL_QUEUE, "held")
+    took = subprocess.run([sys.executable, "-c", TAKE_AND_DIE, broker_url, CONTROL_QUEUE],
+                          capture_output=True, text=True, check=True, env=dict(os.environ))
+    assert took.stdout.strip() == "took"
+    assert redis_client.llen(CONTROL_QUEUE) == 0 and redis_client.hlen("unacked") == 1
+    # When the watchdog's redelivery looks: not yet, while the message is young
+    assert redeliver_stale(app) == 0
+    # ... and once it has been held too long, Then it is back on its queue
+    assert redeliver_stale(app, older_than_s=0) == 1
+    assert redis_client.llen(CONTROL_QUEUE) == 1 and redis_client.hlen("unacked") == 0
+    # And a live worker runs the occurrence, once
+    with start_worker(app, queues=[CONTROL_QUEUE, rds_queue("local")], pool="threads",
+                      concurrency=2, perform_ping_check=False, hostname="redeliver@test"):
+        wait_for(lambda: any("local" in w.rds for w in live_workers(redis_client)),
+                 "the worker's heartbeat")
+        ledger = Ledger(redis_client)
+        wait_for(lambda: (ledger.occurrence("held") or {}).get("state") == "succeeded",
+                 "the held occurrence to succeed")
+        assert len(ledger.runs_of("held")) == 1
