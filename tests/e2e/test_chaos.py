@@ -55,16 +55,23 @@ def running_run(fleet: Fleet, occurrence: str) -> dict[str, Any]:
     return wait_for(running, f"{occurrence} to be running", limit_s=30, every_s=0.005)
 
 
-def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_other(
-        make_fleet: Callable[[str], Fleet]) -> None:
+def started_by_hand(make_fleet: Callable[[str], Fleet], near_workers: list[str]) -> Fleet:
+    """TWO_RDS with a control worker, ``near_workers`` for RDS near, one worker for far and
+    a beat (which sends the watchdog), each its own process."""
     fleet = make_fleet(TWO_RDS)
     bulk_source(fleet.root / "bulk")
     fleet.start("control", "worker", "--control", "--concurrency", "2")
-    fleet.start("near-a", "worker", "--rds", "near", "--concurrency", "1")
-    fleet.start("near-b", "worker", "--rds", "near", "--concurrency", "1")
+    for name in near_workers:
+        fleet.start(name, "worker", "--rds", "near", "--concurrency", "1")
     fleet.start("far", "worker", "--rds", "far", "--concurrency", "1")
     fleet.start("beat", "beat")
     fleet.serving({"near", "far"})
+    return fleet
+
+
+def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_other(
+        make_fleet: Callable[[str], Fleet]) -> None:
+    fleet = started_by_hand(make_fleet, near_workers=["near-a", "near-b"])
     fleet.send("backstop.dispatch", ["twice", "to-near", "adhoc"], CONTROL_QUEUE)
     first = running_run(fleet, "twice")
     killed = fleet.owner_of(int(first["worker"].split(":")[1]))
@@ -80,13 +87,7 @@ def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_oth
 
 def test_the_only_worker_of_an_rds_killed_mid_backup_fails_over_once(
         make_fleet: Callable[[str], Fleet]) -> None:
-    fleet = make_fleet(TWO_RDS)
-    bulk_source(fleet.root / "bulk")
-    fleet.start("control", "worker", "--control", "--concurrency", "2")
-    fleet.start("near", "worker", "--rds", "near", "--concurrency", "1")
-    fleet.start("far", "worker", "--rds", "far", "--concurrency", "1")
-    fleet.start("beat", "beat")  # sends the watchdog
-    fleet.serving({"near", "far"})
+    fleet = started_by_hand(make_fleet, near_workers=["near"])
     fleet.send("backstop.dispatch", ["lost-1", "to-near", "adhoc"], CONTROL_QUEUE)
 
     original = running_run(fleet, "lost-1")
