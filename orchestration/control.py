@@ -103,8 +103,7 @@ class Control:
             spec = resolve(self.config, event, trigger, level, enforce_full)
             record = run_record(new_run_id(), occurrence, spec)
         else:
-            record = job_record(new_run_id(), occurrence, found, trigger, parent)
-            record["parent_state"] = parent_state
+            record = job_record(new_run_id(), occurrence, found, trigger, parent, parent_state)
         if not self.ledger.open_occurrence(occurrence, event, trigger.value, record, parent):
             return None
         if spec is None:  # a verify or command event
@@ -126,17 +125,16 @@ class Control:
     def dispatch(self, run_id: str, spec: RunSpec, occurrence: str) -> None:
         """Send a queued run to its RDS, or end it as rds_unreachable when nobody serves it."""
         if not self.rds_live(spec.rds):
-            self.end_unreachable(run_id, f"no live worker serves RDS {spec.rds}")
+            self.end_unreachable(run_id, spec.task, f"no live worker serves RDS {spec.rds}")
             return
         self.send("backstop.backup", [run_id], rds_queue(spec.rds),
                   describe(spec, occurrence, run_id))
 
-    def end_unreachable(self, run_id: str, message: str) -> None:
+    def end_unreachable(self, run_id: str, task: str, message: str) -> None:
         """End a run whose RDS nobody serves; one whose saveset is in the catalog already
         succeeded (its worker died after writing it, before saying so)."""
-        run = self.ledger.run(run_id) or {}
-        made = (self.catalog.get(saveset_id_for(run["task"], run_id))
-                if self.catalog is not None and run.get("task") else None)
+        made = (self.catalog.get(saveset_id_for(task, run_id))
+                if self.catalog is not None else None)
         if made is not None:
             log.warning("run %s: its worker is gone, but its saveset %s was written and "
                         "cataloged: the run succeeded", run_id, made.id)
@@ -189,15 +187,15 @@ class Control:
         derived from this one, so starting them twice starts them once, and a process killed
         in between leaves the occurrence open for the watchdog to settle (and start the
         follow-ups) again."""
-        found = self.ledger.occurrence(occurrence)
-        if found is None or found["state"] != "open":
-            return
         wanted = {FollowUpWhen.ALWAYS, FollowUpWhen.SUCCESS if succeeded else FollowUpWhen.FAILURE}
         state = "succeeded" if succeeded else "failed"
-        for follow_up in (FollowUp.model_validate(f) for f in run.get("follow_ups") or []):
-            if follow_up.when in wanted:
-                self.occur(f"{occurrence}>{follow_up.event}", follow_up.event,
-                           Trigger.FOLLOW_UP, parent=occurrence, parent_state=state)
+        follow_ups = [f for f in (FollowUp.model_validate(f) for f in run.get("follow_ups") or [])
+                      if f.when in wanted]
+        if follow_ups and (self.ledger.occurrence(occurrence) or {}).get("state") != "open":
+            return
+        for follow_up in follow_ups:
+            self.occur(f"{occurrence}>{follow_up.event}", follow_up.event, Trigger.FOLLOW_UP,
+                       parent=occurrence, parent_state=state)
         if not self.ledger.settle(occurrence, state):
             return
         if succeeded and run.get("migration_task") and run.get("saveset"):
@@ -276,13 +274,13 @@ class Control:
             # a verify or command run has no RDS of its own to lose
             served = run.get("rds") is None or self.rds_live(run["rds"])
             if run["state"] == "queued" and not served:
-                self.end_unreachable(run_id, f"RDS {run['rds']} stopped being served "
-                                             "while the run was queued")
+                self.end_unreachable(run_id, run["task"], f"RDS {run['rds']} stopped being "
+                                                          "served while the run was queued")
             elif lease_gone and run.get("cancel_requested"):
                 self.cancel(run_id)
             elif lease_gone and not served:
-                self.end_unreachable(run_id, f"RDS {run['rds']} stopped being served "
-                                             "while the run was running")
+                self.end_unreachable(run_id, run["task"], f"RDS {run['rds']} stopped being "
+                                                          "served while the run was running")
             elif lease_gone or forgotten:
                 self._send_again(run)
             else:
@@ -302,7 +300,8 @@ class Control:
 
 
 def job_record(run_id: str, occurrence: str, definition: VerifyEvent | CommandEvent,
-               trigger: Trigger, parent: str | None) -> dict[str, Any]:
+               trigger: Trigger, parent: str | None,
+               parent_state: str | None = None) -> dict[str, Any]:
     """A queued run of a verify or command event: the run record without storage settings."""
     return {
         "run_id": run_id, "occurrence": occurrence, "event": definition.name,
@@ -315,5 +314,5 @@ def job_record(run_id: str, occurrence: str, definition: VerifyEvent | CommandEv
         "migration_task": None, "state": "queued", "error": None, "saveset": None,
         "files": None, "bytes": None, "queued_at": now_iso(), "started_at": None,
         "finished_at": None, "rds": None, "attempts": 0, "progress": None,
-        "kind": definition.kind, "parent": parent,
+        "kind": definition.kind, "parent": parent, "parent_state": parent_state,
     }

@@ -78,13 +78,14 @@ return 1
 """
 
 
-def encode(fields: dict[str, Any]) -> list[str]:
-    """Field/JSON-value pairs, flat, for HSET."""
-    return [part for key, value in fields.items() for part in (key, json.dumps(value))]
-
-
 def _mapping(fields: dict[str, Any]) -> dict[str, str]:
+    """Each field's value as JSON, for HSET."""
     return {key: json.dumps(value) for key, value in fields.items()}
+
+
+def encode(fields: dict[str, Any]) -> list[str]:
+    """Field/JSON-value pairs, flat, for the scripts' ARGV."""
+    return [part for pair in _mapping(fields).items() for part in pair]
 
 
 def decode(raw: dict[Any, Any]) -> dict[str, Any]:

@@ -15,9 +15,8 @@ from typing import Any
 import redis
 from celery import Task
 from celery.signals import task_revoked
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
+from orchestration.broker import patient_client
 from orchestration.config import Level
 from orchestration.control import Control
 from orchestration.errors import BackstopError
@@ -49,23 +48,24 @@ def context(app: BackstopApp) -> Context:
     cached: Context | None = getattr(app, "_backstop_context", None)
     if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
         return cached
-    # rides out a broker restart of up to about half a minute instead of failing the task
-    retry = Retry(ExponentialWithJitterBackoff(base=0.5, cap=4), retries=10)
-    client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=30, retry=retry)
-    control = control_for(app, client)
-    made = Context(app, client, control.ledger, Engine(app.settings, Catalog(client)),
+    client = patient_client(app.conf.broker_url, socket_timeout=30)
+    catalog = Catalog(client)
+    control = control_for(app, client, catalog)
+    made = Context(app, client, control.ledger, Engine(app.settings, catalog),
                    Channels(client, app.settings.config), control)
     app._backstop_context, app._backstop_pid = made, os.getpid()  # type: ignore[attr-defined]
     return made
 
 
-def control_for(app: BackstopApp, client: redis.Redis) -> Control:
+def control_for(app: BackstopApp, client: redis.Redis,
+                catalog: Catalog | None = None) -> Control:
     """The control plane, sending through ``app`` and judging RDS liveness by heartbeats."""
 
     def rds_live(rds: str) -> bool:
         return rds in served_rds(client)
 
-    return Control(app.settings.config, Ledger(client), app.send, rds_live, Catalog(client))
+    return Control(app.settings.config, Ledger(client), app.send, rds_live,
+                   catalog or Catalog(client))
 
 
 def finish_job(ctx: Context, run_id: str,
