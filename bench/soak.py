@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestration.broker import EmbeddedBroker  # noqa: E402
-from tests.fleet import Fleet, bulk_source  # noqa: E402
+from tests.fleet import Fleet, all_settled, bulk_source  # noqa: E402
 from tests.invariants import Audit, audit  # noqa: E402
 from workers.constants import BEAT_LEADER_KEY, CONTROL_QUEUE  # noqa: E402
 
@@ -234,7 +234,7 @@ def main() -> None:
         print(f"faults over after {time.monotonic() - started:.0f} s; waiting for "
               f"{len(soak.accepted)} occurrences to settle", flush=True)
         settle_started = time.monotonic()
-        while not soak.fleet.all_settled(soak.accepted) and time.monotonic() - (
+        while not all_settled(soak.fleet.client, soak.accepted) and time.monotonic() - (
                 settle_started) < 900:
             soak.supervise(1)
         settle_s = time.monotonic() - settle_started

@@ -30,6 +30,28 @@ def bulk_source(root: Path, files: int = 40, size: int = 8 << 20) -> Path:
     return root
 
 
+def all_settled(client: redis.Redis, occurrences: list[str]) -> bool:
+    """Every one of ``occurrences`` is in the ledger and settled."""
+    pipe = client.pipeline(transaction=False)
+    for occurrence in occurrences:
+        pipe.hget(OCCURRENCE_KEY.format(occ=occurrence), "state")
+    return all(state not in (None, b'"open"') for state in pipe.execute())
+
+
+def wait_settled(client: redis.Redis, occurrences: list[str], limit_s: float = 120) -> None:
+    wait_for(lambda: all_settled(client, occurrences),
+             f"{len(occurrences)} occurrences to settle", limit_s=limit_s, every_s=0.5)
+
+
+def running_run(ledger: Ledger, occurrence: str) -> dict[str, Any]:
+    """The first run of ``occurrence``, as soon as it is running (to be killed midway)."""
+    def running() -> dict[str, Any] | None:
+        runs = ledger.runs_of(occurrence)
+        return runs[0] if runs and runs[0]["state"] == "running" else None
+
+    return wait_for(running, f"{occurrence} to be running", limit_s=30, every_s=0.005)
+
+
 class Fleet:
     """A broker and separately started ``backstop`` processes; no supervisor restarts
     anything, so a test decides what dies and what comes back."""
@@ -94,15 +116,8 @@ class Fleet:
             self.app = create_app(load_settings(str(self.config), self.env), self.url)
         self.app.send(task, args, queue, "test")
 
-    def all_settled(self, occurrences: list[str]) -> bool:
-        pipe = self.client.pipeline(transaction=False)
-        for occurrence in occurrences:
-            pipe.hget(OCCURRENCE_KEY.format(occ=occurrence), "state")
-        return all(state not in (None, b'"open"') for state in pipe.execute())
-
     def settled(self, occurrences: list[str], limit_s: float = 120) -> None:
-        wait_for(lambda: self.all_settled(occurrences),
-                 f"{len(occurrences)} occurrences to settle", limit_s=limit_s, every_s=0.5)
+        wait_settled(self.client, occurrences, limit_s)
 
     def audit(self, accepted: list[str]) -> Audit:
         found = audit(self.config, accepted, env=self.env)

@@ -27,9 +27,8 @@ from typing import Any
 from click.testing import CliRunner
 
 from orchestration.cli import main
+from orchestration.ledger import TERMINAL
 from orchestration.settings import load_settings
-
-TERMINAL = {"succeeded", "failed", "storage_unavailable", "suppressed", "missed"}
 
 
 @dataclass

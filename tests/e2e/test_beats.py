@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestration.ledger import Ledger
 from tests.e2e.conftest import Up
+from tests.fleet import wait_settled
 from tests.invariants import audit
 from tests.waiting import wait_for
 
@@ -81,10 +81,8 @@ def test_three_beats_then_two_schedule_each_tick_once_and_a_standby_takes_over(
     after = [t for t in ticks(client) if t > killed_at]
     # 5 s apart, except that the ticks missed during the takeover are one catch-up tick
     assert {(b - a).total_seconds() for a, b in itertools.pairwise(after[1:])} == {5.0}
-    ledger = Ledger(client)
     occurrences = [f"tick@{t.strftime('%Y-%m-%dT%H:%M:%SZ')}" for t in ticks(client)]
-    wait_for(lambda: all((ledger.occurrence(o) or {}).get("state") != "open"
-                         for o in occurrences), "the ticks' occurrences to end")
+    wait_settled(client, occurrences)
     found = audit(config, occurrences)
     assert found.problems == []
     assert found.occurrences == len(occurrences)

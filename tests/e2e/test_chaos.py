@@ -16,14 +16,13 @@ from typing import Any
 
 import psutil
 import pytest
-import redis
 from click.testing import CliRunner
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
+from orchestration.broker import patient_client
 from orchestration.cli import main
 from orchestration.ledger import Ledger
 from tests.e2e.conftest import Fleet, Up, bulk_source
+from tests.fleet import running_run, wait_settled
 from tests.invariants import audit
 from tests.waiting import wait_for
 from workers.constants import CONTROL_QUEUE, rds_queue
@@ -47,14 +46,6 @@ events:
 """
 
 
-def running_run(fleet: Fleet, occurrence: str) -> dict[str, Any]:
-    def running() -> dict[str, Any] | None:
-        runs = fleet.ledger.runs_of(occurrence)
-        return runs[0] if runs and runs[0]["state"] == "running" else None
-
-    return wait_for(running, f"{occurrence} to be running", limit_s=30, every_s=0.005)
-
-
 def started_by_hand(make_fleet: Callable[[str], Fleet], near_workers: list[str]) -> Fleet:
     """TWO_RDS with a control worker, ``near_workers`` for RDS near, one worker for far and
     a beat (which sends the watchdog), each its own process."""
@@ -73,7 +64,7 @@ def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_oth
         make_fleet: Callable[[str], Fleet]) -> None:
     fleet = started_by_hand(make_fleet, near_workers=["near-a", "near-b"])
     fleet.send("backstop.dispatch", ["twice", "to-near", "adhoc"], CONTROL_QUEUE)
-    first = running_run(fleet, "twice")
+    first = running_run(fleet.ledger, "twice")
     killed = fleet.owner_of(int(first["worker"].split(":")[1]))
     fleet.kill(killed)  # the worker and its pool: RDS near is still served by the other
     fleet.settled(["twice"])
@@ -90,7 +81,7 @@ def test_the_only_worker_of_an_rds_killed_mid_backup_fails_over_once(
     fleet = started_by_hand(make_fleet, near_workers=["near"])
     fleet.send("backstop.dispatch", ["lost-1", "to-near", "adhoc"], CONTROL_QUEUE)
 
-    original = running_run(fleet, "lost-1")
+    original = running_run(fleet.ledger, "lost-1")
     fleet.kill("near")  # RDS near has no worker any more
     fleet.settled(["lost-1"], limit_s=90)
     assert fleet.ledger.occurrence("lost-1")["state"] == "succeeded"  # type: ignore[index]
@@ -114,11 +105,11 @@ def test_the_only_worker_of_an_rds_killed_mid_backup_fails_over_once(
 def test_the_broker_stopped_and_restarted_while_workers_run_loses_and_repeats_nothing(
         tmp_path: Path, start_up: Callable[..., Up]) -> None:
     up, config, accepted, ledger = up_with_work(
-        tmp_path, start_up, ["to-near"] * 3 + ["to-far"] + ["small-near"] * 4)
+        tmp_path, start_up, ["small-near"] * 4 + ["to-far"] + ["to-near"] * 5)
     broker = next(p for p in up.processes() if "valkey" in p.name())
     broker.terminate()  # Valkey writes its append-only file and exits; up starts it again
     broker.wait(timeout=30)
-    settled(ledger, accepted)
+    wait_settled(ledger.client, accepted, limit_s=150)
     found = audit(config, [*accepted, start(config, "small-near", wait=True)])
     assert found.problems == []
     assert found.outcomes == {"succeeded": len(accepted) + 1}
@@ -129,7 +120,7 @@ def test_the_broker_stopped_and_restarted_while_workers_run_loses_and_repeats_no
 def up_with_work(tmp_path: Path, start_up: Callable[..., Up],
                  events: list[str]) -> tuple[Up, Path, list[str], Ledger]:
     """``backstop up`` on TWO_RDS, ``events`` started with ``backstop run``, and one of
-    their backups running."""
+    their backups running (start the long ones last, so that some are still going)."""
     config = tmp_path / "backstop.yaml"
     config.write_text(TWO_RDS)
     bulk_source(tmp_path / "bulk")
@@ -143,12 +134,6 @@ def up_with_work(tmp_path: Path, start_up: Callable[..., Up],
     return up, config, accepted, ledger
 
 
-def settled(ledger: Ledger, accepted: list[str]) -> None:
-    wait_for(lambda: all((ledger.occurrence(o) or {}).get("state") not in (None, "open")
-                         for o in accepted), "every occurrence to settle", limit_s=150,
-             every_s=1)
-
-
 def start(config: Path, event: str, wait: bool = False) -> str:
     """``backstop run EVENT``: the occurrence it started."""
     started = CliRunner().invoke(main, ["run", event, "--json", "-c", str(config),
@@ -159,14 +144,13 @@ def start(config: Path, event: str, wait: bool = False) -> str:
 
 def ledger_of(root: Path) -> Ledger:
     url = json.loads((root / ".backstop" / "broker.json").read_text())["url"]
-    retry = Retry(ExponentialWithJitterBackoff(base=0.5, cap=4), retries=10)
-    return Ledger(redis.Redis.from_url(url, retry=retry))  # rides out a broker restart
+    return Ledger(patient_client(url))
 
 
 def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repeats_nothing(
         tmp_path: Path, start_up: Callable[..., Up]) -> None:
     up, config, accepted, ledger = up_with_work(
-        tmp_path, start_up, ["to-near"] * 5 + ["to-far", "small-near", "small-near"])
+        tmp_path, start_up, ["small-near"] * 2 + ["to-far"] + ["to-near"] * 5)
     unsettled = [o for o in accepted if (ledger.occurrence(o) or {}).get("state") != (
         "succeeded")]
     # SIGKILL everything at once: up, the broker, every worker and pool process, the beat
@@ -179,7 +163,7 @@ def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repe
     again = start_up(config, "--no-flower")
     again.wait_live()
     ledger = ledger_of(tmp_path)
-    settled(ledger, accepted)
+    wait_settled(ledger.client, accepted, limit_s=150)
     found = audit(config, accepted)
     assert found.problems == []
     assert found.outcomes == {"succeeded": len(accepted)}
@@ -228,7 +212,7 @@ def test_a_store_filling_up_mid_write_fails_over_while_other_backups_run(
     others = [f"other-{i}" for i in range(4)]
     for occurrence in others:
         fleet.send("backstop.dispatch", [occurrence, "small-roomy", "adhoc"], CONTROL_QUEUE)
-    running_run(fleet, "crowded")
+    running_run(fleet.ledger, "crowded")
     # Something else on the same file system takes the space the backup was counting on
     with open(small_tmpfs / "filler", "wb") as filler:
         try:

@@ -13,6 +13,7 @@ import redis
 
 from orchestration.ledger import Ledger
 from tests.e2e.conftest import Up, backstop, bulk_source
+from tests.fleet import running_run
 from tests.invariants import audit
 from tests.waiting import wait_for
 
@@ -45,11 +46,7 @@ def test_a_backup_whose_process_is_killed_runs_again_and_makes_one_saveset(
     started = json.loads(backstop("run", "bulk-now", "--json", config=bulk_config).stdout)
     occurrence = started["occurrence"]
 
-    def running() -> dict[str, object] | None:
-        runs = ledger.runs_of(occurrence)
-        return runs[0] if runs and runs[0]["state"] == "running" else None
-
-    run = wait_for(running, "the backup to be running", limit_s=30, every_s=0.005)
+    run = running_run(ledger, occurrence)
     pid = int(str(run["worker"]).split(":")[1])
     os.kill(pid, signal.SIGKILL)  # the pool process doing the backup dies mid-write
 
