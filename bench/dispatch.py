@@ -52,8 +52,8 @@ def bare_app(url: str) -> Any:
     import redis
     from celery import Celery
 
-    from orchestration.config_load import parse_config
-    from workers.app import celery_config
+    from core.config_load import parse_config
+    from orchestration.celery_app import celery_config
 
     app = Celery("bare", set_as_current=False)
     app.conf.update(celery_config(parse_config(CONFIG), url))
@@ -98,10 +98,10 @@ def measure_bare(app: Any, client: Any, n: int, samples: int) -> dict[str, Any]:
 
 
 def measure_backstop(app: Any, ledger: Any, n: int, samples: int) -> dict[str, Any]:
-    from workers.constants import CONTROL_QUEUE
+    from core.constants import CONTROL_QUEUE
 
     def states(occurrences: list[str]) -> list[str]:
-        return [(ledger.occurrence(o) or {}).get("state", "sent") for o in occurrences]
+        return [getattr(ledger.occurrence(o), "state", "sent") for o in occurrences]
 
     names = [f"bench-{i}" for i in range(n)]
     start = time.perf_counter()
@@ -119,10 +119,9 @@ def measure_backstop(app: Any, ledger: Any, n: int, samples: int) -> dict[str, A
         name = f"failover-{i}"
         app.send("backstop.dispatch", [name, "tiny-gone", "adhoc"], CONTROL_QUEUE, name)
         wait_until(lambda name=name: len(ledger.runs_of(name)) == 2
-                   and ledger.runs_of(name)[1]["started_at"])
+                   and ledger.runs_of(name)[1].started_at)
         original, failover = ledger.runs_of(name)
-        gap = (datetime.fromisoformat(failover["started_at"])
-               - datetime.fromisoformat(original["finished_at"]))
+        gap = failover.started_at - original.finished_at
         latencies.append(gap.total_seconds())
     return {"rate": rate, "latencies": latencies}
 
@@ -132,8 +131,8 @@ def beat_tick_ms(url: str, events: int = 10_000) -> tuple[float, float]:
     import redis
     import yaml
 
+    from core.config_load import parse_config
     from orchestration.beat import Planner
-    from orchestration.config_load import parse_config
     from orchestration.control import Control
     from orchestration.ledger import Ledger
 
@@ -185,12 +184,12 @@ def run(args: argparse.Namespace) -> None:
 
     import redis
 
+    from core.settings import load_settings
+    from orchestration.app import create_app
     from orchestration.broker import EmbeddedBroker
+    from orchestration.heartbeat import live_workers
     from orchestration.ledger import Ledger
-    from orchestration.settings import load_settings
-    from workers.app import create_app
     from workers.engine import create_missing_stores
-    from workers.heartbeat import live_workers
     from workers.store import MARKER
 
     work = args.workdir

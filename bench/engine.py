@@ -103,15 +103,15 @@ def run_op(work: Path, op: str, *args: str) -> None:
     """Child side of backstop_op."""
     import redis
 
-    from orchestration.config import Level
-    from orchestration.settings import load_settings
-    from workers.catalog import Catalog
+    from core.config import Level
+    from core.settings import load_settings
+    from orchestration.catalog import RedisCatalog
     from workers.engine import BackupRequest, Engine
     from workers.restore import Restorer
 
     url = (work / "broker-url").read_text()
     settings = load_settings(str(work / "backstop.yaml"), {"BACKSTOP_BROKER_URL": url})
-    catalog = Catalog(redis.Redis.from_url(url))
+    catalog = RedisCatalog(redis.Redis.from_url(url))
     engine = Engine(settings, catalog)
     start = time.perf_counter()
     result: dict[str, Any] = {}
@@ -204,7 +204,7 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         shutil.rmtree(out / "store", ignore_errors=True)
         redis.Redis.from_url((work / "broker-url").read_text()).flushall()
-        from orchestration.settings import load_settings
+        from core.settings import load_settings
         from workers.engine import create_missing_stores
 
         create_missing_stores(load_settings(str(work / "backstop.yaml"), {}), ["local"])

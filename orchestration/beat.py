@@ -19,9 +19,19 @@ from typing import Any
 import redis
 from celery.beat import Scheduler
 
-from orchestration.config import Config, Schedule
+from core.config import Config, Schedule
+from core.constants import (
+    BEAT_LAST_TICK_KEY,
+    BEAT_LEADER_KEY,
+    BEAT_LOCK_TTL_S,
+    BEAT_STANDBY_POLL_S,
+    CONTROL_QUEUE,
+    TASK_DISPATCH,
+    TASK_WATCHDOG,
+    WATCHDOG_INTERVAL_S,
+)
+from core.runs import OccurrenceState, Trigger
 from orchestration.control import Control
-from orchestration.events import Trigger
 from orchestration.leader import LeaderLease
 from orchestration.schedules import (
     TickAction,
@@ -31,15 +41,7 @@ from orchestration.schedules import (
     suppress,
     tick_action,
 )
-from workers.constants import (
-    BEAT_LAST_TICK_KEY,
-    BEAT_LEADER_KEY,
-    BEAT_LOCK_TTL_S,
-    BEAT_STANDBY_POLL_S,
-    CONTROL_QUEUE,
-    WATCHDOG_INTERVAL_S,
-)
-from workers.tasks import control_for
+from orchestration.tasks import control_for
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,10 @@ class Planner:
             if now >= state.next_due:
                 due += self._due(state, now)
         for item in suppress(due, self.task_of):
-            self._occur(item.event, item.tick, "suppressed" if item.suppressed else None)
+            self._occur(item.event, item.tick,
+                        OccurrenceState.SUPPRESSED if item.suppressed else None)
         if now >= self.next_watchdog:
-            self.control.send("backstop.watchdog", [], CONTROL_QUEUE, "watchdog")
+            self.control.send(TASK_WATCHDOG, [], CONTROL_QUEUE, "watchdog")
             self.next_watchdog = now + timedelta(seconds=WATCHDOG_INTERVAL_S)
         soonest = min([s.next_due for s in self.states.values()] + [self.next_watchdog])
         return max(0.0, (soonest - now).total_seconds())
@@ -106,18 +109,18 @@ class Planner:
         self.client.hset(BEAT_LAST_TICK_KEY, schedule.name, tick.isoformat())
         if action is TickAction.MISSED:
             for event in state.events:
-                self._occur(event, tick, "missed")
+                self._occur(event, tick, OccurrenceState.MISSED)
             log.warning("schedule %s: tick %s is older than catch_up; recorded as missed",
                         schedule.name, tick.isoformat())
             return []
         return [(self.by_name[e], tick) for e in state.events] if action else []
 
-    def _occur(self, event: str, tick: datetime, skipped: str | None) -> None:
+    def _occur(self, event: str, tick: datetime, skipped: OccurrenceState | None) -> None:
         occurrence = occurrence_id(event, tick)
         if skipped:
             self.control.record_skipped(occurrence, event, Trigger.SCHEDULE, skipped)
         else:
-            self.control.send("backstop.dispatch", [occurrence, event, "schedule"],
+            self.control.send(TASK_DISPATCH, [occurrence, event, Trigger.SCHEDULE],
                               CONTROL_QUEUE, f"event={event} occurrence={occurrence}")
 
 

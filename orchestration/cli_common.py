@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from orchestration.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
-from orchestration.settings import Settings, load_settings
+from core.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
+from core.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

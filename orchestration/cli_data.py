@@ -18,6 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
+from core.config_refs import did_you_mean
+from core.model import Saveset
+from core.settings import Settings
+from core.units import format_size
+from orchestration.broker import broker_url
+from orchestration.catalog import RedisCatalog
 from orchestration.cli_common import (
     EXIT_FAILED,
     config_option,
@@ -25,24 +31,20 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.config_refs import did_you_mean
-from orchestration.settings import Settings
-from orchestration.units import format_size
-from workers.catalog import Catalog
+from orchestration.heartbeat import served_rds
+from orchestration.status import connect
 from workers.engine import path_store, stores_of
-from workers.model import Saveset
+from workers.maintenance import pool_report, rebuild
+from workers.maintenance import purge as run_purge
+from workers.restore import Restorer
 
 
 class Data:
     """What the data commands share: settings, the catalog, the stores."""
-
     def __init__(self, settings: Settings) -> None:
-        from orchestration.broker import broker_url
-        from orchestration.status import connect
-
         self.settings = settings
         self.client = connect(broker_url(settings))
-        self.catalog = Catalog(self.client)
+        self.catalog = RedisCatalog(self.client)
         self.stores = stores_of(settings)
 
     def saveset(self, saveset_id: str) -> Saveset:
@@ -108,8 +110,6 @@ def savesets(ctx: click.Context, config_file: str | None, task: str | None, pool
 def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
             task: str | None, at: str | None, target: Path, as_json: bool) -> None:
     """Rebuild the source as of a saveset, under DIR (never outside it)."""
-    from workers.restore import Restorer
-
     if (saveset_id is None) == (task is None):
         raise click.UsageError("give --saveset ID or --task T")
     data = data_from(ctx, config_file)
@@ -123,7 +123,7 @@ def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
                    f"{result.saveset} to {result.target}")
 
 
-def newest(catalog: Catalog, task: str, at: str | None) -> Saveset:
+def newest(catalog: RedisCatalog, task: str, at: str | None) -> Saveset:
     when = parse_time(at) if at else None
     candidates = [s for s in catalog.all(task) if when is None or s.created_at <= when]
     if not candidates:
@@ -148,8 +148,6 @@ def parse_time(text: str) -> datetime:
 @click.pass_context
 def verify(ctx: click.Context, config_file: str | None, saveset_id: str, as_json: bool) -> None:
     """Re-read a saveset and check every file's hash; exit 1 when anything is bad."""
-    from workers.restore import Restorer
-
     data = data_from(ctx, config_file)
     saveset = data.saveset(saveset_id)
     with progress_bar(f"verifying {saveset.id}", as_json) as update:
@@ -169,9 +167,6 @@ def verify(ctx: click.Context, config_file: str | None, saveset_id: str, as_json
 @click.pass_context
 def pools(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     """Each pool: store, RDS, availability, used/free bytes, media."""
-    from workers.heartbeat import served_rds
-    from workers.maintenance import pool_report
-
     data = data_from(ctx, config_file)
     served = served_rds(data.client)
     report = pool_report(data.settings.config, data.catalog, data.stores, datetime.now(UTC),
@@ -195,8 +190,6 @@ def pools(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
 @click.pass_context
 def purge(ctx: click.Context, config_file: str | None, dry_run: bool, as_json: bool) -> None:
     """Delete savesets past retention, never one a retained saveset depends on."""
-    from workers.maintenance import purge as run_purge
-
     data = data_from(ctx, config_file)
     result = run_purge(data.settings.config, data.catalog, data.stores, datetime.now(UTC),
                        dry_run)
@@ -222,8 +215,6 @@ def catalog_group() -> None:
 @click.pass_context
 def catalog_rebuild(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     """Recreate the catalog from the stores this host can read."""
-    from workers.maintenance import rebuild
-
     data = data_from(ctx, config_file)
     result = rebuild(data.catalog, data.stores)
     if as_json:

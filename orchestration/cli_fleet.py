@@ -11,9 +11,15 @@ import sys
 import click
 from rich.logging import RichHandler
 
+from core.config_refs import did_you_mean
+from core.constants import CONTROL_QUEUE, rds_queue
+from core.settings import Settings
+from orchestration.app import create_app
+from orchestration.beat import LeaderScheduler
+from orchestration.broker import broker_url
 from orchestration.cli_common import EXIT_USAGE, config_option, settings_from
-from orchestration.config_refs import did_you_mean
-from orchestration.settings import Settings
+from orchestration.supervisor import Supervisor
+from workers.engine import create_missing_stores
 
 DEFAULT_FLOWER_PORT = 5555
 
@@ -48,8 +54,6 @@ def port_is_free(port: int) -> bool:
 def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], no_flower: bool,
        flower_port: int) -> None:
     """All in one: embedded broker, control worker, RDS workers, beat, Flower; Ctrl-C stops all."""
-    from orchestration.supervisor import Supervisor
-
     settings = settings_from(ctx, config_file)
     served = check_rds_names(settings, rds)
     if not no_flower and not port_is_free(flower_port):
@@ -74,10 +78,6 @@ def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], no_flo
 def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], control: bool,
            concurrency: int | None, name: str | None, loglevel: str) -> None:
     """One worker of a fleet: serves the given RDS and/or the control plane."""
-    from workers.app import create_app
-    from workers.constants import CONTROL_QUEUE, rds_queue
-    from workers.engine import create_missing_stores
-
     settings = settings_from(ctx, config_file)
     if not rds and not control:
         raise click.UsageError("say what this worker serves: --rds NAME (repeatable) "
@@ -102,9 +102,6 @@ def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], co
 @click.pass_context
 def beat(ctx: click.Context, config_file: str | None, loglevel: str) -> None:
     """The scheduler; run several for standby, only one schedules at a time."""
-    from orchestration.beat import LeaderScheduler
-    from workers.app import create_app
-
     settings = settings_from(ctx, config_file)
     app = create_app(settings, _broker(settings))
     app.Beat(scheduler=f"{LeaderScheduler.__module__}:{LeaderScheduler.__name__}",
@@ -121,8 +118,6 @@ def beat(ctx: click.Context, config_file: str | None, loglevel: str) -> None:
 @click.pass_context
 def flower(ctx: click.Context, config_file: str | None, port: int, address: str) -> None:
     """The Flower dashboard for this fleet."""
-    from workers.app import create_app
-
     if not is_loopback(address) and not (os.environ.get("FLOWER_BASIC_AUTH")
                                          or os.environ.get("FLOWER_AUTH")):
         click.echo(f"backstop: refusing to serve Flower on {address} without authentication; "
@@ -144,7 +139,6 @@ def is_loopback(address: str) -> bool:
 
 
 def _broker(settings: Settings) -> str:
-    from orchestration.broker import broker_url
 
     return broker_url(settings)
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from core.config import Level
+from core.config_refs import did_you_mean
+from core.constants import CONTROL_QUEUE, TASK_DISPATCH
+from core.runs import OccurrenceState, Run, RunState, Trigger
+from core.units import format_size
+from orchestration.app import create_app
+from orchestration.broker import broker_url
 from orchestration.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -19,10 +25,9 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.config import Level
-from orchestration.config_refs import did_you_mean
+from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
-from orchestration.units import format_size
+from orchestration.status import connect
 
 POLL_S = 0.2
 
@@ -47,12 +52,6 @@ def adhoc_occurrence(event: str) -> str:
 def run(ctx: click.Context, config_file: str | None, event: str, level: str | None,
         enforce_full: bool | None, wait: bool, timeout_s: float | None, as_json: bool) -> None:
     """Start an occurrence of EVENT now; with --wait, exit 0 iff it succeeded."""
-    from orchestration.broker import broker_url
-    from orchestration.status import connect
-    from workers.app import create_app
-    from workers.constants import CONTROL_QUEUE
-    from workers.heartbeat import live_workers
-
     settings = settings_from(ctx, config_file)
     names = [e.name for e in settings.config.events]
     if event not in names:
@@ -67,14 +66,15 @@ def run(ctx: click.Context, config_file: str | None, event: str, level: str | No
     occurrence = adhoc_occurrence(event)
     app = create_app(settings, url)
     options = {"level": level, "enforce_full": enforce_full}
-    app.send("backstop.dispatch", [occurrence, event, "adhoc"], CONTROL_QUEUE,
+    app.send(TASK_DISPATCH, [occurrence, event, Trigger.ADHOC], CONTROL_QUEUE,
              f"event={event} occurrence={occurrence}", **options)
     ledger = Ledger(client)
     state = follow(ledger, occurrence, wait, timeout_s, quiet=as_json)
     runs = ledger.runs_of(occurrence)
-    succeeded = state == "succeeded"
+    succeeded = state == OccurrenceState.SUCCEEDED
     if as_json:
-        print_json({"occurrence": occurrence, "runs": runs, "succeeded": succeeded})
+        print_json({"occurrence": occurrence, "runs": [r.to_json() for r in runs],
+                    "succeeded": succeeded})
     else:
         click.echo(f"occurrence {occurrence}: {state}")
         print_runs(runs)
@@ -89,14 +89,14 @@ def follow(ledger: Ledger, occurrence: str, wait: bool, timeout_s: float | None,
     shown: set[tuple[str, str]] = set()
     while True:
         found = ledger.occurrence(occurrence)
-        state = found["state"] if found else "sent"
+        state = found.state if found else "sent"
         if not quiet:
             for r in ledger.runs_of(occurrence):
-                if (r["run_id"], r["state"]) not in shown:
-                    shown.add((r["run_id"], r["state"]))
-                    click.echo(f"  run {r['run_id']} ({r['event']}, {r['trigger']}): "
-                               f"{r['state']}", err=True)
-        if (found and not wait) or state not in ("sent", "open"):
+                if (r.run_id, r.state) not in shown:
+                    shown.add((r.run_id, r.state))
+                    click.echo(f"  run {r.run_id} ({r.event}, {r.trigger}): {r.state}",
+                               err=True)
+        if (found and not wait) or state not in ("sent", OccurrenceState.OPEN):
             return str(state)
         if deadline is not None and time.monotonic() > deadline:
             click.echo(f"backstop: gave up waiting after {timeout_s:g}s; the occurrence goes "
@@ -115,9 +115,6 @@ def follow(ledger: Ledger, occurrence: str, wait: bool, timeout_s: float | None,
 def runs(ctx: click.Context, config_file: str | None, event: str | None,
          occurrence: str | None, limit: int, as_json: bool) -> None:
     """The run ledger, newest first."""
-    from orchestration.broker import broker_url
-    from orchestration.status import connect
-
     settings = settings_from(ctx, config_file)
     ledger = Ledger(connect(broker_url(settings)))
     if occurrence:
@@ -125,28 +122,28 @@ def runs(ctx: click.Context, config_file: str | None, event: str | None,
     else:
         found = ledger.recent(event, limit)
     if as_json:
-        print_json(found)
+        print_json([r.to_json() for r in found])
     else:
         print_runs(found)
 
 
-def print_runs(found: list[dict[str, Any]]) -> None:
+def print_runs(found: list[Run]) -> None:
     table = Table("run", "occurrence", "event (origin)", "trigger", "state", "level",
                   "pool", "saveset", "size", "queued")
     for r in found:
-        origin = f" ({r['origin_event']})" if r["origin_event"] != r["event"] else ""
-        state = r["state"]
-        if r.get("error"):
-            state += f": {r['error'].get('reason') or r['error'].get('kind')}"
-        if r.get("progress") and r["state"] == "running":
-            state += f" {r['progress']['files']}/{r['progress']['files_total']} files"
-        level = r.get("level") or "-"
-        if r.get("effective_level") and r["effective_level"] != level:
-            level += f"→{r['effective_level']}"
-        table.add_row(r["run_id"], r["occurrence"], r["event"] + origin, r["trigger"], state,
-                      level, r.get("media_pool") or "-", r.get("saveset") or "-",
-                      format_size(r["bytes"]) if r.get("bytes") is not None else "-",
-                      (r.get("queued_at") or "")[:19])
+        origin = f" ({r.origin_event})" if r.origin_event != r.event else ""
+        state = str(r.state)
+        if r.error is not None:
+            state += f": {r.error.reason or r.error.kind}"
+        if r.progress is not None and r.state is RunState.RUNNING:
+            state += f" {r.progress.files}/{r.progress.files_total} files"
+        level = str(r.level or "-")
+        if r.effective_level and r.effective_level != r.level:
+            level += f"→{r.effective_level}"
+        table.add_row(r.run_id, r.occurrence, r.event + origin, r.trigger, state, level,
+                      r.media_pool or "-", r.saveset or "-",
+                      format_size(r.bytes) if r.bytes is not None else "-",
+                      r.queued_at.isoformat()[:19])
     Console().print(table)
 
 

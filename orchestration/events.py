@@ -1,81 +1,18 @@
 """Event resolution and the failover rule (SPEC section 4), as pure functions over the config.
 
-An occurrence of a backup event becomes a :class:`RunSpec`: what to back up and how (task,
-level, options) and where (media pool, store, RDS, drive, interface, follow-ups, migration).
+An occurrence of a backup event becomes a :class:`core.runs.RunSpec`: what to back up and
+how (task, level, options) and where (media pool, store, RDS, drive, interface, follow-ups,
+migration).
 :func:`failover_spec` turns a run that hit StorageUnavailable into the one failover run of
 its occurrence, or says why there is none.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, replace
-from datetime import timedelta
-from typing import Any
 
-from orchestration.config import BackupEvent, Config, FollowUp, Level, MediaPool
-
-
-class Trigger(enum.StrEnum):
-    SCHEDULE = "schedule"
-    ADHOC = "adhoc"
-    FOLLOW_UP = "follow_up"
-    FAILOVER = "failover"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything a backup run needs to know, fixed when the run is created."""
-
-    event: str            # the event whose storage settings the run uses
-    origin_event: str     # the event that was triggered
-    trigger: Trigger
-    task: str
-    level: Level          # the requested level
-    enforce_full: bool
-    full_interval: timedelta | None
-    media_pool: str
-    data_store: str
-    rds: str
-    drive: str | None
-    interface: str | None
-    follow_ups: tuple[FollowUp, ...]
-    migration_task: str | None
-    # The run this one fails over for, and whether it only moved to the pool's failover pool.
-    failover_of: str | None = None
-    pool_redirect: bool = False
-
-    @property
-    def is_failover(self) -> bool:
-        return self.failover_of is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "event": self.event, "origin_event": self.origin_event,
-            "trigger": self.trigger.value, "task": self.task, "level": self.level.value,
-            "enforce_full": self.enforce_full,
-            "full_interval": self.full_interval.total_seconds() if self.full_interval else None,
-            "media_pool": self.media_pool, "data_store": self.data_store, "rds": self.rds,
-            "drive": self.drive, "interface": self.interface,
-            "follow_ups": [{"event": f.event, "when": f.when.value} for f in self.follow_ups],
-            "migration_task": self.migration_task, "failover_of": self.failover_of,
-            "pool_redirect": self.pool_redirect,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunSpec:
-        interval = data.get("full_interval")
-        return cls(
-            event=data["event"], origin_event=data["origin_event"],
-            trigger=Trigger(data["trigger"]), task=data["task"], level=Level(data["level"]),
-            enforce_full=bool(data["enforce_full"]),
-            full_interval=timedelta(seconds=interval) if interval is not None else None,
-            media_pool=data["media_pool"], data_store=data["data_store"], rds=data["rds"],
-            drive=data.get("drive"), interface=data.get("interface"),
-            follow_ups=tuple(FollowUp.model_validate(f) for f in data.get("follow_ups", [])),
-            migration_task=data.get("migration_task"), failover_of=data.get("failover_of"),
-            pool_redirect=bool(data.get("pool_redirect")),
-        )
+from core.config import BackupEvent, Config, Level, MediaPool
+from core.runs import RunSpec, Trigger
 
 
 class Unresolvable(ValueError):

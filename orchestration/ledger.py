@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from string import Template
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 
-from orchestration.leader import RENEW_SCRIPT
-from workers.constants import (
+from core.constants import (
     OCCURRENCE_FAILOVER_KEY,
     OCCURRENCE_KEY,
     OCCURRENCE_RUNS_KEY,
@@ -31,32 +30,50 @@ from workers.constants import (
     RUNS_KEPT,
     RUNS_UNFINISHED_KEY,
 )
+from core.runs import (
+    ACTIVE,
+    Occurrence,
+    OccurrenceState,
+    Run,
+    RunEnd,
+    RunState,
+    Trigger,
+    utc_now,
+)
+from orchestration.leader import RENEW_SCRIPT
 
-TERMINAL = ("succeeded", "failed", "storage_unavailable", "suppressed", "missed")
 
-# Records are hashes whose values are JSON, encoded by Python; scripts only compare states
-# and set the fields they are given (as field, JSON value pairs).
-_CLAIM = """
+def _lua(script: str) -> str:
+    """A script with each ``$state`` replaced by that state's JSON, as a Lua string."""
+    states = {s.name.lower(): f"'{json.dumps(s.value)}'"
+              for s in (*RunState, *OccurrenceState)}
+    return Template(script).substitute(states)
+
+
+# Records are hashes whose values are JSON, encoded by core.runs; scripts only compare
+# states and set the fields they are given (as field, JSON value pairs).
+_CLAIM = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == 'true' then return 'cancelled' end
-if state == '"queued"' or (state == '"running"' and redis.call('EXISTS', KEYS[2]) == 0) then
-  redis.call('HSET', KEYS[1], 'state', '"running"', 'worker', ARGV[4])
-  if redis.call('HGET', KEYS[1], 'started_at') == 'null' then
+if state == $queued or (state == $running and redis.call('EXISTS', KEYS[2]) == 0) then
+  redis.call('HSET', KEYS[1], 'state', $running, 'worker', ARGV[4])
+  local started = redis.call('HGET', KEYS[1], 'started_at')
+  if not started or started == 'null' then
     redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
   end
   redis.call('HINCRBY', KEYS[1], 'attempts', 1)
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
   return 'claimed'
 end
-if state == '"running"' then return 'busy' end
+if state == $running then return 'busy' end
 return 'ended'
-"""
+""")
 # ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), run id, field/value pairs.
-_FINISH = """
+_FINISH = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
-if state ~= '"queued"' and state ~= '"running"' then return 'ended' end
+if state ~= $queued and state ~= $running then return 'ended' end
 local holder = redis.call('GET', KEYS[2])
 if ARGV[1] ~= '' and holder ~= ARGV[1] then return 'lost' end
 if ARGV[1] == '' and holder then return 'busy' end
@@ -64,41 +81,32 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[2])
 return 'done'
-"""
+""")
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
-_SETTLE = """
-if redis.call('HGET', KEYS[1], 'state') ~= '"open"' then return 0 end
+_SETTLE = _lua("""
+if redis.call('HGET', KEYS[1], 'state') ~= $open then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'settled_at', ARGV[2])
 redis.call('SREM', KEYS[2], ARGV[3])
 return 1
-"""
+""")
 
 
-def _mapping(fields: dict[str, Any]) -> dict[str, str]:
-    """Each field's value as JSON, for HSET."""
-    return {key: json.dumps(value) for key, value in fields.items()}
-
-
-def encode(fields: dict[str, Any]) -> list[str]:
+def _flat(encoded: dict[str, str]) -> list[str]:
     """Field/JSON-value pairs, flat, for the scripts' ARGV."""
-    return [part for pair in _mapping(fields).items() for part in pair]
+    return [part for pair in encoded.items() for part in pair]
 
 
-def decode(raw: dict[Any, Any]) -> dict[str, Any]:
-    return {_text(k): json.loads(v) for k, v in raw.items()}
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()
+def _decoded(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
 class Claim:
-    outcome: str  # claimed | busy | ended | missing
+    outcome: str  # claimed | busy | ended | missing | cancelled
 
     @property
     def ok(self) -> bool:
@@ -117,20 +125,19 @@ class Ledger:
 
     # occurrences
 
-    def open_occurrence(self, occurrence: str, event: str, trigger: str,
-                        first_run: dict[str, Any], parent: str | None = None,
-                        state: str = "open") -> bool:
+    def open_occurrence(self, occurrence: str, event: str, trigger: Trigger, first_run: Run,
+                        parent: str | None = None,
+                        state: OccurrenceState = OccurrenceState.OPEN) -> bool:
         """Record a new occurrence and its first run in one transaction; False when the
         occurrence exists already (a second beat, a redelivery). A process killed at any
         point leaves either both or neither."""
         key = OCCURRENCE_KEY.format(occ=occurrence)
-        record = {"occurrence": occurrence, "event": event, "trigger": trigger,
-                  "parent": parent, "state": state, "created_at": now_iso(),
-                  "settled_at": None}
+        record = Occurrence(occurrence=occurrence, event=event, trigger=trigger,
+                            parent=parent, state=state, created_at=utc_now())
 
         def write(pipe: Pipeline) -> None:
-            pipe.hset(key, mapping=_mapping(record))
-            if state == "open":
+            pipe.hset(key, mapping=record.encode())
+            if state is OccurrenceState.OPEN:
                 pipe.sadd(OCCURRENCES_OPEN_KEY, occurrence)
             self._add_run(pipe, first_run)
 
@@ -139,26 +146,27 @@ class Ledger:
     def open_occurrences(self) -> list[str]:
         return sorted(_text(o) for o in self.client.smembers(OCCURRENCES_OPEN_KEY))
 
-    def occurrence(self, occurrence: str) -> dict[str, Any] | None:
-        raw = self.client.hgetall(OCCURRENCE_KEY.format(occ=occurrence))
-        found = decode(raw)
-        return found if "state" in found else None
+    def occurrence(self, occurrence: str) -> Occurrence | None:
+        raw = _decoded(self.client.hgetall(OCCURRENCE_KEY.format(occ=occurrence)))
+        return Occurrence.decode(raw) if "state" in raw else None
 
-    def settle(self, occurrence: str, state: str) -> bool:
+    def settle(self, occurrence: str, state: OccurrenceState) -> bool:
         """Close an open occurrence as succeeded/failed; True only for the one caller that did."""
         return bool(self._settle(keys=[OCCURRENCE_KEY.format(occ=occurrence),
                                        OCCURRENCES_OPEN_KEY],
-                                 args=[json.dumps(state), json.dumps(now_iso()), occurrence]))
+                                 args=[json.dumps(state.value),
+                                       json.dumps(utc_now().isoformat()), occurrence]))
 
-    def add_failover_run(self, original: str, record: dict[str, Any]) -> bool:
+    def add_failover_run(self, original: str, run: Run) -> bool:
         """Add the failover run of an occurrence and link the original run to it, in one
         transaction; False when the occurrence has its failover run already."""
-        key = OCCURRENCE_FAILOVER_KEY.format(occ=record["occurrence"])
+        key = OCCURRENCE_FAILOVER_KEY.format(occ=run.occurrence)
 
         def write(pipe: Pipeline) -> None:
-            pipe.set(key, record["run_id"])
-            self._add_run(pipe, record)
-            pipe.hset(RUN_KEY.format(run=original), "failover_run", json.dumps(record["run_id"]))
+            pipe.set(key, run.run_id)
+            self._add_run(pipe, run)
+            pipe.hset(RUN_KEY.format(run=original),
+                      mapping=Run.encode({"failover_run": run.run_id}))
 
         return self._write_once(key, write)
 
@@ -180,24 +188,24 @@ class Ledger:
 
     # runs
 
-    def _add_run(self, pipe: Pipeline, record: dict[str, Any]) -> None:
-        run_id = record["run_id"]
-        pipe.hset(RUN_KEY.format(run=run_id), mapping=_mapping(record))
-        score = datetime.fromisoformat(record["queued_at"]).timestamp()
-        pipe.zadd(RUNS_INDEX_KEY, {run_id: score})
-        for event in {record["event"], record["origin_event"]}:
-            pipe.zadd(RUNS_BY_EVENT_KEY.format(event=event), {run_id: score})
-        pipe.rpush(OCCURRENCE_RUNS_KEY.format(occ=record["occurrence"]), run_id)
-        if record["state"] in ("queued", "running"):
-            pipe.sadd(RUNS_UNFINISHED_KEY, run_id)
+    def _add_run(self, pipe: Pipeline, run: Run) -> None:
+        pipe.hset(RUN_KEY.format(run=run.run_id), mapping=run.encoded())
+        score = run.queued_at.timestamp()
+        pipe.zadd(RUNS_INDEX_KEY, {run.run_id: score})
+        for event in {run.event, run.origin_event}:
+            pipe.zadd(RUNS_BY_EVENT_KEY.format(event=event), {run.run_id: score})
+        pipe.rpush(OCCURRENCE_RUNS_KEY.format(occ=run.occurrence), run.run_id)
+        if run.state in ACTIVE:
+            pipe.sadd(RUNS_UNFINISHED_KEY, run.run_id)
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
-        found = decode(self.client.hgetall(RUN_KEY.format(run=run_id)))
-        return found if "state" in found else None
+    def run(self, run_id: str) -> Run | None:
+        raw = _decoded(self.client.hgetall(RUN_KEY.format(run=run_id)))
+        return Run.decode(raw) if "state" in raw else None
 
     def claim(self, run_id: str, holder: str, lease_ms: int) -> Claim:
         keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id)]
-        args: list[str | int] = [holder, json.dumps(now_iso()), lease_ms, json.dumps(holder)]
+        args: list[str | int] = [holder, json.dumps(utc_now().isoformat()), lease_ms,
+                                 json.dumps(holder)]
         return Claim(_text(self._claim(keys=keys, args=args)))
 
     def renew(self, run_id: str, holder: str, lease_ms: int) -> bool:
@@ -207,37 +215,38 @@ class Ledger:
         value = self.client.get(RUN_LEASE_KEY.format(run=run_id))
         return _text(value) if value else None
 
-    def finish(self, run_id: str, fields: dict[str, Any], holder: str = "") -> str:
+    def finish(self, run_id: str, end: RunEnd, holder: str = "") -> str:
         """End a run: ``done``, or ``ended``/``lost``/``busy`` when someone else has it."""
-        fields = {"finished_at": now_iso(), **fields}
+        encoded = Run.encode({"finished_at": utc_now(), **end.values()})
         keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id),
                 RUNS_UNFINISHED_KEY]
-        return _text(self._finish(keys=keys, args=[holder, run_id, *encode(fields)]))
+        return _text(self._finish(keys=keys, args=[holder, run_id, *_flat(encoded)]))
 
-    def update(self, run_id: str, fields: dict[str, Any]) -> None:
-        """Set fields of a run that exists (progress, the drive it got, its failover run)."""
-        self._update(keys=[RUN_KEY.format(run=run_id)], args=encode(fields))
+    def update(self, run_id: str, **fields: Any) -> None:
+        """Set fields of a run that exists (progress, the drive it got, its migration)."""
+        self._update(keys=[RUN_KEY.format(run=run_id)], args=_flat(Run.encode(fields)))
 
-    def runs_of(self, occurrence: str) -> list[dict[str, Any]]:
+    def runs_of(self, occurrence: str) -> list[Run]:
         ids = [_text(i) for i in self.client.lrange(OCCURRENCE_RUNS_KEY.format(occ=occurrence),
                                                     0, -1)]
         return self._records(ids)
 
-    def recent(self, event: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def recent(self, event: str | None = None, limit: int = 50) -> list[Run]:
         """Runs, newest first."""
         index = RUNS_BY_EVENT_KEY.format(event=event) if event else RUNS_INDEX_KEY
         return self._records([_text(i) for i in self.client.zrevrange(index, 0, limit - 1)])
 
-    def unfinished(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> list[Run]:
         """Queued and running runs: the watchdog's work list."""
         ids = sorted(_text(i) for i in self.client.smembers(RUNS_UNFINISHED_KEY))
-        return [r for r in self._records(ids) if r["state"] in ("queued", "running")]
+        return [r for r in self._records(ids) if r.state in ACTIVE]
 
-    def _records(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+    def _records(self, ids: Iterable[str]) -> list[Run]:
         pipe = self.client.pipeline(transaction=False)
         for run_id in ids:
             pipe.hgetall(RUN_KEY.format(run=run_id))
-        return [found for raw in pipe.execute() if "state" in (found := decode(raw))]
+        return [Run.decode(raw) for found in pipe.execute()
+                if "state" in (raw := _decoded(found))]
 
     def _trim(self) -> None:
         """Bounded history: forget the oldest runs beyond ``kept`` once they have ended."""
@@ -246,12 +255,12 @@ class Ledger:
             return
         for run in self._records([_text(i) for i in
                                   self.client.zrange(RUNS_INDEX_KEY, 0, excess - 1)]):
-            if run["state"] in TERMINAL:
+            if run.state.ended:
                 pipe = self.client.pipeline(transaction=False)
-                pipe.delete(RUN_KEY.format(run=run["run_id"]))
-                pipe.zrem(RUNS_INDEX_KEY, run["run_id"])
-                for event in {run["event"], run["origin_event"]}:
-                    pipe.zrem(RUNS_BY_EVENT_KEY.format(event=event), run["run_id"])
+                pipe.delete(RUN_KEY.format(run=run.run_id))
+                pipe.zrem(RUNS_INDEX_KEY, run.run_id)
+                for event in {run.event, run.origin_event}:
+                    pipe.zrem(RUNS_BY_EVENT_KEY.format(event=event), run.run_id)
                 pipe.execute()
 
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from orchestration.config import EventBase, Schedule
+from core.config import EventBase, Schedule
 
 
 def latest_tick(schedule: Schedule, default_tz: str, now: datetime) -> datetime:
@@ -43,9 +43,9 @@ def next_tick(schedule: Schedule, default_tz: str, after: datetime) -> datetime:
     return tick.astimezone(UTC)
 
 
-class TickAction(enum.StrEnum):
-    RUN = "run"
-    MISSED = "missed"
+class TickAction(enum.Enum):
+    RUN = enum.auto()
+    MISSED = enum.auto()  # recorded as an occurrence in state missed
 
 
 def tick_action(last_handled: datetime | None, tick: datetime, now: datetime,

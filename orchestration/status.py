@@ -8,11 +8,11 @@ import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 from kombu.utils.url import maybe_sanitize_url
 
-from orchestration.config import Config
-from orchestration.errors import BrokerUnreachable
+from core.config import Config
+from core.constants import BEAT_LEADER_KEY, CONTROL_QUEUE, rds_queue
+from core.errors import BrokerUnreachable
+from orchestration.heartbeat import live_workers
 from orchestration.leader import current_leader
-from workers.constants import BEAT_LEADER_KEY, CONTROL_QUEUE, rds_queue
-from workers.heartbeat import live_workers
 
 
 def connect(url: str) -> redis.Redis:

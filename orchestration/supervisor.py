@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from core.errors import AlreadyRunning
+from core.settings import BROKER_ENV, Settings
 from orchestration.broker import EmbeddedBroker, forget_broker, record_broker
 from orchestration.demo import seed_demo_sources
-from orchestration.errors import AlreadyRunning
 from orchestration.process import spawn, stop_group
-from orchestration.settings import BROKER_ENV, Settings
 from workers.engine import create_missing_stores
 
 log = logging.getLogger("backstop.up")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.settings import Settings, load_settings
 from orchestration.broker import EmbeddedBroker
-from orchestration.settings import Settings, load_settings
 
 MINIMAL_CONFIG = """
 rds: [{name: local, interfaces: [{name: lo, address: 127.0.0.1}]}]

@@ -13,13 +13,13 @@ from typing import Any
 import psutil
 import redis
 
+from core.constants import OCCURRENCE_KEY
 from orchestration.broker import EmbeddedBroker
+from orchestration.celery_app import BackstopApp
+from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
 from tests.invariants import Audit, audit
 from tests.waiting import wait_for
-from workers.app import BackstopApp
-from workers.constants import OCCURRENCE_KEY
-from workers.heartbeat import live_workers
 
 
 def bulk_source(root: Path, files: int = 40, size: int = 8 << 20) -> Path:
@@ -43,10 +43,15 @@ def wait_settled(client: redis.Redis, occurrences: list[str], limit_s: float = 1
              f"{len(occurrences)} occurrences to settle", limit_s=limit_s, every_s=0.5)
 
 
+def run_records(ledger: Ledger, occurrence: str) -> list[dict[str, Any]]:
+    """The runs of ``occurrence`` as ``backstop runs --json`` prints them, in order."""
+    return [run.to_json() for run in ledger.runs_of(occurrence)]
+
+
 def running_run(ledger: Ledger, occurrence: str) -> dict[str, Any]:
     """The first run of ``occurrence``, as soon as it is running (to be killed midway)."""
     def running() -> dict[str, Any] | None:
-        runs = ledger.runs_of(occurrence)
+        runs = run_records(ledger, occurrence)
         return runs[0] if runs and runs[0]["state"] == "running" else None
 
     return wait_for(running, f"{occurrence} to be running", limit_s=30, every_s=0.005)
@@ -110,8 +115,8 @@ class Fleet:
 
     def send(self, task: str, args: list[Any], queue: str) -> None:
         if self.app is None:
-            from orchestration.settings import load_settings
-            from workers.app import create_app
+            from core.settings import load_settings
+            from orchestration.app import create_app
 
             self.app = create_app(load_settings(str(self.config), self.env), self.url)
         self.app.send(task, args, queue, "test")

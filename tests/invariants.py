@@ -26,9 +26,9 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from core.runs import TERMINAL
+from core.settings import load_settings
 from orchestration.cli import main
-from orchestration.ledger import TERMINAL
-from orchestration.settings import load_settings
 
 
 @dataclass

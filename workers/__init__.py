@@ -1,1 +1,2 @@
-"""Backstop's data plane: the Celery app, worker boot steps, the embedded broker."""
+"""Backstop's data plane: engine, stores, archive, manifest, media, restore, level and
+retention policy. It knows nothing of Celery, the broker or the run ledger."""

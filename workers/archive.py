@@ -20,23 +20,12 @@ from typing import IO, BinaryIO
 
 import zstandard
 
-from orchestration.errors import BackstopError, SourceError
+from core.errors import CorruptSaveset, SourceError
 from workers.digest import new_digest
 
 BLOCK = 512
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
-
-
-class CorruptSaveset(BackstopError):
-    """A saveset's archive or manifest cannot be read back as written."""
-
-    def __init__(self, saveset_id: str, detail: str) -> None:
-        super().__init__(saveset_id, detail)
-        self.saveset_id, self.detail = saveset_id, detail
-
-    def __str__(self) -> str:
-        return f"saveset {self.saveset_id} is corrupt: {self.detail}"
 
 
 class HashingSink:

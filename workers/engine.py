@@ -1,6 +1,6 @@
 """The backup engine: one run of a backup, from scanning the source to the catalog entry.
 
-Steps: scan the source; decide the level (``orchestration.levels``); compare with the base's
+Steps: scan the source; decide the level (``workers.levels``); compare with the base's
 manifest; estimate the archive; pick a medium (``workers.media``); claim the space
 (pre-flight); stream the archive and the manifest into a staged saveset; commit it to the
 store; add it to the catalog, last. A failure anywhere aborts the staging, so nothing of
@@ -17,17 +17,17 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from orchestration.config import DataStore, Level, MediaPool, Task
-from orchestration.errors import StorageError, StorageUnavailable
-from orchestration.levels import LevelDecision, decide_level
-from orchestration.retention import protected
-from orchestration.settings import Settings
+from core.config import DataStore, Level, MediaPool, Task
+from core.errors import CorruptSaveset, StorageError, StorageUnavailable
+from core.model import FILE, Entry, Manifest, Saveset, SavesetKey
+from core.settings import Settings
 from workers import manifest as manifests
-from workers.archive import ArchiveWriter, CorruptSaveset, tar_size
+from workers.archive import ArchiveWriter, tar_size
 from workers.catalog import Catalog
 from workers.digest import digest_of
+from workers.levels import LevelDecision, decide_level
 from workers.media import MediumChoice, choose_medium
-from workers.model import FILE, Entry, Manifest, Saveset, SavesetKey
+from workers.retention import protected
 from workers.store import PathStore, Store
 
 ARCHIVE, MANIFEST, META = "archive.tar.zst", "manifest.jsonl.zst", "saveset.json"
@@ -196,7 +196,8 @@ class Engine:
 
     def migrate(self, saveset_id: str, migration_name: str, run_id: str | None
                 ) -> tuple[Saveset, bytes]:
-        """Copy a saveset into the migration task's target pool, verify it, catalog it.
+        """Copy a saveset into the migration task's target pool; return the copy and its
+        manifest. The caller verifies the copy and catalogs it (the engine does neither).
 
         The copy holds the same archive; its manifest names the copy as the holder of what
         the original held (content of earlier savesets of a chain stays where it is).

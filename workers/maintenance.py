@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestration.config import Config, MediaPool
-from orchestration.errors import StorageError, StorageUnavailable
-from orchestration.retention import protected, purge_plan
-from workers.archive import CorruptSaveset
+from core.config import Config, MediaPool
+from core.errors import CorruptSaveset, Reason, StorageError, StorageUnavailable
+from core.model import Saveset, Space
 from workers.catalog import Catalog
 from workers.engine import read_committed
 from workers.media import media_states
-from workers.model import Saveset, Space
+from workers.retention import protected, purge_plan
 from workers.store import Store
 
 
@@ -77,13 +76,13 @@ def _pool_line(config: Config, pool: MediaPool, savesets: list[Saveset], keep: s
             media_full = room <= 0
             free = min(free, room)
     if not rds_live(rds):
-        availability = "rds_unreachable"
+        availability = Reason.RDS_UNREACHABLE.value
     elif isinstance(space, StorageUnavailable):
-        availability = space.reason
+        availability = space.reason.value
     elif media_full:
-        availability = "no_free_media"
+        availability = Reason.NO_FREE_MEDIA.value
     else:
-        availability = "ok" if free > 0 else "out_of_space"
+        availability = "ok" if free > 0 else Reason.OUT_OF_SPACE.value
     return {
         "name": pool.name, "data_store": pool.data_store, "rds": rds,
         "availability": availability, "used_bytes": sum(s.stored_bytes for s in savesets),

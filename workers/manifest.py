@@ -21,10 +21,9 @@ from typing import Any, BinaryIO
 import pathspec
 import zstandard
 
-from orchestration.errors import SourceError
-from workers.archive import CorruptSaveset
+from core.errors import CorruptSaveset, SourceError
+from core.model import DIR, FILE, SYMLINK, Entry, Manifest
 from workers.digest import ALGORITHM
-from workers.model import DIR, FILE, SYMLINK, Entry, Manifest
 
 FORMAT = "backstop-manifest/1"
 DELETED = "x"

@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchestration.config import MediaPool
-from orchestration.errors import StorageUnavailable
-from workers.model import Saveset
+from core.config import MediaPool
+from core.errors import Reason, StorageUnavailable
+from core.model import Saveset
 
 
 def label(pool: str, number: int) -> str:
@@ -64,7 +64,7 @@ def choose_medium(pool: MediaPool, savesets: list[Saveset], estimate_bytes: int,
         if size is None or used + estimate_bytes <= size:
             return MediumChoice(current, None if size is None else size - used)
     if size is not None and estimate_bytes > size:
-        raise StorageUnavailable("no_free_media", f"pool {pool.name}: the saveset (about "
+        raise StorageUnavailable(Reason.NO_FREE_MEDIA, f"pool {pool.name}: the saveset (about "
                                  f"{estimate_bytes} bytes) is larger than a medium ({size})")
     empty = [st for st in states if not st.savesets]
     if empty:
@@ -77,5 +77,5 @@ def choose_medium(pool: MediaPool, savesets: list[Saveset], estimate_bytes: int,
                         key=lambda st: max(s.created_at for s in st.savesets))
     if recyclable:
         return MediumChoice(recyclable[0].label, size, recyclable[0].savesets)
-    raise StorageUnavailable("no_free_media", f"pool {pool.name}: all {count} media hold "
+    raise StorageUnavailable(Reason.NO_FREE_MEDIA, f"pool {pool.name}: all {count} media hold "
                              "savesets still within retention (or needed by one)")

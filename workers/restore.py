@@ -19,25 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from orchestration.errors import BackstopError
+from core.errors import CorruptSaveset, RestoreRefused
+from core.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset
 from workers import manifest as manifests
-from workers.archive import CHUNK, CorruptSaveset, corruption_of, read_members
+from workers.archive import CHUNK, corruption_of, read_members
 from workers.catalog import Catalog
 from workers.digest import digest_of, new_digest
 from workers.engine import ARCHIVE, MANIFEST, Progress
-from workers.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset
 from workers.store import Store
-
-
-class RestoreRefused(BackstopError):
-    """A saveset asks for something a restore must never do (e.g. write outside the target)."""
-
-    def __init__(self, saveset_id: str, detail: str) -> None:
-        super().__init__(saveset_id, detail)
-        self.saveset_id, self.detail = saveset_id, detail
-
-    def __str__(self) -> str:
-        return f"restore of saveset {self.saveset_id} refused: {self.detail}"
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from orchestration.errors import StorageError, StorageUnavailable
-from workers.model import SavesetKey, Space
+from core.errors import Reason, SavesetMissing, StorageUnavailable
+from core.model import SavesetKey, Space
 
 MARKER = ".backstop-store.json"
 STORE_LOCK = ".backstop-lock"
@@ -40,17 +40,8 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 def unavailable(store: str, exc: OSError, doing: str) -> StorageUnavailable:
     """The StorageUnavailable an OS error of a store operation means."""
-    reason = "out_of_space" if exc.errno in _FULL_ERRNOS else "store_offline"
+    reason = Reason.OUT_OF_SPACE if exc.errno in _FULL_ERRNOS else Reason.STORE_OFFLINE
     return StorageUnavailable(reason, f"data store {store}: {doing}: {exc.strerror or exc}")
-
-
-class SavesetMissing(StorageError):
-    def __init__(self, store: str, saveset_id: str) -> None:
-        super().__init__(store, saveset_id)
-        self.store, self.saveset_id = store, saveset_id
-
-    def __str__(self) -> str:
-        return f"saveset {self.saveset_id} is not in data store {self.store}"
 
 
 class Staging(ABC):
@@ -158,10 +149,10 @@ class PathStaging(Staging):
     def account(self, size: int) -> None:
         self.written += size
         if self.room_bytes is not None and self.written > self.room_bytes:
-            raise StorageUnavailable("no_free_media", f"medium {self.key.medium} of pool "
+            raise StorageUnavailable(Reason.NO_FREE_MEDIA, f"medium {self.key.medium} of pool "
                                      f"{self.key.pool} is full ({self.room_bytes} bytes left)")
         if self.written > self.limit_bytes:
-            raise StorageUnavailable("out_of_space", f"data store {self.store.name}: quota or "
+            raise StorageUnavailable(Reason.OUT_OF_SPACE, f"data store {self.store.name}: quota or "
                                      f"free space crossed mid-write ({self.limit_bytes} bytes)")
 
     def open(self, part: str) -> BinaryIO:
@@ -224,7 +215,7 @@ class PathStore(Store):
         if self.root.exists() and any(self.root.iterdir()):
             if (self.root / MARKER).exists():
                 return
-            raise StorageUnavailable("store_offline", f"data store {self.name}: {self.root} "
+            raise StorageUnavailable(Reason.STORE_OFFLINE, f"data store {self.name}: {self.root} "
                                      "is not empty and has no store marker; not claiming it")
         self.root.mkdir(parents=True, exist_ok=True)
         marker = {"store": self.name, "created_at": datetime.now(UTC).isoformat()}
@@ -238,7 +229,7 @@ class PathStore(Store):
         """
         problem = self._problem()
         if problem:
-            raise StorageUnavailable("store_offline", f"data store {self.name}: {problem}")
+            raise StorageUnavailable(Reason.STORE_OFFLINE, f"data store {self.name}: {problem}")
 
     def _problem(self) -> str | None:
         if not self.root.exists():
@@ -320,7 +311,7 @@ class PathStore(Store):
                 space = self.space()
                 if reserve_bytes > space.free_bytes:
                     raise StorageUnavailable(
-                        "out_of_space", f"data store {self.name} has {space.free_bytes} bytes "
+                        Reason.OUT_OF_SPACE, f"data store {self.name} has {space.free_bytes} bytes "
                                         f"free, the run needs about {reserve_bytes}")
                 staging = PathStaging(self, key, space.free_bytes, room_bytes)
                 staging.dir.mkdir(parents=True)

@@ -18,14 +18,14 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from core.constants import CONTROL_QUEUE, rds_queue
 from orchestration.broker import patient_client
 from orchestration.cli import main
 from orchestration.ledger import Ledger
 from tests.e2e.conftest import Fleet, Up, bulk_source
-from tests.fleet import running_run, wait_settled
+from tests.fleet import run_records, running_run, wait_settled
 from tests.invariants import audit
 from tests.waiting import wait_for
-from workers.constants import CONTROL_QUEUE, rds_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ def test_one_of_two_workers_of_an_rds_killed_mid_backup_runs_it_again_on_the_oth
     killed = fleet.owner_of(int(first["worker"].split(":")[1]))
     fleet.kill(killed)  # the worker and its pool: RDS near is still served by the other
     fleet.settled(["twice"])
-    [run] = fleet.ledger.runs_of("twice")  # no failover: the RDS never stopped being served
+    [run] = run_records(fleet.ledger, "twice")  # no failover: the RDS never stopped being served
     assert (run["state"], run["data_store"]) == ("succeeded", "near-store")
     assert run["attempts"] >= 2
     assert fleet.owner_of(int(run["worker"].split(":")[1])) in {"near-a", "near-b"} - {killed}
@@ -84,8 +84,8 @@ def test_the_only_worker_of_an_rds_killed_mid_backup_fails_over_once(
     original = running_run(fleet.ledger, "lost-1")
     fleet.kill("near")  # RDS near has no worker any more
     fleet.settled(["lost-1"], limit_s=90)
-    assert fleet.ledger.occurrence("lost-1")["state"] == "succeeded"  # type: ignore[index]
-    first, failover = fleet.ledger.runs_of("lost-1")
+    assert fleet.ledger.occurrence("lost-1").state == "succeeded"  # type: ignore[union-attr]
+    first, failover = run_records(fleet.ledger, "lost-1")
     assert (first["state"], first["error"]["reason"]) == ("storage_unavailable",
                                                           "rds_unreachable")
     assert (failover["event"], failover["data_store"], failover["state"]) == (
@@ -97,7 +97,7 @@ def test_the_only_worker_of_an_rds_killed_mid_backup_fails_over_once(
     fleet.send("backstop.failover", [original["run_id"]], CONTROL_QUEUE)
     fleet.send("backstop.dispatch", ["probe", "to-near", "adhoc"], CONTROL_QUEUE)
     fleet.settled(["probe"], limit_s=60)
-    assert fleet.ledger.runs_of("lost-1") == [first, failover]
+    assert run_records(fleet.ledger, "lost-1") == [first, failover]
     found = fleet.audit(["lost-1", "probe"])
     assert (found.savesets, found.failovers, found.restored) == (2, {"rds_unreachable": 1}, 2)
 
@@ -129,7 +129,7 @@ def up_with_work(tmp_path: Path, start_up: Callable[..., Up],
     up.wait_live()
     accepted = [start(config, event) for event in events]
     ledger = ledger_of(tmp_path)
-    wait_for(lambda: any(r["state"] == "running" for o in accepted for r in ledger.runs_of(o)),
+    wait_for(lambda: any(r["state"] == "running" for o in accepted for r in run_records(ledger, o)),
              "a backup to be running", limit_s=30, every_s=0.01)
     return up, config, accepted, ledger
 
@@ -151,7 +151,7 @@ def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repe
         tmp_path: Path, start_up: Callable[..., Up]) -> None:
     up, config, accepted, ledger = up_with_work(
         tmp_path, start_up, ["small-near"] * 2 + ["to-far"] + ["to-near"] * 5)
-    unsettled = [o for o in accepted if (ledger.occurrence(o) or {}).get("state") != (
+    unsettled = [o for o in accepted if getattr(ledger.occurrence(o), "state", None) != (
         "succeeded")]
     # SIGKILL everything at once: up, the broker, every worker and pool process, the beat
     everything = [psutil.Process(up.process.pid), *up.processes()]
@@ -221,7 +221,7 @@ def test_a_store_filling_up_mid_write_fails_over_while_other_backups_run(
         except OSError:
             pass
     fleet.settled(["crowded", *others])
-    first, failover = fleet.ledger.runs_of("crowded")
+    first, failover = run_records(fleet.ledger, "crowded")
     assert (first["state"], first["error"]["reason"]) == ("storage_unavailable",
                                                           "out_of_space")
     assert (failover["state"], failover["data_store"]) == ("succeeded", "roomy")

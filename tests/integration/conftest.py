@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import redis
 
-from orchestration.config import Level
-from orchestration.settings import Settings, load_settings
-from workers.catalog import Catalog
+from core.config import Level
+from core.settings import Settings, load_settings
+from orchestration.catalog import RedisCatalog
 from workers.engine import BackupRequest, BackupResult, Engine, create_missing_stores
 from workers.restore import Restorer
 
@@ -46,7 +46,7 @@ class Setup:
     settings: Settings
     engine: Engine
     restorer: Restorer
-    catalog: Catalog
+    catalog: RedisCatalog
     clock: Clock
     root: Path
 
@@ -67,7 +67,7 @@ def make_setup(tmp_path: Path, broker_url: str, redis_client: redis.Redis
         path.write_text(config)
         (tmp_path / "src").mkdir(exist_ok=True)
         settings = load_settings(str(path), {"BACKSTOP_BROKER_URL": broker_url})
-        catalog = Catalog(redis_client)
+        catalog = RedisCatalog(redis_client)
         clock = Clock()
         engine = Engine(settings, catalog, clock=clock)
         create_missing_stores(settings, ["local"])

@@ -12,15 +12,16 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
+from core.constants import BEAT_LAST_TICK_KEY, CONTROL_QUEUE, rds_queue
+from core.settings import Settings, load_settings
+from orchestration.app import create_app
 from orchestration.beat import Planner
+from orchestration.celery_app import BackstopApp
+from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
-from orchestration.settings import Settings, load_settings
+from orchestration.tasks import control_for
 from tests.waiting import wait_for
-from workers.app import BackstopApp, create_app
-from workers.constants import BEAT_LAST_TICK_KEY, CONTROL_QUEUE, rds_queue
 from workers.engine import create_missing_stores
-from workers.heartbeat import live_workers
-from workers.tasks import control_for
 
 CONFIG = """
 rds: [{name: local}]
@@ -62,7 +63,7 @@ def occurrences(client: redis.Redis, prefix: str) -> dict[str, str]:
     ledger = Ledger(client)
     keys = [k.decode().split(":", 2)[2] for k in client.scan_iter("backstop:occurrence:*")
             if not k.decode().endswith((":runs", ":failover"))]
-    return {k: ledger.occurrence(k)["state"] for k in keys  # type: ignore[index]
+    return {k: ledger.occurrence(k).state for k in keys  # type: ignore[union-attr]
             if k.startswith(prefix)}
 
 
@@ -87,7 +88,7 @@ def test_two_beats_ticking_together_make_each_occurrence_once(
 
     wait_for(all_settled, "every occurrence to end")
     for occurrence in occurrences(redis_client, "high@"):
-        assert [r["state"] for r in ledger.runs_of(occurrence)] == ["succeeded"]
+        assert [r.state for r in ledger.runs_of(occurrence)] == ["succeeded"]
     # and the lower-priority event with the same task was suppressed at each of those ticks
     low = occurrences(redis_client, "low@")
     assert set(low.values()) == {"suppressed"}
@@ -121,4 +122,4 @@ def test_a_tick_older_than_catch_up_is_recorded_as_missed(
     missed = occurrences(redis_client, "new-year@")
     assert list(missed.values()) == ["missed"]
     [run] = Ledger(redis_client).runs_of(next(iter(missed)))
-    assert run["state"] == "missed"
+    assert run.state == "missed"

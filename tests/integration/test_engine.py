@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.config import Level
-from orchestration.errors import SourceError, StorageUnavailable
+from core.config import Level
+from core.errors import SourceError, StorageUnavailable
 from tests.integration.conftest import Setup, snapshot
 from workers.store import MARKER
 

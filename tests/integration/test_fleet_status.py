@@ -7,12 +7,12 @@ import json
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from orchestration.settings import Settings
+from core.constants import CONTROL_QUEUE, HEARTBEAT_TTL_S, HEARTBEATS_KEY, rds_queue
+from core.settings import Settings
+from orchestration.app import create_app
+from orchestration.heartbeat import read_heartbeats, server_time
 from orchestration.status import fleet_status
 from tests.waiting import wait_for
-from workers.app import create_app
-from workers.constants import CONTROL_QUEUE, HEARTBEAT_TTL_S, HEARTBEATS_KEY, rds_queue
-from workers.heartbeat import read_heartbeats, server_time
 
 
 def rds_live(client: redis.Redis, settings: Settings) -> bool:

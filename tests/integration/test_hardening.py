@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
+from core.constants import CONTROL_QUEUE, OCCURRENCE_KEY, rds_queue
 from tests.integration.test_orchestration import Fleet, fleet  # noqa: F401  (the fixture)
-from workers.constants import CONTROL_QUEUE, OCCURRENCE_KEY, rds_queue
 
 pytestmark = pytest.mark.usefixtures("fleet")
 

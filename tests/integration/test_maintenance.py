@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 
-from orchestration.config import Level
-from orchestration.errors import StorageUnavailable
+from core.config import Level
+from core.constants import CATALOG_INDEX_KEY
+from core.errors import StorageUnavailable
 from tests.integration.conftest import ENGINE_CONFIG, Setup
-from workers.constants import CATALOG_INDEX_KEY
 from workers.maintenance import pool_report, purge, rebuild
 
 MEDIA_CONFIG = ENGINE_CONFIG.replace(

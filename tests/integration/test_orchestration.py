@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,17 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
+from core.config import CommandEvent
+from core.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
+from core.runs import Occurrence, Run, RunState, Trigger
+from core.settings import load_settings
+from orchestration.app import create_app
+from orchestration.celery_app import BackstopApp
+from orchestration.heartbeat import live_workers, server_time
 from orchestration.ledger import Ledger
-from orchestration.settings import load_settings
+from tests.fleet import run_records
 from tests.waiting import wait_for
-from workers.app import BackstopApp, create_app
-from workers.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
 from workers.engine import create_missing_stores
-from workers.heartbeat import live_workers, server_time
 from workers.store import MARKER
 
 CONFIG = """
@@ -95,17 +100,25 @@ class Fleet:
         return occurrence
 
     def settled(self, occurrence: str) -> list[dict[str, Any]]:
-        def done() -> dict[str, Any] | None:
+        def done() -> Occurrence | None:
             found = self.ledger.occurrence(occurrence)
-            return found if found and found["state"] != "open" else None
+            return found if found and found.state != "open" else None
 
         wait_for(done, f"occurrence {occurrence} to settle", limit_s=30)
-        return self.ledger.runs_of(occurrence)
+        return self.records(occurrence)
+
+    def records(self, occurrence: str) -> list[dict[str, Any]]:
+        """The runs of ``occurrence`` as ``backstop runs --json`` prints them."""
+        return run_records(self.ledger, occurrence)
+
+    def first_record(self, occurrence: str) -> dict[str, Any]:
+        """The first run of ``occurrence`` once it is in the ledger."""
+        return wait_for(lambda: (self.records(occurrence) or [None])[0], "the queued run")
 
     def state(self, occurrence: str) -> str:
         found = self.ledger.occurrence(occurrence)
         assert found is not None
-        return str(found["state"])
+        return str(found.state)
 
 
 def announce(client: redis.Redis, name: str, rds: str) -> None:
@@ -220,7 +233,7 @@ def test_follow_ups_are_those_of_the_run_that_succeeded(fleet: Fleet) -> None:
     # to-spare's follow-ups ran (note: always, check: success); to-tiny's would be note only
     note = wait_for(lambda: fleet.ledger.occurrence(f"{occurrence}>note"), "note follow-up")
     check = wait_for(lambda: fleet.ledger.occurrence(f"{occurrence}>check"), "check follow-up")
-    assert note["trigger"] == check["trigger"] == "follow_up"
+    assert note.trigger == check.trigger == "follow_up"
     [verify_run] = fleet.settled(f"{occurrence}>check")
     assert verify_run["state"] == "succeeded"
     [note_run] = fleet.settled(f"{occurrence}>note")
@@ -246,23 +259,23 @@ def test_a_late_or_repeated_message_changes_nothing(fleet: Fleet) -> None:
         fleet.app.send("backstop.failover", [run["run_id"]], CONTROL_QUEUE, "")
     probe = fleet.occur("plain")  # messages are handled in order enough: wait for a later one
     fleet.settled(probe)
-    assert fleet.ledger.runs_of(occurrence) == runs
+    assert fleet.records(occurrence) == runs
     catalog_ids = [r["saveset"] for r in runs if r["saveset"]]
     assert len(catalog_ids) == 1
 
 
 def test_migration_copies_the_new_saveset_verifies_and_catalogs_it(fleet: Fleet) -> None:
-    from workers.catalog import Catalog
+    from orchestration.catalog import RedisCatalog
 
     [run] = fleet.settled(fleet.occur("with-migration"))
 
     def migrated() -> dict[str, Any] | None:
         found = fleet.ledger.run(run["run_id"])
-        return found["migration"] if found and found.get("migration") else None
+        return found.to_json()["migration"] if found and found.migration else None
 
     migration = wait_for(migrated, "the migration")
     assert migration["state"] == "succeeded"
-    catalog = Catalog(fleet.ledger.client)
+    catalog = RedisCatalog(fleet.ledger.client)
     copy = catalog.get(migration["saveset"])
     assert copy is not None
     assert (copy.migrated_from, copy.pool, copy.data_store) == (run["saveset"], "vault",
@@ -286,13 +299,13 @@ def test_a_drive_never_has_more_writers_than_channels_and_waiting_is_not_failing
 
 
 def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> None:
-    from workers.tasks import control_for
+    from orchestration.tasks import control_for
 
     # Given a worker for RDS remote that announced itself (its heartbeat) and then vanished
     client = fleet.ledger.client
     announce(client, "remote@gone", "remote")
     occurrence = fleet.occur("to-far")
-    run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    run = fleet.first_record(occurrence)
     assert run["state"] == "queued"  # sent to backstop.rds.remote, which nobody consumes
     client.hdel(HEARTBEATS_KEY, "remote@gone")
     # When the watchdog looks
@@ -305,13 +318,13 @@ def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> N
 
 
 def test_a_revoked_run_is_cancelled_and_never_run(fleet: Fleet) -> None:
-    from workers.tasks import control_for
+    from orchestration.tasks import control_for
 
     # Given a run queued for RDS remote, which nobody consumes, revoked by the operator
     client = fleet.ledger.client
     announce(client, "remote@idle", "remote")
     occurrence = fleet.occur("to-far")
-    run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    run = fleet.first_record(occurrence)
     control_for(fleet.app, client).cancel(run["run_id"])
     [cancelled] = fleet.settled(occurrence)
     assert (cancelled["state"], cancelled["error"]["kind"]) == ("failed", "cancelled")
@@ -320,13 +333,13 @@ def test_a_revoked_run_is_cancelled_and_never_run(fleet: Fleet) -> None:
     client.hdel(HEARTBEATS_KEY, "remote@idle")
     fleet.app.send("backstop.backup", [run["run_id"]], rds_queue("local"), "")
     fleet.settled(fleet.occur("plain"))
-    assert fleet.ledger.runs_of(occurrence) == [cancelled]
+    assert fleet.records(occurrence) == [cancelled]
 
 
 def test_an_occurrence_left_open_by_a_dead_worker_is_settled_by_the_watchdog(
         fleet: Fleet) -> None:
-    from workers.constants import OCCURRENCE_KEY, OCCURRENCES_OPEN_KEY, RUN_KEY
-    from workers.tasks import control_for
+    from core.constants import OCCURRENCE_KEY, OCCURRENCES_OPEN_KEY, RUN_KEY
+    from orchestration.tasks import control_for
 
     # Given an occurrence whose run ended, but whose worker died before settling it
     occurrence = fleet.occur("plain")
@@ -345,16 +358,16 @@ def test_an_occurrence_left_open_by_a_dead_worker_is_settled_by_the_watchdog(
 
 def test_a_queued_run_whose_message_was_lost_is_sent_again_by_the_watchdog(
         fleet: Fleet) -> None:
-    from orchestration.control import new_run_id, run_record
-    from orchestration.events import Trigger, resolve
-    from workers.tasks import control_for
+    from orchestration.control import new_run_id
+    from orchestration.events import resolve
+    from orchestration.tasks import control_for
 
     # Given an occurrence and its run, written by a dispatch killed before it sent the run
     control = control_for(fleet.app, fleet.ledger.client)
     spec = resolve(control.config, "plain", Trigger.ADHOC)
-    record = run_record(new_run_id(), "lost-message", spec)
-    record["queued_at"] = "2026-01-01T00:00:00+00:00"  # long ago: nobody took it since
-    assert fleet.ledger.open_occurrence("lost-message", "plain", "adhoc", record)
+    record = Run.for_backup(new_run_id(), "lost-message", spec).model_copy(
+        update={"queued_at": datetime(2026, 1, 1, tzinfo=UTC)})  # long ago: nobody took it
+    assert fleet.ledger.open_occurrence("lost-message", "plain", Trigger.ADHOC, record)
     # When the watchdog looks, Then it sends the run again and the occurrence succeeds
     assert control.watchdog() == 1
     [run] = fleet.settled("lost-message")
@@ -363,29 +376,29 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again_by_the_watchdog(
 
 
 def test_a_recent_queued_run_is_not_sent_again(fleet: Fleet) -> None:
-    from workers.tasks import control_for
+    from orchestration.tasks import control_for
 
     # Given a run queued for RDS remote (served, but its worker consumes nothing)
     client = fleet.ledger.client
     announce(client, "remote@slow", "remote")
     occurrence = fleet.occur("to-far")
-    wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    fleet.first_record(occurrence)
     # When the watchdog looks, Then a run queued a moment ago is left to its message
     assert control_for(fleet.app, client).watchdog() == 0
     client.hdel(HEARTBEATS_KEY, "remote@slow")
 
 
 def test_a_command_run_whose_process_died_is_run_again_by_the_watchdog(fleet: Fleet) -> None:
-    from orchestration.control import job_record, new_run_id
-    from orchestration.events import Trigger
-    from workers.tasks import control_for
+    from orchestration.control import new_run_id
+    from orchestration.tasks import control_for
 
     # Given a command run left running by a process that died (its lease has run out)
     control = control_for(fleet.app, fleet.ledger.client)
-    record = job_record(new_run_id(), "dead-command", control.config.event_named("note"),
-                        Trigger.ADHOC, parent=None)
-    record.update(state="running", attempts=1)
-    assert fleet.ledger.open_occurrence("dead-command", "note", "adhoc", record)
+    note = control.config.event_named("note")
+    assert isinstance(note, CommandEvent)
+    record = Run.for_job(new_run_id(), "dead-command", note, Trigger.ADHOC).model_copy(
+        update={"state": RunState.RUNNING, "attempts": 1})
+    assert fleet.ledger.open_occurrence("dead-command", "note", Trigger.ADHOC, record)
     # When the watchdog looks, Then the command runs again, once, and the occurrence ends
     assert control.watchdog() == 1
     [run] = fleet.settled("dead-command")
@@ -396,19 +409,19 @@ def test_a_command_run_whose_process_died_is_run_again_by_the_watchdog(fleet: Fl
 def test_a_run_whose_worker_died_after_cataloging_its_saveset_succeeded(fleet: Fleet) -> None:
     import dataclasses
 
-    from workers.catalog import Catalog
-    from workers.constants import CATALOG_SAVESET_KEY
-    from workers.tasks import control_for
+    from core.constants import CATALOG_SAVESET_KEY
+    from orchestration.catalog import RedisCatalog
+    from orchestration.tasks import control_for
 
     # Given a run on RDS remote, claimed by a worker that then died: its lease ran out
     client = fleet.ledger.client
     announce(client, "remote@dying", "remote")
     occurrence = fleet.occur("to-far")
-    run = wait_for(lambda: (fleet.ledger.runs_of(occurrence) or [None])[0], "the queued run")
+    run = fleet.first_record(occurrence)
     assert fleet.ledger.claim(run["run_id"], "remote@dying:1:x", lease_ms=1).ok
     # ... after writing and cataloging its saveset (the one the run's id names)
     [plain] = fleet.settled(fleet.occur("plain"))
-    catalog = Catalog(client)
+    catalog = RedisCatalog(client)
     written = dataclasses.replace(catalog.get(plain["saveset"]), id=f"docs-{run['run_id']}")
     client.set(CATALOG_SAVESET_KEY.format(id=written.id), written.dumps())
     client.hdel(HEARTBEATS_KEY, "remote@dying")
@@ -422,19 +435,20 @@ def test_a_run_whose_worker_died_after_cataloging_its_saveset_succeeded(fleet: F
 
 def test_a_backup_revoked_by_broadcast_is_cancelled_when_its_message_arrives(
         fleet: Fleet) -> None:
-    from orchestration.control import new_run_id, run_record
-    from orchestration.events import Trigger, resolve
-    from workers.tasks import control_for
+    from orchestration.control import new_run_id
+    from orchestration.events import resolve
+    from orchestration.tasks import control_for
 
     # Given a queued run, and its task id revoked fleet-wide (as Flower's revoke does)
     control = control_for(fleet.app, fleet.ledger.client)
-    record = run_record(new_run_id(), "revoked", resolve(control.config, "plain", Trigger.ADHOC))
-    assert fleet.ledger.open_occurrence("revoked", "plain", "adhoc", record)
-    task_id = f"backup-{record['run_id']}"
+    record = Run.for_backup(new_run_id(), "revoked",
+                            resolve(control.config, "plain", Trigger.ADHOC))
+    assert fleet.ledger.open_occurrence("revoked", "plain", Trigger.ADHOC, record)
+    task_id = f"backup-{record.run_id}"
     replies = fleet.app.control.revoke(task_id, reply=True, timeout=5)
     assert replies  # the worker has heard it
     # When the run's message reaches the worker
-    fleet.app.send_task("backstop.backup", args=[record["run_id"]], queue=rds_queue("local"),
+    fleet.app.send_task("backstop.backup", args=[record.run_id], queue=rds_queue("local"),
                         task_id=task_id, ignore_result=True)
     # Then the run is cancelled, never run, and its occurrence failed
     [run] = fleet.settled("revoked")

@@ -10,15 +10,15 @@ from pathlib import Path
 import redis
 from celery.contrib.testing.worker import start_worker
 
+from core.constants import CONTROL_QUEUE, rds_queue
+from core.settings import load_settings
+from orchestration.app import create_app
+from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
-from orchestration.settings import load_settings
+from orchestration.redeliver import redeliver_stale
 from tests.integration.test_orchestration import CONFIG
 from tests.waiting import wait_for
-from workers.app import create_app
-from workers.constants import CONTROL_QUEUE, rds_queue
 from workers.engine import create_missing_stores
-from workers.heartbeat import live_workers
-from workers.redeliver import redeliver_stale
 
 # Takes one message from the control queue as a worker does (it goes to kombu's unacked
 # hash), then dies at once: no acknowledgement, no restore at shutdown.
@@ -57,6 +57,6 @@ def test_a_dispatch_held_by_a_dead_worker_is_put_back_and_its_occurrence_runs(
         wait_for(lambda: any("local" in w.rds for w in live_workers(redis_client)),
                  "the worker's heartbeat")
         ledger = Ledger(redis_client)
-        wait_for(lambda: (ledger.occurrence("held") or {}).get("state") == "succeeded",
+        wait_for(lambda: getattr(ledger.occurrence("held"), "state", None) == "succeeded",
                  "the held occurrence to succeed")
         assert len(ledger.runs_of("held")) == 1

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from orchestration.config import Level
+from core.config import Level
+from core.errors import CorruptSaveset, RestoreRefused
+from core.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset, SavesetKey
 from tests.integration.conftest import Setup, snapshot
 from workers import manifest as manifests
-from workers.archive import CorruptSaveset
 from workers.digest import digest_of
 from workers.engine import ARCHIVE, MANIFEST, META
-from workers.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset, SavesetKey
-from workers.restore import RestoreRefused
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.config import Level
-from orchestration.errors import StorageUnavailable
+from core.config import Level
+from core.errors import StorageUnavailable
 from tests.fs import remount_read_only, tmpfs
 from tests.integration.conftest import Setup
 from workers.engine import BackupRequest
@@ -133,7 +133,7 @@ def test_a_read_only_store_is_offline(make_setup: Callable[..., Setup], tmp_path
 
 
 def test_source_errors_are_not_storage_errors(media_setup: Setup) -> None:
-    from orchestration.errors import SourceError
+    from core.errors import SourceError
 
     random_files(media_setup.source, 1, 1000)
     os.chmod(media_setup.source, 0)

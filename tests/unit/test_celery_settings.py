@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from orchestration.config_load import parse_config
+from core.config_load import parse_config
+from orchestration.celery_app import celery_config
 from tests.conftest import MINIMAL_CONFIG
-from workers.app import celery_config
 
 
 def test_json_only_late_acks_and_one_message_at_a_time() -> None:

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestration.config import BackupEvent, CommandEvent, Level, VerifyEvent
-from orchestration.config_load import load_config, parse_config
-from orchestration.errors import ConfigError
+from core.config import BackupEvent, CommandEvent, Level, VerifyEvent
+from core.config_load import load_config, parse_config
+from core.errors import ConfigError
 from tests.conftest import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestration.config import Level
-from orchestration.config_load import parse_config
-from orchestration.events import RunSpec, Trigger, Unresolvable, failover_spec, resolve
+from core.config import Level
+from core.config_load import parse_config
+from core.runs import Run, RunSpec, Trigger
+from orchestration.events import Unresolvable, failover_spec, resolve
 
 CONFIG = """
 rds: [{name: rds-a, interfaces: [{name: lan-a, address: 10.0.0.1}]},
@@ -157,4 +158,5 @@ def test_no_failover_where_neither_event_nor_pool_has_one() -> None:
 def test_run_specs_survive_json(config) -> None:  # type: ignore[no-untyped-def]
     spec = failover_spec(config, original(config), "run-1").spec
     assert spec is not None
-    assert RunSpec.from_json(spec.to_json()) == spec
+    stored = Run.for_backup("run-2", "occurrence", spec).encoded()
+    assert Run.decode(stored).spec == spec

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from orchestration.config import BackupEvent, Schedule
+from core.config import BackupEvent, Schedule
 from orchestration.schedules import (
     TickAction,
     latest_tick,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.errors import StorageUnavailable
+from core.errors import SavesetMissing, StorageUnavailable
+from core.model import SavesetKey
 from tests.fs import tmpfs
-from workers.model import SavesetKey
-from workers.store import PathStore, SavesetMissing, Store
+from workers.store import PathStore, Store
 
 MIB = 1 << 20
 KEY = SavesetKey("daily", "DAILY00001", "docs-1")

@@ -1,7 +1,8 @@
-"""Queue names, Redis keys and timings shared by every Backstop process.
+"""Task names, queue names, Redis keys and timings shared by every Backstop process.
 
 All keys live under the ``backstop:`` prefix so that a shared Redis can be inspected (and
-cleaned) per application.
+cleaned) per application. The ledger's records are Redis hashes whose values are JSON
+(``core.runs``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,24 @@ CONTROL_QUEUE = "backstop.control"
 RDS_QUEUE_PREFIX = "backstop.rds."
 # Every task name starts with this.
 TASK_PREFIX = "backstop."
+
+# Task names, used at every send site and by Flower.
+# Start an occurrence: record it and its first run, send the run (control queue).
+TASK_DISPATCH = "backstop.dispatch"
+# One backup run, on the queue of the RDS of its data store.
+TASK_BACKUP = "backstop.backup"
+# The one failover run of an occurrence whose run ended storage_unavailable (control queue).
+TASK_FAILOVER = "backstop.failover"
+# A `kind: verify` run, on the RDS holding the saveset it verifies.
+TASK_VERIFY = "backstop.verify"
+# A `kind: command` run (control queue).
+TASK_COMMAND = "backstop.command"
+# The migration task of a succeeded run, on the RDS of its target pool.
+TASK_MIGRATE = "backstop.migrate"
+# The watchdog pass, sent by the leading beat (control queue).
+TASK_WATCHDOG = "backstop.watchdog"
+# Tasks that perform a run: a revoke of one of them cancels its run.
+RUN_TASKS = (TASK_BACKUP, TASK_VERIFY, TASK_COMMAND)
 
 # Hash: worker node name -> JSON {name, rds, control, pid, host, at}; written by each
 # worker's heartbeat step, removed on clean shutdown.
@@ -55,7 +74,7 @@ CATALOG_MANIFEST_KEY = "backstop:catalog:manifest:{id}"
 CATALOG_FULL_ATTEMPT_KEY = "backstop:catalog:full-attempt:{task}"
 
 # The run ledger (orchestration/ledger.py).
-# String: JSON run record (SPEC section 7), by run id.
+# Hash: one run record (core.runs.Run), field -> JSON value, by run id.
 RUN_KEY = "backstop:run:{run}"
 # String with expiry: the process running a run; renewed while it works. A running run
 # whose lease is gone may be claimed again (its process died).
@@ -68,7 +87,7 @@ RUNS_BY_EVENT_KEY = "backstop:runs:event:{event}"
 RUNS_UNFINISHED_KEY = "backstop:runs:unfinished"
 # Set: occurrences not settled yet (the watchdog settles those whose runs all ended).
 OCCURRENCES_OPEN_KEY = "backstop:occurrences:open"
-# String: JSON occurrence {occurrence, event, trigger, parent, state, created_at, settled_at}.
+# Hash: one occurrence record (core.runs.Occurrence), field -> JSON value.
 OCCURRENCE_KEY = "backstop:occurrence:{occ}"
 # List: the run ids of one occurrence, in order (its run, then at most one failover run).
 OCCURRENCE_RUNS_KEY = "backstop:occurrence:{occ}:runs"

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.config import Config
-from orchestration.config_load import load_config
+from core.config import Config
+from core.config_load import load_config
 
 DEFAULT_CONFIG = "backstop.yaml"
 CONFIG_ENV = "BACKSTOP_CONFIG"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from orchestration.config import Level
-from orchestration.levels import BASE_LEVELS
-from workers.model import Saveset
+from core.config import Level
+from core.model import Saveset
+from workers.levels import BASE_LEVELS
 
 
 def past_retention(saveset: Saveset, retention: timedelta, now: datetime) -> bool:

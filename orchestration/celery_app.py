@@ -1,4 +1,5 @@
-"""The Celery app, built from settings at the edge (nothing here reads the environment).
+"""The Celery app class and its settings, built from the config at the edge (nothing here
+reads the environment); :func:`orchestration.app.create_app` adds the tasks.
 
 Choices, each for long backups on a fleet (see the README, "Celery settings"):
 
@@ -20,10 +21,9 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from orchestration.config import Config
-from orchestration.settings import Settings
-from workers.constants import CONTROL_QUEUE, rds_queue
-from workers.heartbeat import HeartbeatStep
+from core.config import Config
+from core.constants import CONTROL_QUEUE, rds_queue
+from core.settings import Settings
 
 # Control-plane tasks are short: dispatch, bookkeeping, follow-ups.
 CONTROL_SOFT_TIME_LIMIT_S = 60
@@ -86,14 +86,3 @@ def celery_config(config: Config, broker_url: str) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": True,
     }
-
-
-def create_app(settings: Settings, broker_url: str) -> BackstopApp:
-    app = BackstopApp("backstop", set_as_current=False)
-    app.settings = settings
-    app.conf.update(celery_config(settings.config, broker_url))
-    app.steps["consumer"].add(HeartbeatStep)
-    from workers.tasks import register_tasks
-
-    register_tasks(app)
-    return app

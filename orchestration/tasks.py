@@ -16,20 +16,30 @@ import redis
 from celery import Task
 from celery.signals import task_revoked
 
+from core.config import Level
+from core.constants import (
+    CONTROL_QUEUE,
+    RUN_LEASE_S,
+    RUN_TASKS,
+    TASK_BACKUP,
+    TASK_COMMAND,
+    TASK_DISPATCH,
+    TASK_FAILOVER,
+    TASK_MIGRATE,
+    TASK_VERIFY,
+    TASK_WATCHDOG,
+)
+from core.runs import Run, RunEnd, RunState, Trigger
 from orchestration.broker import patient_client
-from orchestration.config import Level
+from orchestration.catalog import RedisCatalog
+from orchestration.celery_app import BackstopApp
 from orchestration.control import Control
-from orchestration.errors import BackstopError
-from orchestration.events import Trigger
+from orchestration.heartbeat import served_rds
+from orchestration.jobs import command_job, migrate_job, verify_job
 from orchestration.ledger import Ledger
-from workers.app import BackstopApp
-from workers.catalog import Catalog
-from workers.constants import CONTROL_QUEUE, RUN_LEASE_S
+from orchestration.redeliver import redeliver_stale
+from orchestration.runner import Channels, lease_kept, run_backup
 from workers.engine import Engine
-from workers.heartbeat import served_rds
-from workers.jobs import command_job, migrate_job, verify_job
-from workers.redeliver import redeliver_stale
-from workers.runner import Channels, lease_kept, run_backup
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Context:
     client: redis.Redis
     ledger: Ledger
     engine: Engine
+    catalog: RedisCatalog
     channels: Channels
     control: Control
 
@@ -49,27 +60,26 @@ def context(app: BackstopApp) -> Context:
     if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
         return cached
     client = patient_client(app.conf.broker_url, socket_timeout=30)
-    catalog = Catalog(client)
+    catalog = RedisCatalog(client)
     control = control_for(app, client, catalog)
-    made = Context(app, client, control.ledger, Engine(app.settings, catalog),
+    made = Context(app, client, control.ledger, Engine(app.settings, catalog), catalog,
                    Channels(client, app.settings.config), control)
     app._backstop_context, app._backstop_pid = made, os.getpid()  # type: ignore[attr-defined]
     return made
 
 
 def control_for(app: BackstopApp, client: redis.Redis,
-                catalog: Catalog | None = None) -> Control:
+                catalog: RedisCatalog | None = None) -> Control:
     """The control plane, sending through ``app`` and judging RDS liveness by heartbeats."""
 
     def rds_live(rds: str) -> bool:
         return rds in served_rds(client)
 
     return Control(app.settings.config, Ledger(client), app.send, rds_live,
-                   catalog or Catalog(client))
+                   catalog or RedisCatalog(client))
 
 
-def finish_job(ctx: Context, run_id: str,
-               work: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def finish_job(ctx: Context, run_id: str, work: Callable[[Run], RunEnd]) -> dict[str, Any]:
     """Claim a verify/command run, do it, end it, and let the control plane know."""
     holder = f"{os.getpid()}:{run_id}"
     if not ctx.ledger.claim(run_id, holder, int(RUN_LEASE_S * 1000)).ok:
@@ -77,36 +87,34 @@ def finish_job(ctx: Context, run_id: str,
     run = ctx.ledger.run(run_id)
     assert run is not None
     with lease_kept(ctx.ledger, ctx.channels, run_id, holder, drive=None):
-        fields = work(run)
-    if ctx.ledger.finish(run_id, fields, holder) == "done":
+        end = work(run)
+    if ctx.ledger.finish(run_id, end, holder) == "done":
         ctx.control.run_ended(run_id)
-    return {"run_id": run_id, **fields}
+    return {"run_id": run_id, "state": end.state}
 
 
 def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, Any]:
     ctx = context(app)
     holder = f"{task.request.hostname}:{os.getpid()}:{task.request.id}"
     outcome = run_backup(ctx.engine, ctx.ledger, ctx.channels, run_id, holder,
-                         lambda progress: task.update_state(state="PROGRESS", meta=progress))
+                         lambda progress: task.update_state(state="PROGRESS",
+                                                            meta=progress.model_dump()))
     if outcome.come_back_in_s is not None:
         raise task.retry(countdown=outcome.come_back_in_s)
-    if outcome.ended and outcome.fields["state"] == "storage_unavailable":
-        app.send("backstop.failover", [run_id], CONTROL_QUEUE, f"run={run_id}")
-    elif outcome.ended:  # settle here: the control plane may run on any worker (SPEC 5)
+    if outcome.end is not None and outcome.end.state is RunState.STORAGE_UNAVAILABLE:
+        app.send(TASK_FAILOVER, [run_id], CONTROL_QUEUE, f"run={run_id}")
+    elif outcome.end is not None:  # settle here: the control plane may run on any worker
         ctx.control.run_ended(run_id)
-    return {"run_id": run_id, **outcome.fields}
+    return {"run_id": run_id, "state": outcome.state, "late": outcome.end is None}
 
 
 def migrate_run(ctx: Context, run_id: str) -> dict[str, Any]:
     run = ctx.ledger.run(run_id)
-    if run is None or run.get("migration") is not None:
+    if run is None or run.migration is not None:
         return {"run_id": run_id, "late": True}
-    try:
-        outcome = migrate_job(ctx.engine, ctx.engine.catalog, run)
-    except BackstopError as exc:
-        outcome = {"state": "failed", "error": str(exc)}
-    ctx.ledger.update(run_id, {"migration": outcome})
-    return {"run_id": run_id, **outcome}
+    outcome = migrate_job(ctx.engine, ctx.catalog, run)
+    ctx.ledger.update(run_id, migration=outcome)
+    return {"run_id": run_id, **outcome.model_dump(mode="json")}
 
 
 @task_revoked.connect
@@ -118,49 +126,46 @@ def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         context(app).control.cancel(str(request.args[0]))
 
 
-RUN_TASKS = ("backstop.backup", "backstop.verify", "backstop.command")
-
-
 def register_tasks(app: BackstopApp) -> None:
     backup_limit = int(app.settings.config.backup_time_limit.total_seconds())
 
-    @app.task(name="backstop.dispatch", shared=False)
+    @app.task(name=TASK_DISPATCH, shared=False)
     def dispatch(occurrence: str, event: str, trigger: str, level: str | None = None,
                  enforce_full: bool | None = None, parent: str | None = None) -> str | None:
         """Start an occurrence: its run goes to its RDS (beat, `backstop run`, follow-ups)."""
         return context(app).control.occur(occurrence, event, Trigger(trigger),
                                           Level(level) if level else None, enforce_full, parent)
 
-    @app.task(name="backstop.backup", bind=True, max_retries=None, shared=False,
+    @app.task(name=TASK_BACKUP, bind=True, max_retries=None, shared=False,
               soft_time_limit=backup_limit, time_limit=backup_limit + 60)
     def backup(task: Task[Any, Any], run_id: str) -> dict[str, Any]:
         """One backup run on its RDS."""
         return back_up(app, task, run_id)
 
-    @app.task(name="backstop.failover", shared=False)
+    @app.task(name=TASK_FAILOVER, shared=False)
     def failover(run_id: str) -> str | None:
         """The one failover run of an occurrence whose run hit StorageUnavailable."""
         return context(app).control.failover(run_id)
 
-    @app.task(name="backstop.verify", shared=False)
+    @app.task(name=TASK_VERIFY, shared=False)
     def verify(run_id: str) -> dict[str, Any]:
         """A ``kind: verify`` follow-up: re-read the triggering occurrence's saveset."""
         ctx = context(app)
         return finish_job(ctx, run_id, lambda run: verify_job(ctx.engine, ctx.ledger,
-                                                              ctx.engine.catalog, run))
+                                                              ctx.catalog, run))
 
-    @app.task(name="backstop.command", shared=False)
+    @app.task(name=TASK_COMMAND, shared=False)
     def command(run_id: str) -> dict[str, Any]:
         """A ``kind: command`` event: run its argv on this control worker."""
         ctx = context(app)
         return finish_job(ctx, run_id, lambda run: command_job(app.settings, ctx.ledger, run))
 
-    @app.task(name="backstop.migrate", shared=False)
+    @app.task(name=TASK_MIGRATE, shared=False)
     def migrate(run_id: str) -> dict[str, Any]:
         """The migration task of a succeeded run: copy its saveset to the target pool."""
         return migrate_run(context(app), run_id)
 
-    @app.task(name="backstop.watchdog", shared=False)
+    @app.task(name=TASK_WATCHDOG, shared=False)
     def watchdog() -> int:
         """End runs whose RDS nobody serves; send again those whose process died; put back
         control messages held by a worker that died."""

@@ -12,20 +12,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestration.config import Config
-from orchestration.control import saveset_id_for, storage_error, succeeded_fields
-from orchestration.errors import SourceError, StorageUnavailable
-from orchestration.events import RunSpec
-from orchestration.ledger import Ledger, now_iso
-from workers.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
+from core.config import Config
+from core.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
+from core.errors import SourceError, StorageUnavailable
+from core.runs import ACTIVE, ErrorKind, Progress, RunEnd, RunSpec, RunState, utc_now
+from orchestration.control import saveset_id_for
+from orchestration.ledger import Ledger
 from workers.engine import BackupRequest, Engine
 
 log = logging.getLogger(__name__)
@@ -98,20 +97,22 @@ def lease_kept(ledger: Ledger, channels: Channels, run_id: str, holder: str,
         thread.join()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    # True when this call ended the run (then the control plane must hear of it).
-    ended: bool
-    fields: dict[str, Any]
+    """What a delivery of a run's message did: ``end`` when it ended the run (then the
+    control plane must hear of it); else the state the run was found in."""
+
+    state: str
+    end: RunEnd | None = None
     # The run cannot start yet: no drive channel is free, or the lease of a process that
     # ran it before (and may have died) has not run out yet. Ask again later.
     come_back_in_s: float | None = None
 
 
-class Progress:
+class ProgressReport:
     """Reports files/bytes done to the ledger (and Flower), at most once a second."""
 
-    def __init__(self, ledger: Ledger, run_id: str, report: Any) -> None:
+    def __init__(self, ledger: Ledger, run_id: str, report: Callable[[Progress], None]) -> None:
         self.ledger, self.run_id, self.report = ledger, run_id, report
         self.last = 0.0
 
@@ -120,56 +121,52 @@ class Progress:
         if now - self.last < 1.0 and files < total_files:
             return
         self.last = now
-        progress = {"files": files, "bytes": done, "files_total": total_files,
-                    "bytes_total": total_bytes}
-        self.ledger.update(self.run_id, {"progress": progress})
+        progress = Progress(files=files, bytes=done, files_total=total_files,
+                            bytes_total=total_bytes)
+        self.ledger.update(self.run_id, progress=progress)
         self.report(progress)
 
 
 def run_backup(engine: Engine, ledger: Ledger, channels: Channels, run_id: str, holder: str,
-               report: Any) -> Outcome:
+               report: Callable[[Progress], None]) -> Outcome:
     run = ledger.run(run_id)
-    if run is None or run["state"] not in ("queued", "running"):
-        return Outcome(False, {"state": run["state"] if run else "missing", "late": True})
-    spec = RunSpec.from_json(run["spec"])
+    if run is None or run.state not in ACTIVE:
+        return Outcome(run.state if run else "missing")
+    spec = run.spec
     may_write, drive = channels.acquire(spec, run_id)
     if not may_write:  # waiting, not forgotten: the watchdog need not send it again
-        ledger.update(run_id, {"sent_at": now_iso()})
-        return Outcome(False, {"state": "queued"}, come_back_in_s=CHANNEL_WAIT_S)
+        ledger.update(run_id, sent_at=utc_now())
+        return Outcome(RunState.QUEUED, come_back_in_s=CHANNEL_WAIT_S)
     claim = ledger.claim(run_id, holder, int(RUN_LEASE_S * 1000))
     if claim.outcome == "busy":  # the channel entry is the run's: its live holder keeps it
-        return Outcome(False, {"state": "running"}, come_back_in_s=RUN_LEASE_S)
+        return Outcome(RunState.RUNNING, come_back_in_s=RUN_LEASE_S)
     if not claim.ok:
         channels.release(drive, run_id)
-        return Outcome(False, {"state": claim.outcome})
+        return Outcome(claim.outcome)
     if drive is not None and spec.drive is None:
-        ledger.update(run_id, {"drive": drive})
+        ledger.update(run_id, drive=drive)
     try:
         with lease_kept(ledger, channels, run_id, holder, drive):
-            fields = _back_up(engine, spec, run_id, Progress(ledger, run_id, report))
-            ended = ledger.finish(run_id, fields, holder) == "done"
+            end = _back_up(engine, spec, run_id, ProgressReport(ledger, run_id, report))
+            ended = ledger.finish(run_id, end, holder) == "done"
     finally:
         channels.release(drive, run_id)
-    return Outcome(ended, fields)
+    return Outcome(end.state, end if ended else None)
 
 
-def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: Progress) -> dict[str, Any]:
+def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: ProgressReport) -> RunEnd:
     request = BackupRequest(task=spec.task, level=spec.level, media_pool=spec.media_pool,
                             enforce_full=spec.enforce_full, full_interval=spec.full_interval,
                             run_id=run_id, saveset_id=saveset_id_for(spec.task, run_id))
     try:
         result = engine.backup(request, progress=progress)
     except StorageUnavailable as exc:
-        return {"state": "storage_unavailable", "error": storage_error(exc.reason, exc.message)}
+        return RunEnd.unavailable(exc.reason, exc.message)
     except SourceError as exc:
-        return failed("source_error", str(exc))
+        return RunEnd.failed(ErrorKind.SOURCE_ERROR, str(exc))
     except SoftTimeLimitExceeded:
-        return failed("timeout", "the run exceeded backup_time_limit")
+        return RunEnd.failed(ErrorKind.TIMEOUT, "the run exceeded backup_time_limit")
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        return failed("internal", f"{type(exc).__name__}: {exc}")
-    return {**succeeded_fields(result.saveset), "pid": os.getpid()}
-
-
-def failed(kind: str, message: str) -> dict[str, Any]:
-    return {"state": "failed", "error": {"kind": kind, "message": message}}
+        return RunEnd.failed(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
+    return RunEnd.succeeded(result.saveset, pid=os.getpid())

@@ -16,7 +16,7 @@ from typing import cast
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-from workers.constants import CONTROL_QUEUE, CONTROL_REDELIVER_AFTER_S
+from core.constants import CONTROL_QUEUE, CONTROL_REDELIVER_AFTER_S
 
 
 def redeliver_stale(app: Celery, queue: str = CONTROL_QUEUE,

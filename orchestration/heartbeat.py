@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from workers.constants import (
+from core.constants import (
     CONTROL_QUEUE,
     HEARTBEAT_FORGET_S,
     HEARTBEAT_INTERVAL_S,

@@ -6,6 +6,7 @@ exception survives being serialized between workers and rebuilt from ``args``.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 
@@ -55,16 +56,21 @@ class StorageError(BackstopError):
     """Something went wrong on the storage side of a run."""
 
 
-class StorageUnavailable(StorageError):
-    """A data store or media pool cannot take a saveset now; the only error that fails over.
+class Reason(enum.StrEnum):
+    """Why a data store or media pool is unavailable for writing (SPEC section 3)."""
 
-    ``reason`` is one of ``out_of_space``, ``no_free_media``, ``rds_unreachable``,
-    ``store_offline`` (SPEC section 3).
-    """
+    OUT_OF_SPACE = "out_of_space"
+    NO_FREE_MEDIA = "no_free_media"
+    RDS_UNREACHABLE = "rds_unreachable"
+    STORE_OFFLINE = "store_offline"
+
+
+class StorageUnavailable(StorageError):
+    """A data store or media pool cannot take a saveset now; the only error that fails over."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(reason, message)
-        self.reason = reason
+        self.reason = Reason(reason)
         self.message = message
 
     def __str__(self) -> str:
@@ -80,3 +86,36 @@ class SourceError(BackstopError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class SavesetMissing(StorageError):
+    """A saveset the caller named is not in the data store (deleted, or never written)."""
+
+    def __init__(self, store: str, saveset_id: str) -> None:
+        super().__init__(store, saveset_id)
+        self.store, self.saveset_id = store, saveset_id
+
+    def __str__(self) -> str:
+        return f"saveset {self.saveset_id} is not in data store {self.store}"
+
+
+class CorruptSaveset(BackstopError):
+    """A saveset's archive or manifest cannot be read back as written."""
+
+    def __init__(self, saveset_id: str, detail: str) -> None:
+        super().__init__(saveset_id, detail)
+        self.saveset_id, self.detail = saveset_id, detail
+
+    def __str__(self) -> str:
+        return f"saveset {self.saveset_id} is corrupt: {self.detail}"
+
+
+class RestoreRefused(BackstopError):
+    """A saveset asks for something a restore must never do (e.g. write outside the target)."""
+
+    def __init__(self, saveset_id: str, detail: str) -> None:
+        super().__init__(saveset_id, detail)
+        self.saveset_id, self.detail = saveset_id, detail
+
+    def __str__(self) -> str:
+        return f"restore of saveset {self.saveset_id} refused: {self.detail}"

@@ -14,9 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from orchestration.config import EVENT_KINDS, SECTIONS, Config, Model
-from orchestration.config_refs import check_references, did_you_mean
-from orchestration.errors import ConfigError
+from core.config import EVENT_KINDS, SECTIONS, Config, Model
+from core.config_refs import check_references, did_you_mean
+from core.errors import ConfigError
 
 # libyaml's parser where PyYAML was built with it (its wheels are): far faster on big files.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -1,0 +1,17 @@
+"""The Backstop Celery app: settings, heartbeat boot step and tasks, built from settings."""
+
+from __future__ import annotations
+
+from core.settings import Settings
+from orchestration.celery_app import BackstopApp, celery_config
+from orchestration.heartbeat import HeartbeatStep
+from orchestration.tasks import register_tasks
+
+
+def create_app(settings: Settings, broker_url: str) -> BackstopApp:
+    app = BackstopApp("backstop", set_as_current=False)
+    app.settings = settings
+    app.conf.update(celery_config(settings.config, broker_url))
+    app.steps["consumer"].add(HeartbeatStep)
+    register_tasks(app)
+    return app
