@@ -99,23 +99,26 @@ class SavesetMissing(StorageError):
         return f"saveset {self.saveset_id} is not in data store {self.store}"
 
 
-class CorruptSaveset(BackstopError):
+class SavesetProblem(BackstopError):
+    """Something about one saveset; ``detail`` says what."""
+
+    template = "saveset {saveset_id}: {detail}"
+
+    def __init__(self, saveset_id: str, detail: str) -> None:
+        super().__init__(saveset_id, detail)
+        self.saveset_id, self.detail = saveset_id, detail
+
+    def __str__(self) -> str:
+        return self.template.format(saveset_id=self.saveset_id, detail=self.detail)
+
+
+class CorruptSaveset(SavesetProblem):
     """A saveset's archive or manifest cannot be read back as written."""
 
-    def __init__(self, saveset_id: str, detail: str) -> None:
-        super().__init__(saveset_id, detail)
-        self.saveset_id, self.detail = saveset_id, detail
-
-    def __str__(self) -> str:
-        return f"saveset {self.saveset_id} is corrupt: {self.detail}"
+    template = "saveset {saveset_id} is corrupt: {detail}"
 
 
-class RestoreRefused(BackstopError):
+class RestoreRefused(SavesetProblem):
     """A saveset asks for something a restore must never do (e.g. write outside the target)."""
 
-    def __init__(self, saveset_id: str, detail: str) -> None:
-        super().__init__(saveset_id, detail)
-        self.saveset_id, self.detail = saveset_id, detail
-
-    def __str__(self) -> str:
-        return f"restore of saveset {self.saveset_id} refused: {self.detail}"
+    template = "restore of saveset {saveset_id} refused: {detail}"

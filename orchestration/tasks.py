@@ -127,7 +127,12 @@ def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 
 def register_tasks(app: BackstopApp) -> None:
-    backup_limit = int(app.settings.config.backup_time_limit.total_seconds())
+    register_control_tasks(app)
+    register_run_tasks(app)
+
+
+def register_control_tasks(app: BackstopApp) -> None:
+    """Tasks of the control plane (queue backstop.control): bookkeeping, never data."""
 
     @app.task(name=TASK_DISPATCH, shared=False)
     def dispatch(occurrence: str, event: str, trigger: str, level: str | None = None,
@@ -136,16 +141,27 @@ def register_tasks(app: BackstopApp) -> None:
         return context(app).control.occur(occurrence, event, Trigger(trigger),
                                           Level(level) if level else None, enforce_full, parent)
 
+    @app.task(name=TASK_FAILOVER, shared=False)
+    def failover(run_id: str) -> str | None:
+        """The one failover run of an occurrence whose run hit StorageUnavailable."""
+        return context(app).control.failover(run_id)
+
+    @app.task(name=TASK_WATCHDOG, shared=False)
+    def watchdog() -> int:
+        """End runs whose RDS nobody serves; send again those whose process died; put back
+        control messages held by a worker that died."""
+        return context(app).control.watchdog() + redeliver_stale(app)
+
+
+def register_run_tasks(app: BackstopApp) -> None:
+    """Tasks that do a run's work: backups and migrations on an RDS, verify and command."""
+    backup_limit = int(app.settings.config.backup_time_limit.total_seconds())
+
     @app.task(name=TASK_BACKUP, bind=True, max_retries=None, shared=False,
               soft_time_limit=backup_limit, time_limit=backup_limit + 60)
     def backup(task: Task[Any, Any], run_id: str) -> dict[str, Any]:
         """One backup run on its RDS."""
         return back_up(app, task, run_id)
-
-    @app.task(name=TASK_FAILOVER, shared=False)
-    def failover(run_id: str) -> str | None:
-        """The one failover run of an occurrence whose run hit StorageUnavailable."""
-        return context(app).control.failover(run_id)
 
     @app.task(name=TASK_VERIFY, shared=False)
     def verify(run_id: str) -> dict[str, Any]:
@@ -164,9 +180,3 @@ def register_tasks(app: BackstopApp) -> None:
     def migrate(run_id: str) -> dict[str, Any]:
         """The migration task of a succeeded run: copy its saveset to the target pool."""
         return migrate_run(context(app), run_id)
-
-    @app.task(name=TASK_WATCHDOG, shared=False)
-    def watchdog() -> int:
-        """End runs whose RDS nobody serves; send again those whose process died; put back
-        control messages held by a worker that died."""
-        return context(app).control.watchdog() + redeliver_stale(app)

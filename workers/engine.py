@@ -211,32 +211,42 @@ class Engine:
         source = self.catalog.get(saveset_id)
         if source is None:
             raise StorageError(f"saveset {saveset_id} is not in the catalog")
-        manifest = self.stored_manifest(source)
-        manifest.saveset_id = copy_id
-        manifest.entries = {p: replace(e, holder=copy_id) if e.holder == saveset_id else e
-                            for p, e in manifest.entries.items()}
-        encoded = manifests.encode(manifest)
+        held = self._held_by(self.stored_manifest(source), copy_id)
+        encoded = manifests.encode(held)
         now = self.clock()
         choice = self._choose_medium(pool, source.archive_bytes + len(encoded), now)
         copy = replace(source, id=copy_id, pool=pool.name, data_store=pool.data_store,
                        medium=choice.label, run_id=run_id, created_at=now,
                        migrated_from=source.id, manifest_bytes=len(encoded),
                        manifest_digest=digest_of(encoded),
-                       needs=tuple(sorted(manifest.holders() - {copy_id})))
-        staging = self.stores[pool.data_store].stage(copy.key, copy.stored_bytes,
-                                                     choice.room_bytes)
+                       needs=tuple(sorted(held.holders() - {copy_id})))
+        self._copy_archive(source, copy, encoded, choice.room_bytes)
+        return copy, encoded
+
+    @staticmethod
+    def _held_by(manifest: Manifest, copy_id: str) -> Manifest:
+        """The manifest of a copy: what the original held, the copy now holds."""
+        original = manifest.saveset_id
+        manifest.saveset_id = copy_id
+        manifest.entries = {p: replace(e, holder=copy_id) if e.holder == original else e
+                            for p, e in manifest.entries.items()}
+        return manifest
+
+    def _copy_archive(self, source: Saveset, copy: Saveset, manifest: bytes,
+                      room_bytes: int | None) -> None:
+        """Write ``copy``: the archive of ``source``, with its own manifest and record."""
+        staging = self.stores[copy.data_store].stage(copy.key, copy.stored_bytes, room_bytes)
         try:
             with self.stores[source.data_store].read(source.key, ARCHIVE) as data, \
                     staging.open(ARCHIVE) as out:
                 shutil.copyfileobj(data, out, 1 << 20)
-            for part, content in ((MANIFEST, encoded), (META, copy.dumps().encode())):
+            for part, content in ((MANIFEST, manifest), (META, copy.dumps().encode())):
                 with staging.open(part) as out:
                     out.write(content)
             staging.commit()
         except BaseException:
             staging.abort()
             raise
-        return copy, encoded
 
     def stored_manifest(self, saveset: Saveset) -> Manifest:
         """A saveset's manifest as its store holds it."""
