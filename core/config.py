@@ -62,9 +62,16 @@ def check_timezone(name: str) -> str:
     return name
 
 
+# The port of an RDS's data service on an interface that names none (SPEC section 9).
+DEFAULT_DATA_PORT = 7390
+
+
 class Interface(Model):
+    """A network address of an RDS: its data service listens there, clients send through it."""
+
     name: Name
     address: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class Rds(Model):
@@ -118,12 +125,48 @@ class Drive(Model):
     channels: int = Field(default=1, ge=1)
 
 
+class Client(Model):
+    """A host whose tasks are read there, by ``backstop worker --client NAME``."""
+
+    name: Name
+    # The client's own data token (read and write only its tasks' savesets, never delete);
+    # without one, the client worker uses the fleet's data token.
+    token_file: Path | None = None
+
+
+class Tls(Model):
+    """The data service speaks HTTPS with ``cert``/``key``; clients verify it against ``ca``."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class DataPath(Model):
+    """How clients reach the RDS data services (SPEC section 9)."""
+
+    port: int = Field(default=DEFAULT_DATA_PORT, ge=1, le=65535)
+    # default: state_dir/data-token (created mode 0600 by `backstop up`)
+    token_file: Path | None = None
+    tls: Tls | None = None
+    connect_timeout: Duration = timedelta(seconds=10)
+    io_timeout: Duration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _positive_timeouts(self) -> DataPath:
+        if self.connect_timeout <= timedelta(0) or self.io_timeout <= timedelta(0):
+            raise ValueError("connect_timeout and io_timeout must be positive")
+        return self
+
+
 class Task(Model):
-    """What to back up: a source directory on the RDS and gitignore-style excludes."""
+    """What to back up: a source directory and gitignore-style excludes, read on the task's
+    ``client`` (by its client worker), or on the RDS worker when it names none."""
 
     name: Name
     source: Path
     exclude: list[str] = []
+    client: str | None = None
     # Fill a missing source with a small generated tree when `backstop up` starts (quickstart).
     demo: bool = False
 
@@ -235,6 +278,7 @@ SECTIONS: dict[str, type[Model]] = {
     "data_stores": DataStore,
     "media_pools": MediaPool,
     "drives": Drive,
+    "clients": Client,
     "tasks": Task,
     "schedules": Schedule,
     "migration_tasks": MigrationTask,
@@ -253,10 +297,12 @@ class Config(Model):
     data_stores: list[DataStore] = []
     media_pools: list[MediaPool] = []
     drives: list[Drive] = []
+    clients: list[Client] = []
     tasks: list[Task] = []
     schedules: list[Schedule] = []
     migration_tasks: list[MigrationTask] = []
     events: list[Event] = []
+    data_path: DataPath = DataPath()
 
     @field_validator("timezone")
     @classmethod
@@ -265,6 +311,19 @@ class Config(Model):
 
     def rds_named(self, name: str) -> Rds:
         return next(r for r in self.rds if r.name == name)
+
+    def task_named(self, name: str) -> Task:
+        return next(t for t in self.tasks if t.name == name)
+
+    def port_of(self, interface: Interface) -> int:
+        return interface.port or self.data_path.port
+
+    def interface_for(self, rds: str, name: str | None) -> Interface | None:
+        """The interface a run's data goes through: ``name``, else the RDS's first."""
+        interfaces = self.rds_named(rds).interfaces
+        if name is None:
+            return interfaces[0] if interfaces else None
+        return next(i for i in interfaces if i.name == name)
 
     @cached_property
     def events_by_name(self) -> dict[str, BackupEvent | VerifyEvent | CommandEvent]:

@@ -11,12 +11,15 @@ import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from core.config import DEFAULT_DATA_PORT
+
 # Section -> how an entity of that section is called in messages.
 ENTITY = {
     "rds": "RDS",
     "data_stores": "data store",
     "media_pools": "media pool",
     "drives": "drive",
+    "clients": "client",
     "tasks": "task",
     "schedules": "schedule",
     "migration_tasks": "migration task",
@@ -44,6 +47,7 @@ def mappings(value: Any) -> Iterator[tuple[int, Raw]]:
 
 class RefChecker:
     def __init__(self, raw: Raw) -> None:
+        self.raw = raw
         self.sections = {s: list(mappings(raw.get(s))) for s in ENTITY}
         self.named = {s: {n: e for _, e in items if (n := text(e, "name")) is not None}
                       for s, items in self.sections.items()}
@@ -88,6 +92,30 @@ def _check_unique(c: RefChecker, entities: list[tuple[str, Raw]], what: str) -> 
             c.report(f"{path}.name", f"duplicate {what} name {name!r} (first at {first[name]})")
         else:
             first[name] = path
+
+
+def check_addresses(c: RefChecker) -> None:
+    """Two interfaces (of any RDS) on one address and port would be one listening socket."""
+    data_path = c.raw.get("data_path")
+    default = data_path.get("port") if isinstance(data_path, dict) else None
+    first: dict[tuple[str, Any], str] = {}
+    for path, rds in c.entries("rds"):
+        for i, interface in mappings(rds.get("interfaces")):
+            where = f"{path}.interfaces[{i}]"
+            address = text(interface, "address")
+            port = interface.get("port") or default or DEFAULT_DATA_PORT
+            if address is None:
+                continue
+            if (address, port) in first:
+                c.report(where, f"address {address}:{port} is taken by "
+                                f"{first[(address, port)]} already")
+            else:
+                first[(address, port)] = where
+
+
+def check_clients(c: RefChecker) -> None:
+    for path, task in c.entries("tasks"):
+        c.exists(f"{path}.client", "clients", text(task, "client"))
 
 
 def check_storage(c: RefChecker) -> None:
@@ -197,6 +225,8 @@ def check_references(raw: Raw) -> list[str]:
     """Every reference problem of the file, duplicates first."""
     checker = RefChecker(raw)
     check_duplicates(checker)
+    check_addresses(checker)
+    check_clients(checker)
     check_storage(checker)
     check_events(checker)
     return checker.problems

@@ -17,6 +17,9 @@ from core.config_load import load_config
 DEFAULT_CONFIG = "backstop.yaml"
 CONFIG_ENV = "BACKSTOP_CONFIG"
 BROKER_ENV = "BACKSTOP_BROKER_URL"
+DATA_TOKEN_ENV = "BACKSTOP_DATA_TOKEN"
+# The fleet's data token, in state_dir, when data_path.token_file names no other file.
+DATA_TOKEN_FILE = "data-token"
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class Settings:
     # A broker named by the environment or the config; None means the embedded broker of
     # `backstop up`, found through state_dir.
     broker_url: str | None
+    # The fleet's data token given by the environment; None: read it from its file.
+    data_token: str | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -39,6 +44,11 @@ class Settings:
     def state_dir(self) -> Path:
         return self.resolve(self.config.state_dir)
 
+    @property
+    def data_token_file(self) -> Path:
+        named = self.config.data_path.token_file
+        return self.resolve(named) if named else self.state_dir / DATA_TOKEN_FILE
+
 
 def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
     """``-c FILE``, else ``$BACKSTOP_CONFIG``, else ``./backstop.yaml``."""
@@ -49,4 +59,5 @@ def load_settings(option: str | None, environ: Mapping[str, str]) -> Settings:
     path = config_path(option, environ)
     config = load_config(path)
     return Settings(config_path=path, config=config,
-                    broker_url=environ.get(BROKER_ENV) or config.broker_url)
+                    broker_url=environ.get(BROKER_ENV) or config.broker_url,
+                    data_token=environ.get(DATA_TOKEN_ENV) or None)

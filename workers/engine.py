@@ -28,9 +28,8 @@ from workers.digest import digest_of
 from workers.levels import LevelDecision, decide_level
 from workers.media import MediumChoice, choose_medium
 from workers.retention import protected
-from workers.store import PathStore, Store
+from workers.store import ARCHIVE, MANIFEST, META, PathStore, Store
 
-ARCHIVE, MANIFEST, META = "archive.tar.zst", "manifest.jsonl.zst", "saveset.json"
 # Pre-flight allowance for the manifest and metadata, per path and in total.
 MANIFEST_BYTES_PER_ENTRY = 160
 MANIFEST_BYTES_FIXED = 16 << 10

@@ -25,8 +25,8 @@ from workers import manifest as manifests
 from workers.archive import CHUNK, corruption_of, read_members
 from workers.catalog import Catalog
 from workers.digest import digest_of, new_digest
-from workers.engine import ARCHIVE, MANIFEST, Progress
-from workers.store import Store
+from workers.engine import Progress
+from workers.store import ARCHIVE, MANIFEST, Store
 
 
 @dataclass(frozen=True)

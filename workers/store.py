@@ -31,6 +31,8 @@ from typing import Any, BinaryIO
 from core.errors import Reason, SavesetMissing, StorageUnavailable
 from core.model import SavesetKey, Space
 
+# The parts of a saveset: its archive, its manifest and its record (written last).
+ARCHIVE, MANIFEST, META = "archive.tar.zst", "manifest.jsonl.zst", "saveset.json"
 MARKER = ".backstop-store.json"
 STORE_LOCK = ".backstop-lock"
 PARTIAL = ".partial-"
@@ -322,6 +324,16 @@ class PathStore(Store):
         except OSError as exc:
             raise unavailable(self.name, exc, "stage a saveset") from exc
 
+    def drop_abandoned(self) -> None:
+        """Remove what writes and deletes whose process died left (at start-up)."""
+        self.check()
+        with self.locked():
+            self._drop_abandoned()
+
+    def staged_part(self, key: SavesetKey, part: str) -> Path:
+        """Where a part of a saveset being staged is written."""
+        return self.saveset_dir(key).with_name(PARTIAL + key.saveset_id) / part
+
     def _drop_abandoned(self) -> None:
         """Remove writes and deletes whose process died (their lock is free); under the lock."""
         for medium in self._media_dirs():
@@ -339,7 +351,7 @@ class PathStore(Store):
         try:
             return sorted(SavesetKey(m.parent.name, m.name, s.name)
                           for m in self._media_dirs() for s in m.iterdir()
-                          if not s.name.startswith(".") and (s / "saveset.json").exists())
+                          if not s.name.startswith(".") and (s / META).exists())
         except OSError as exc:
             raise unavailable(self.name, exc, "list savesets") from exc
 

@@ -1,7 +1,8 @@
 """One suite for every data store: what the engine relies on, for each implementation.
 
-Each variant has about 8 MiB free: a path store on a real 8 MiB tmpfs, and a path store
-with an 8 MiB quota on the ordinary disk.
+Each variant has about 8 MiB free: a path store on a real 8 MiB tmpfs, a path store with an
+8 MiB quota on the ordinary disk, and a remote store reaching a path store on an 8 MiB
+tmpfs through a real data service on loopback.
 """
 
 from __future__ import annotations
@@ -10,30 +11,78 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from core.errors import SavesetMissing, StorageUnavailable
 from core.model import SavesetKey
+from core.settings import load_settings
+from orchestration.broker import free_port
 from tests.fs import tmpfs
+from tests.waiting import wait_for
+from workers.engine import path_store
+from workers.remote import Endpoint, RemoteStore
+from workers.serve import Listening, service_for
 from workers.store import PathStore, Store
 
 MIB = 1 << 20
 KEY = SavesetKey("daily", "DAILY00001", "docs-1")
+TOKEN = "contract-suite-token-0123456789"
 
 
-@pytest.fixture(params=["tmpfs", "quota"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "tmpfs":
-        with tmpfs(tmp_path / "fs", 8 * MIB) as root:
-            made = PathStore("a", root / "store")
-            made.init()
-            yield made
-    else:
+SERVICE_CONFIG = """
+rds: [{name: r1, interfaces: [{name: lo, address: 127.0.0.1, port: %d}]}]
+data_stores: [{name: a, rds: r1, path: %s}]
+data_path: {io_timeout: 1s, connect_timeout: 2s}
+"""
+
+
+@contextmanager
+def remote(root: Path) -> Iterator[tuple[Store, PathStore]]:
+    """A remote store ``a``, served from ``root`` by a data service on loopback."""
+    port = free_port()
+    (root.parent / "backstop.yaml").write_text(SERVICE_CONFIG % (port, root))
+    settings = load_settings(str(root.parent / "backstop.yaml"),
+                             {"BACKSTOP_DATA_TOKEN": TOKEN})
+    backing = path_store(settings, settings.config.data_stores[0])
+    backing.init()
+    listening = Listening(settings, "r1", service_for(settings, "r1")).start()
+    made = RemoteStore("a", Endpoint(f"http://127.0.0.1:{port}", "lo", TOKEN, 2.0, 1.0))
+    try:
+        yield made, backing
+    finally:
+        made.close()
+        listening.stop()
+
+
+@pytest.fixture(params=["tmpfs", "quota", "remote"])
+def variant(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, PathStore]]:
+    """The store under test, and the path store that holds its data."""
+    if request.param == "quota":
         made = PathStore("a", tmp_path / "store", capacity_bytes=9 * MIB, reserve_bytes=MIB)
         made.init()
-        yield made
+        yield made, made
+        return
+    with tmpfs(tmp_path / "fs", 8 * MIB) as root:
+        if request.param == "remote":
+            with remote(root / "store") as pair:
+                yield pair
+        else:
+            made = PathStore("a", root / "store")
+            made.init()
+            yield made, made
+
+
+@pytest.fixture
+def store(variant: tuple[Store, PathStore]) -> Store:
+    return variant[0]
+
+
+@pytest.fixture
+def backing(variant: tuple[Store, PathStore]) -> PathStore:
+    return variant[1]
 
 
 def write(store: Store, key: SavesetKey = KEY, size: int = 1000, reserve: int = 4096,
@@ -46,10 +95,13 @@ def write(store: Store, key: SavesetKey = KEY, size: int = 1000, reserve: int = 
     staging.commit()
 
 
-def nothing_on_disk_but_markers(store: Store) -> bool:
-    assert isinstance(store, PathStore)
-    leftovers = [p for p in (store.root / "pools").rglob("*") if p.is_file()]
-    return leftovers == []
+def nothing_on_disk_but_markers(backing: PathStore) -> bool:
+    """No file of a saveset is left; a data service drops the staging of a client that went
+    away once it has been idle for io_timeout (1 s here), so this waits that long."""
+    def clean() -> bool:
+        return [p for p in (backing.root / "pools").rglob("*") if p.is_file()] == []
+
+    return bool(wait_for(clean, "staged files to go", limit_s=10, every_s=0.1))
 
 
 def test_a_committed_saveset_is_listed_and_reads_back(store: Store) -> None:
@@ -67,26 +119,28 @@ def test_a_committed_saveset_is_listed_and_reads_back(store: Store) -> None:
         assert data.read() == b"payload"
 
 
-def test_an_aborted_staging_leaves_nothing(store: Store) -> None:
+def test_an_aborted_staging_leaves_nothing(store: Store, backing: PathStore) -> None:
     staging = store.stage(KEY, 4096)
     with staging.open("archive") as out:
         out.write(b"half")
     staging.abort()
     staging.abort()
     assert store.list() == []
-    assert nothing_on_disk_but_markers(store)
+    assert nothing_on_disk_but_markers(backing)
 
 
-def test_pre_flight_refuses_a_run_that_needs_more_than_is_free(store: Store) -> None:
+def test_pre_flight_refuses_a_run_that_needs_more_than_is_free(
+        store: Store, backing: PathStore) -> None:
     free = store.space().free_bytes
     with pytest.raises(StorageUnavailable) as caught:
         store.stage(KEY, free + 1)
     assert caught.value.reason == "out_of_space"
     assert store.list() == []
-    assert nothing_on_disk_but_markers(store)
+    assert nothing_on_disk_but_markers(backing)
 
 
-def test_writing_past_the_free_space_fails_mid_write_and_leaves_nothing(store: Store) -> None:
+def test_writing_past_the_free_space_fails_mid_write_and_leaves_nothing(
+        store: Store, backing: PathStore) -> None:
     staging = store.stage(KEY, 4096)
     with pytest.raises(StorageUnavailable) as caught, staging.open("archive") as out:
         for _ in range(20):
@@ -94,7 +148,7 @@ def test_writing_past_the_free_space_fails_mid_write_and_leaves_nothing(store: S
     staging.abort()
     assert caught.value.reason == "out_of_space"
     assert store.list() == []
-    assert nothing_on_disk_but_markers(store)
+    assert nothing_on_disk_but_markers(backing)
 
 
 def test_writing_past_the_room_of_the_medium_is_no_free_media(store: Store) -> None:
@@ -131,7 +185,8 @@ def test_a_deleted_saveset_is_gone(store: Store) -> None:
         store.read(KEY, "archive")
 
 
-def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(store: Store) -> None:
+def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(
+        store: Store, backing: PathStore) -> None:
     pid = os.fork()
     if pid == 0:  # the child stages a write and is killed in the middle of it
         staging = store.stage(KEY, 4096)
@@ -141,7 +196,7 @@ def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(store: Sto
     os.waitpid(pid, 0)
     assert store.list() == []
     store.stage(SavesetKey("daily", "DAILY00001", "docs-2"), 4096).abort()
-    assert nothing_on_disk_but_markers(store)
+    assert nothing_on_disk_but_markers(backing)
 
 
 

@@ -1,0 +1,334 @@
+"""The RDS data service (``backstop serve``): an RDS's data stores, over HTTP.
+
+Built on Tornado's HTTP server (no hand-written protocol). It takes no paths from requests,
+only names and ids that the URL patterns below validate, and resolves them to the stores
+of its RDS; it never writes outside them. Every request carries a token (:mod:`access`).
+
+A saveset is written as a staging: ``POST`` one, ``PUT`` its parts in segments (each an
+append at a stated offset), then ``commit`` or abort it. A staging nobody touched for
+``io_timeout`` (its client died, or the connection broke) is aborted, so what a lost client
+staged is dropped; a service that starts drops the stagings a killed one left behind.
+Store errors travel as JSON: ``{"error": "storage_unavailable", "reason", "message"}`` with
+503, ``saveset_missing`` with 404, ``forbidden`` with 403.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.web import Application, HTTPError, RequestHandler
+
+from core.errors import SavesetMissing, StorageUnavailable
+from core.model import SavesetKey
+from workers.access import AUTH_HEADER, Forbidden, Identity, Tokens
+from workers.store import META, PathStore, Staging
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What a name or id may be: the config's name alphabet, at most 200 characters; never
+# "." or "..", a slash, a NUL or anything outside ASCII.
+ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}"
+# Part names of a saveset (archive.tar.zst, manifest.jsonl.zst, saveset.json, ...).
+PART = r"[a-z][a-z0-9_.-]{0,63}"
+# A client sends a part in segments of at most this many bytes.
+SEGMENT_BYTES = 8 << 20
+# Bytes of a part sent per write while it is read.
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class OpenStaging:
+    staging: Staging
+    store: PathStore
+    key: SavesetKey
+    owner: Identity
+    touched: float = field(default_factory=time.monotonic)
+    sizes: dict[str, int] = field(default_factory=dict)
+    writers: dict[str, Any] = field(default_factory=dict)
+
+
+class DataService:
+    """The stores of one RDS and the stagings in progress; shared by every handler."""
+
+    def __init__(self, stores: dict[str, PathStore], tokens: Tokens, io_timeout_s: float,
+                 threads: int = 8) -> None:
+        self.stores = stores
+        self.tokens = tokens
+        self.io_timeout_s = io_timeout_s
+        self.stagings: dict[str, OpenStaging] = {}
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="data")
+        self.reaper: PeriodicCallback | None = None
+
+    def application(self) -> Application:
+        routes: list[Any] = [
+            (rf"/v1/stores/({ID})/space", SpaceHandler, {"service": self}),
+            (rf"/v1/stores/({ID})/savesets", ListHandler, {"service": self}),
+            (rf"/v1/stores/({ID})/savesets/({ID})", FindHandler, {"service": self}),
+            (rf"/v1/stores/({ID})/savesets/({ID})/({ID})/({ID})", SavesetHandler,
+             {"service": self}),
+            (rf"/v1/stores/({ID})/savesets/({ID})/({ID})/({ID})/({PART})", PartHandler,
+             {"service": self}),
+            (rf"/v1/stores/({ID})/stagings", StageHandler, {"service": self}),
+            (rf"/v1/stagings/({ID})", StagingHandler, {"service": self}),
+            (rf"/v1/stagings/({ID})/commit", CommitHandler, {"service": self}),
+            (rf"/v1/stagings/({ID})/({PART})", SegmentHandler, {"service": self}),
+        ]
+        return Application(routes, default_handler_class=NotFound,
+                           default_handler_args={"service": self})
+
+    def start(self) -> None:
+        """Drop what killed writers left in the stores; reap idle stagings from now on."""
+        for store in self.stores.values():
+            try:
+                store.drop_abandoned()
+            except StorageUnavailable as exc:
+                log.warning("data store %s: %s", store.name, exc)
+        every_ms = max(200.0, min(5.0, self.io_timeout_s / 4) * 1000)
+        self.reaper = PeriodicCallback(self.reap, every_ms)
+        self.reaper.start()
+
+    def stop(self) -> None:
+        if self.reaper is not None:
+            self.reaper.stop()
+        for sid in list(self.stagings):
+            self.drop(sid, "the data service stopped")
+        self.executor.shutdown(wait=True)
+
+    def reap(self) -> None:
+        cutoff = time.monotonic() - self.io_timeout_s
+        for sid, open_ in list(self.stagings.items()):
+            if open_.touched < cutoff:
+                self.drop(sid, f"untouched for {self.io_timeout_s:g} s (client gone?)")
+
+    def drop(self, sid: str, why: str) -> None:
+        open_ = self.stagings.pop(sid, None)
+        if open_ is not None:
+            log.warning("staging of saveset %s in store %s dropped: %s",
+                        open_.key.saveset_id, open_.store.name, why)
+            self.executor.submit(open_.staging.abort)
+
+    def store(self, name: str) -> PathStore:
+        found = self.stores.get(name)
+        if found is None:
+            raise HTTPError(404, reason="unknown data store")
+        return found
+
+    def staging(self, sid: str, who: Identity) -> OpenStaging:
+        open_ = self.stagings.get(sid)
+        if open_ is None or open_.owner != who:
+            raise HTTPError(404, reason="unknown staging")
+        open_.touched = time.monotonic()
+        return open_
+
+
+def task_of(store: PathStore, key: SavesetKey) -> str | None:
+    """The task a committed saveset belongs to, from its record."""
+    with store.read(key, META) as meta:
+        return str(json.loads(meta.read()).get("task") or "") or None
+
+
+def staged_task(open_: OpenStaging) -> str | None:
+    """The task named by the record of a staging (its META part), if it wrote one."""
+    path = open_.store.staged_part(open_.key, META)
+    try:
+        return str(json.loads(path.read_bytes()).get("task") or "") or None
+    except (OSError, ValueError):
+        return None
+
+
+class Handler(RequestHandler):
+    """Authenticates every request; maps store errors to JSON answers."""
+
+    service: DataService
+    who: Identity
+
+    def initialize(self, service: DataService) -> None:
+        self.service = service
+
+    def prepare(self) -> None:
+        who = self.service.tokens.identify(self.request.headers.get(AUTH_HEADER))
+        if who is None:
+            # logged without the token: only where it came from
+            log.warning("data service: token refused for %s %s from %s", self.request.method,
+                        self.request.path, self.request.remote_ip)
+            self.answer(401, {"error": "unauthorized", "message": "token refused"})
+            return
+        self.who = who
+
+    def answer(self, status: int, body: dict[str, Any] | list[Any] | None = None) -> None:
+        self.set_status(status)
+        if body is not None:
+            self.set_header("Content-Type", "application/json")
+            self.write(json.dumps(body))
+        self.finish()
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store operation off the event loop; its errors become answers."""
+        return await IOLoop.current().run_in_executor(self.service.executor, fn, *args)
+
+    async def guarded(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except StorageUnavailable as exc:
+            self.answer(503, {"error": "storage_unavailable", "reason": exc.reason.value,
+                              "message": exc.message})
+        except SavesetMissing as exc:
+            self.answer(404, {"error": "saveset_missing", "message": str(exc)})
+        except Forbidden as exc:
+            self.answer(403, {"error": "forbidden", "message": str(exc)})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": "http", "message": self._reason}))
+
+
+class NotFound(Handler):
+    def prepare(self) -> None:
+        super().prepare()
+        if not self._finished:
+            self.answer(404, {"error": "not_found", "message": "no such resource"})
+
+
+class SpaceHandler(Handler):
+    async def get(self, store: str) -> None:
+        async def work() -> None:
+            space = await self.blocking(self.service.store(store).space)
+            self.answer(200, {"used_bytes": space.used_bytes, "free_bytes": space.free_bytes})
+        await self.guarded(work)
+
+
+class ListHandler(Handler):
+    async def get(self, store: str) -> None:
+        async def work() -> None:
+            found = self.service.store(store)
+            keys = await self.blocking(found.list)
+            if not self.who.fleet:
+                keys = [k for k in keys if self.who.may_touch(await self.blocking(task_of,
+                                                                                  found, k))]
+            self.answer(200, [key_json(k) for k in keys])
+        await self.guarded(work)
+
+
+class FindHandler(Handler):
+    async def get(self, store: str, saveset_id: str) -> None:
+        async def work() -> None:
+            found = self.service.store(store)
+            key = await self.blocking(found.find, saveset_id)
+            if key is None:
+                raise SavesetMissing(store, saveset_id)
+            self.who.check_task(await self.blocking(task_of, found, key), saveset_id)
+            self.answer(200, key_json(key))
+        await self.guarded(work)
+
+
+class SavesetHandler(Handler):
+    async def delete(self, store: str, pool: str, medium: str, saveset_id: str) -> None:
+        async def work() -> None:
+            self.who.check_delete()
+            await self.blocking(self.service.store(store).delete,
+                                SavesetKey(pool, medium, saveset_id))
+            self.answer(204)
+        await self.guarded(work)
+
+
+class PartHandler(Handler):
+    async def get(self, store: str, pool: str, medium: str, saveset_id: str,
+                  part: str) -> None:
+        async def work() -> None:
+            found, key = self.service.store(store), SavesetKey(pool, medium, saveset_id)
+            self.who.check_task(await self.blocking(task_of, found, key), saveset_id)
+            data = await self.blocking(found.read, key, part)
+            try:
+                self.set_header("Content-Type", "application/octet-stream")
+                self.set_header("Content-Length", str(await self.blocking(size_of, data)))
+                while chunk := await self.blocking(data.read, READ_CHUNK):
+                    self.write(chunk)
+                    await self.flush()
+            finally:
+                data.close()
+            self.finish()
+        await self.guarded(work)
+
+
+class StageHandler(Handler):
+    async def post(self, store: str) -> None:
+        async def work() -> None:
+            found = self.service.store(store)
+            request = json.loads(self.request.body or b"{}")
+            key = SavesetKey(valid_id(request.get("pool")), valid_id(request.get("medium")),
+                             valid_id(request.get("saveset_id")))
+            reserve = int(request.get("reserve_bytes") or 0)
+            room = request.get("room_bytes")
+            staging = await self.blocking(found.stage, key, reserve,
+                                          None if room is None else int(room))
+            sid = secrets.token_hex(16)
+            self.service.stagings[sid] = OpenStaging(staging, found, key, self.who)
+            self.answer(201, {"staging": sid})
+        await self.guarded(work)
+
+
+class SegmentHandler(Handler):
+    async def put(self, sid: str, part: str) -> None:
+        async def work() -> None:
+            open_ = self.service.staging(sid, self.who)
+            offset = int(self.get_query_argument("offset", "0"))
+            if offset != open_.sizes.get(part, 0):
+                self.answer(409, {"error": "offset", "message": f"part {part} holds "
+                                  f"{open_.sizes.get(part, 0)} bytes, not {offset}"})
+                return
+            writer = open_.writers.get(part)
+            if writer is None:
+                writer = open_.writers[part] = open_.staging.open(part)
+            await self.blocking(writer.write, self.request.body)
+            open_.sizes[part] = offset + len(self.request.body)
+            open_.touched = time.monotonic()
+            self.answer(200, {"size": open_.sizes[part]})
+        await self.guarded(work)
+
+
+class CommitHandler(Handler):
+    async def post(self, sid: str) -> None:
+        async def work() -> None:
+            open_ = self.service.staging(sid, self.who)
+            if not self.who.fleet:
+                self.who.check_task(await self.blocking(staged_task, open_),
+                                    open_.key.saveset_id)
+            self.service.stagings.pop(sid, None)
+            await self.blocking(open_.staging.commit)
+            self.answer(204)
+        await self.guarded(work)
+
+
+class StagingHandler(Handler):
+    async def delete(self, sid: str) -> None:
+        async def work() -> None:
+            self.service.staging(sid, self.who)
+            self.service.drop(sid, "aborted by its client")
+            self.answer(204)
+        await self.guarded(work)
+
+
+def key_json(key: SavesetKey) -> dict[str, str]:
+    return {"pool": key.pool, "medium": key.medium, "saveset_id": key.saveset_id}
+
+
+def valid_id(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(ID, value):
+        raise HTTPError(400, reason="bad name or id")
+    return value
+
+
+def size_of(data: Any) -> int:
+    return os.fstat(data.fileno()).st_size

@@ -1,0 +1,276 @@
+"""A data store on another host, reached through its RDS's data service (httpx).
+
+:class:`RemoteStore` is the same store interface as the local one and passes the same
+contract suite. Failures map as SPEC section 9 says: refused, a connect timeout, a failed
+TLS handshake, a connection broken or stalled past ``io_timeout`` → ``rds_unreachable``;
+the RDS's own reasons pass through; a refused token → ``store_offline`` saying so.
+Parts are sent in segments of at most ``SEGMENT_BYTES``, one on the wire while the next
+fills, so memory stays flat whatever the saveset's size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import ssl
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from core.errors import Reason, SavesetMissing, StorageUnavailable
+from core.model import SavesetKey, Space
+from workers.access import AUTH_HEADER, BEARER
+from workers.dataservice import SEGMENT_BYTES
+from workers.store import Staging, Store
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One interface of an RDS's data service, as a client reaches it."""
+
+    url: str                   # http(s)://address:port
+    interface: str             # its name, for messages and run records
+    token: str
+    connect_timeout_s: float
+    io_timeout_s: float
+    ca: Path | None = None     # with TLS: verify the service against this CA
+
+    def client(self) -> httpx.Client:
+        verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(self.ca))
+                                         if self.ca else True)
+        timeout = httpx.Timeout(self.io_timeout_s, connect=self.connect_timeout_s)
+        return httpx.Client(base_url=self.url, verify=verify, timeout=timeout,
+                            headers={AUTH_HEADER: BEARER + self.token})
+
+
+class RemoteStore(Store):
+    def __init__(self, name: str, endpoint: Endpoint) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self._http: httpx.Client | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    @property
+    def http(self) -> httpx.Client:
+        """The connection pool of this process (shared by its threads): a forked child never
+        writes on its parent's connections, it opens its own."""
+        if self._pid != os.getpid():  # a forked child, with one thread: start afresh
+            self._http, self._pid, self._lock = None, os.getpid(), threading.Lock()
+        with self._lock:
+            if self._http is None:
+                self._http = self.endpoint.client()
+            return self._http
+
+    def close(self) -> None:
+        if self._http is not None and self._pid == os.getpid():
+            self._http.close()
+        self._http = None
+
+    @contextmanager
+    def calling(self, doing: str) -> Iterator[None]:
+        """Network failures of one call become StorageUnavailable(rds_unreachable)."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            where = f"interface {self.endpoint.interface} ({self.endpoint.url})"
+            raise StorageUnavailable(Reason.RDS_UNREACHABLE, f"data store {self.name}: "
+                                     f"{doing}: {where}: {describe(exc)}") from exc
+
+    def request(self, method: str, path: str, doing: str, **options: Any) -> httpx.Response:
+        with self.calling(doing):
+            response = self.http.request(method, f"/v1{path}", **options)
+        self.check(response, doing)
+        return response
+
+    def check(self, response: httpx.Response, doing: str) -> None:
+        """Raise what an error answer of the data service means."""
+        if response.status_code < 400:
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        message = str(body.get("message") or response.reason_phrase)
+        prefix = f"data store {self.name}: {doing}"
+        if response.status_code == 401:
+            raise StorageUnavailable(Reason.STORE_OFFLINE, f"{prefix}: the data service on "
+                                     f"interface {self.endpoint.interface} refused the token")
+        if body.get("error") == "storage_unavailable":
+            raise StorageUnavailable(Reason(body["reason"]), str(body["message"]))
+        if body.get("error") == "saveset_missing":
+            raise SavesetMissing(self.name, message)
+        raise StorageUnavailable(Reason.STORE_OFFLINE, f"{prefix}: {message} "
+                                 f"(HTTP {response.status_code})")
+
+    def space(self) -> Space:
+        found = self.request("GET", f"/stores/{self.name}/space", "space").json()
+        return Space(int(found["used_bytes"]), int(found["free_bytes"]))
+
+    def stage(self, key: SavesetKey, reserve_bytes: int, room_bytes: int | None = None
+              ) -> Staging:
+        body = {"pool": key.pool, "medium": key.medium, "saveset_id": key.saveset_id,
+                "reserve_bytes": reserve_bytes, "room_bytes": room_bytes}
+        found = self.request("POST", f"/stores/{self.name}/stagings", "stage a saveset",
+                             json=body).json()
+        return RemoteStaging(self, str(found["staging"]))
+
+    def list(self) -> list[SavesetKey]:
+        found = self.request("GET", f"/stores/{self.name}/savesets", "list savesets").json()
+        return sorted(key_of(k) for k in found)
+
+    def find(self, saveset_id: str) -> SavesetKey | None:
+        try:
+            found = self.request("GET", f"/stores/{self.name}/savesets/{saveset_id}",
+                                 "find a saveset").json()
+        except SavesetMissing:
+            return None
+        return key_of(found)
+
+    def read(self, key: SavesetKey, part: str) -> BinaryIO:
+        path = f"/v1/stores/{self.name}/savesets/{key.pool}/{key.medium}/{key.saveset_id}/{part}"
+        with self.calling(f"read {key.saveset_id}"):
+            response = self.http.send(self.http.build_request("GET", path), stream=True)
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            self.check(response, f"read {key.saveset_id}")
+        return io.BufferedReader(ResponseStream(self, response, key.saveset_id),
+                                 READ_CHUNK)
+
+    def delete(self, key: SavesetKey) -> None:
+        self.request("DELETE", f"/stores/{self.name}/savesets/{key.pool}/{key.medium}/"
+                               f"{key.saveset_id}", f"delete {key.saveset_id}")
+
+
+class ResponseStream(io.RawIOBase):
+    """The body of a streamed answer, as a file to read (network errors mapped)."""
+
+    def __init__(self, store: RemoteStore, response: httpx.Response, saveset_id: str) -> None:
+        self.store, self.response, self.saveset_id = store, response, saveset_id
+        self.chunks = response.iter_raw(READ_CHUNK)
+        self.left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.left:
+            with self.store.calling(f"read {self.saveset_id}"):
+                self.left = next(self.chunks, b"")
+        size = min(len(buffer), len(self.left))
+        buffer[:size] = self.left[:size]
+        self.left = self.left[size:]
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            self.response.close()
+        super().close()
+
+
+class RemoteStaging(Staging):
+    def __init__(self, store: RemoteStore, sid: str) -> None:
+        self.store, self.sid = store, sid
+        self.writers: list[SegmentWriter] = []
+        self.sender = ThreadPoolExecutor(1, thread_name_prefix=f"send-{sid[:6]}")
+        self.done = False
+
+    def open(self, part: str) -> BinaryIO:
+        writer = SegmentWriter(self, part)
+        self.writers.append(writer)
+        return writer  # type: ignore[return-value]
+
+    def send(self, part: str, offset: int, data: bytes) -> None:
+        self.store.request("PUT", f"/stagings/{self.sid}/{part}", f"write {part}",
+                           params={"offset": offset}, content=data)
+
+    def commit(self) -> None:
+        try:
+            for writer in self.writers:
+                writer.close()
+            self.store.request("POST", f"/stagings/{self.sid}/commit", "commit")
+            self.done = True
+        finally:
+            self.sender.shutdown(wait=True)
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.sender.shutdown(wait=True, cancel_futures=True)
+        # unreachable or gone: the service drops an untouched staging by itself
+        with suppress(StorageUnavailable, SavesetMissing):
+            self.store.request("DELETE", f"/stagings/{self.sid}", "abort")
+
+
+class SegmentWriter:
+    """A part being written: bytes gather into a segment; a full one goes out while the
+    next fills; an error of the service comes back on the next write or on close."""
+
+    def __init__(self, staging: RemoteStaging, part: str) -> None:
+        self.staging, self.part = staging, part
+        self.buffer = bytearray()
+        self.offset = 0
+        self.pending: Future[None] | None = None
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.buffer += data
+        if len(self.buffer) >= SEGMENT_BYTES:
+            self._ship()
+        return len(data)
+
+    def _ship(self) -> None:
+        self._wait()
+        segment, self.buffer = bytes(self.buffer), bytearray()
+        self.pending = self.staging.sender.submit(self.staging.send, self.part, self.offset,
+                                                  segment)
+        self.offset += len(segment)
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def flush(self) -> None:
+        """Segments go out when full or on close."""
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.buffer or self.offset == 0:
+            self._ship()
+        self._wait()
+
+    def __enter__(self) -> SegmentWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.closed = True
+
+
+def key_of(found: dict[str, str]) -> SavesetKey:
+    return SavesetKey(found["pool"], found["medium"], found["saveset_id"])
+
+
+def describe(exc: httpx.TransportError) -> str:
+    kinds = {httpx.ConnectTimeout: "no answer within connect_timeout",
+             httpx.ConnectError: "cannot connect", httpx.ReadTimeout: "stalled past io_timeout",
+             httpx.WriteTimeout: "stalled past io_timeout",
+             httpx.RemoteProtocolError: "connection broken"}
+    what = next((text for kind, text in kinds.items() if isinstance(exc, kind)),
+                "connection failed")
+    return f"{what} ({exc})" if str(exc) else what
