@@ -52,8 +52,17 @@ BEAT_LOCK_TTL_S = 30.0
 BEAT_STANDBY_POLL_S = 5.0
 
 
+# Prefix of the per-client queues; a worker started with --client NAME consumes
+# CLIENT_QUEUE_PREFIX+NAME: the backups (and restores) of that client's tasks.
+CLIENT_QUEUE_PREFIX = "backstop.client."
+
+
 def rds_queue(rds_name: str) -> str:
     return f"{RDS_QUEUE_PREFIX}{rds_name}"
+
+
+def client_queue(client_name: str) -> str:
+    return f"{CLIENT_QUEUE_PREFIX}{client_name}"
 
 # The saveset catalog (the stores are the source of truth; `backstop catalog rebuild`
 # recreates these keys from them).
@@ -104,6 +113,9 @@ RUN_LEASE_RENEW_S = 3.0
 # long: its message may have died with a worker that had received it. A second message for
 # a run does nothing once the run has been claimed.
 RESEND_QUEUED_AFTER_S = 120.0
+# A run of a client's task whose client no worker has served for this long (none took over
+# from a worker that died) ends failed with client_unreachable (SPEC section 9).
+CLIENT_LOST_AFTER_S = 60.0
 # A control message (dispatch, failover, command, ...) unacknowledged for this long was
 # taken by a worker that died: the watchdog puts it back on its queue.
 CONTROL_REDELIVER_AFTER_S = 60.0

@@ -132,9 +132,10 @@ class RunSpec:
     data_store: str
     rds: str
     drive: str | None
-    interface: str | None
+    interface: str | None  # the interface a client's data goes through; None without client
     follow_ups: tuple[FollowUp, ...]
     migration_task: str | None
+    client: str | None = None  # the client that reads the task's source, if any
     # The run this one fails over for, and whether it only moved to the pool's failover pool.
     failover_of: str | None = None
     pool_redirect: bool = False
@@ -209,7 +210,7 @@ class Run(Record):
             origin_event=spec.origin_event, trigger=spec.trigger, failover_of=spec.failover_of,
             task=spec.task, level=spec.level, enforce_full=spec.enforce_full,
             full_interval_s=interval, media_pool=spec.media_pool, data_store=spec.data_store,
-            rds=spec.rds, drive=spec.drive, interface=spec.interface,
+            rds=spec.rds, drive=spec.drive, interface=spec.interface, client=spec.client,
             pool_redirect=spec.pool_redirect, follow_ups=spec.follow_ups,
             migration_task=spec.migration_task, queued_at=utc_now())
 
@@ -237,7 +238,8 @@ class Run(Record):
             full_interval=interval, media_pool=self.media_pool, data_store=self.data_store,
             rds=self.rds, drive=self.drive, interface=self.interface,
             follow_ups=self.follow_ups, migration_task=self.migration_task,
-            failover_of=self.failover_of, pool_redirect=self.pool_redirect)
+            client=self.client, failover_of=self.failover_of,
+            pool_redirect=self.pool_redirect)
 
     @property
     def readable(self) -> str:

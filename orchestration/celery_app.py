@@ -22,7 +22,7 @@ from celery import Celery
 from kombu import Queue
 
 from core.config import Config
-from core.constants import CONTROL_QUEUE, rds_queue
+from core.constants import CONTROL_QUEUE, client_queue, rds_queue
 from core.settings import Settings
 
 # Control-plane tasks are short: dispatch, bookkeeping, follow-ups.
@@ -82,7 +82,8 @@ def celery_config(config: Config, broker_url: str) -> dict[str, Any]:
         "timezone": config.timezone,
         "enable_utc": True,
         "task_default_queue": CONTROL_QUEUE,
-        "task_queues": [Queue(CONTROL_QUEUE), *(Queue(rds_queue(r.name)) for r in config.rds)],
+        "task_queues": [Queue(CONTROL_QUEUE), *(Queue(rds_queue(r.name)) for r in config.rds),
+                        *(Queue(client_queue(c.name)) for c in config.clients)],
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": True,
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -12,25 +11,34 @@ import click
 from rich.logging import RichHandler
 
 from core.config_refs import did_you_mean
-from core.constants import CONTROL_QUEUE, rds_queue
+from core.constants import CONTROL_QUEUE, client_queue, rds_queue
 from core.settings import Settings
 from orchestration.app import create_app
 from orchestration.beat import LeaderScheduler
 from orchestration.broker import broker_url
 from orchestration.cli_common import EXIT_USAGE, config_option, settings_from
 from orchestration.supervisor import Supervisor
-from workers.engine import create_missing_stores
+from workers.engine import create_missing_stores, drop_abandoned
+from workers.serve import is_loopback, serve_forever
 
 DEFAULT_FLOWER_PORT = 5555
 
 
-def check_rds_names(settings: Settings, names: tuple[str, ...]) -> list[str]:
-    known = [r.name for r in settings.config.rds]
+def check_names(names: tuple[str, ...], known: list[str], what: str, hint: str) -> list[str]:
+    """``names`` if each is ``known``, or every known one when none is given."""
     for name in names:
         if name not in known:
-            raise click.BadParameter(f"unknown RDS {name!r}{did_you_mean(name, known)}",
-                                     param_hint="--rds")
+            raise click.BadParameter(f"unknown {what} {name!r}{did_you_mean(name, known)}",
+                                     param_hint=hint)
     return list(names) or known
+
+
+def check_rds_names(settings: Settings, names: tuple[str, ...]) -> list[str]:
+    return check_names(names, [r.name for r in settings.config.rds], "RDS", "--rds")
+
+
+def check_client_names(settings: Settings, names: tuple[str, ...]) -> list[str]:
+    return check_names(names, [c.name for c in settings.config.clients], "client", "--client")
 
 
 def port_is_free(port: int) -> bool:
@@ -47,15 +55,19 @@ def port_is_free(port: int) -> bool:
 @config_option
 @click.option("--rds", "rds", multiple=True, metavar="NAME",
               help="Serve this RDS (repeatable; default: every RDS of the config).")
+@click.option("--client", "clients", multiple=True, metavar="NAME",
+              help="Run a worker for this client (repeatable; default: every client).")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--flower-port", type=click.IntRange(1, 65535), default=DEFAULT_FLOWER_PORT,
               show_default=True)
 @click.pass_context
-def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], no_flower: bool,
-       flower_port: int) -> None:
-    """All in one: embedded broker, control worker, RDS workers, beat, Flower; Ctrl-C stops all."""
+def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
+       clients: tuple[str, ...], no_flower: bool, flower_port: int) -> None:
+    """All in one: embedded broker, control worker, RDS workers and data services, client
+    workers, beat, Flower; Ctrl-C stops all."""
     settings = settings_from(ctx, config_file)
     served = check_rds_names(settings, rds)
+    for_clients = check_client_names(settings, clients)
     if not no_flower and not port_is_free(flower_port):
         raise click.BadParameter(f"port {flower_port} on 127.0.0.1 is in use; choose another "
                                  "or use --no-flower", param_hint="--flower-port")
@@ -63,37 +75,65 @@ def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], no_flo
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"
                                            if not sys.stderr.isatty() else "%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    ctx.exit(Supervisor(settings, served, None if no_flower else flower_port).run())
+    ctx.exit(Supervisor(settings, served, for_clients,
+                        None if no_flower else flower_port).run())
 
 
 @click.command()
 @config_option
 @click.option("--rds", "rds", multiple=True, metavar="NAME", help="Serve this RDS (repeatable).")
+@click.option("--client", "clients", multiple=True, metavar="NAME",
+              help="Back up this client's tasks, read on this host (repeatable).")
 @click.option("--control", is_flag=True, help="Run the control plane (dispatch, failover, ...).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Backups (or control tasks) run at once; default: number of CPUs.")
 @click.option("--name", default=None, help="Node name; default <role>.<pid>@<host>.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
-def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...], control: bool,
-           concurrency: int | None, name: str | None, loglevel: str) -> None:
-    """One worker of a fleet: serves the given RDS and/or the control plane."""
+def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
+           clients: tuple[str, ...], control: bool, concurrency: int | None, name: str | None,
+           loglevel: str) -> None:
+    """One worker of a fleet: serves the given RDS, clients and/or the control plane."""
     settings = settings_from(ctx, config_file)
-    if not rds and not control:
-        raise click.UsageError("say what this worker serves: --rds NAME (repeatable) "
-                               "and/or --control")
+    if not rds and not clients and not control:
+        raise click.UsageError("say what this worker serves: --rds NAME, --client NAME "
+                               "(repeatable) and/or --control")
     if rds:
         check_rds_names(settings, rds)
         for store in create_missing_stores(settings, list(rds)):
             click.echo(f"created data store {store.name} at {store.root}", err=True)
+        drop_abandoned(settings, list(rds))
+    if clients:
+        check_client_names(settings, clients)
     app = create_app(settings, _broker(settings))
     queues = ([CONTROL_QUEUE] if control else []) + [rds_queue(r) for r in rds]
-    role = "+".join((["control"] if control else []) + [f"rds-{r}" for r in rds])
+    queues += [client_queue(c) for c in clients]
+    role = "+".join((["control"] if control else []) + [f"rds-{r}" for r in rds]
+                    + [f"client-{c}" for c in clients])
     argv = ["worker", "-Q", ",".join(queues), "-n", name or f"{role}.{os.getpid()}@%h",
             "-l", loglevel, "--without-gossip"]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     app.worker_main(argv)
+
+
+@click.command()
+@config_option
+@click.option("--rds", "rds", required=True, metavar="NAME",
+              help="The RDS whose data stores to serve, on each of its interfaces.")
+@click.pass_context
+def serve(ctx: click.Context, config_file: str | None, rds: str) -> None:
+    """The data service of an RDS: its stores, for clients, over HTTP(S) (SPEC section 9)."""
+    settings = settings_from(ctx, config_file)
+    check_rds_names(settings, (rds,))
+    if not settings.config.rds_named(rds).interfaces:
+        raise click.BadParameter(f"RDS {rds} has no interfaces to listen on", param_hint="--rds")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        serve_forever(settings, rds)
+    except OSError as exc:
+        click.echo(f"backstop: cannot listen for RDS {rds}: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
 
 
 @click.command()
@@ -129,18 +169,9 @@ def flower(ctx: click.Context, config_file: str | None, port: int, address: str)
     app.start(["flower", f"--address={address}", f"--port={port}"])
 
 
-def is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 def _broker(settings: Settings) -> str:
 
     return broker_url(settings)
 
 
-COMMANDS = [up, worker, beat, flower]
+COMMANDS = [up, worker, serve, beat, flower]

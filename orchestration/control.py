@@ -12,17 +12,20 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from core.config import BackupEvent, Config, FollowUpWhen, Level
 from core.constants import (
+    CLIENT_LOST_AFTER_S,
     CONTROL_QUEUE,
+    HEARTBEAT_TTL_S,
     RESEND_QUEUED_AFTER_S,
     TASK_BACKUP,
     TASK_COMMAND,
     TASK_FAILOVER,
     TASK_MIGRATE,
     TASK_VERIFY,
+    client_queue,
     rds_queue,
 )
 from core.errors import Reason
@@ -67,6 +70,8 @@ class Control:
     rds_live: Callable[[str], bool]
     # finds a saveset a run wrote before its worker died (None: do not look)
     catalog: RedisCatalog | None = None
+    # seconds since a worker serving the client last beat (None: none for a day)
+    client_seen: Callable[[str], float | None] = lambda _: None
 
     # occurrences and dispatch
 
@@ -114,25 +119,34 @@ class Control:
             rds = self.saveset_rds(run.parent)
             self.send(TASK_VERIFY, [run.run_id], rds_queue(rds) if rds else CONTROL_QUEUE,
                       run.readable)
+        elif run.client is not None:
+            if self.client_live(run.client):
+                self.send(TASK_BACKUP, [run.run_id], client_queue(run.client), run.readable)
+            else:
+                self.end_lost(run, RunEnd.failed(ErrorKind.CLIENT_UNREACHABLE,
+                                                 f"no live worker serves client {run.client}"))
         elif run.rds is None or not self.rds_live(run.rds):
-            self.end_unreachable(run, f"no live worker serves RDS {run.rds}")
+            self.end_lost(run, RunEnd.unavailable(Reason.RDS_UNREACHABLE,
+                                                  f"no live worker serves RDS {run.rds}"))
         else:
             self.send(TASK_BACKUP, [run.run_id], rds_queue(run.rds), run.readable)
 
-    def end_unreachable(self, run: Run, message: str) -> None:
-        """End a run whose RDS nobody serves; one whose saveset is in the catalog already
-        succeeded (its worker died after writing it, before saying so)."""
+    def end_lost(self, run: Run, end: RunEnd) -> None:
+        """End a run that no live worker can do (its RDS or client is gone); one whose
+        saveset is in the catalog already succeeded (its worker died after writing it,
+        before saying so)."""
         made = (self.catalog.get(saveset_id_for(run.task or "", run.run_id))
                 if self.catalog is not None else None)
         if made is not None:
             log.warning("run %s: its worker is gone, but its saveset %s was written and "
                         "cataloged: the run succeeded", run.run_id, made.id)
-            if self.ledger.finish(run.run_id, RunEnd.succeeded(made)) == "done":
-                self.run_ended(run.run_id)
+            end = RunEnd.succeeded(made)
+        if self.ledger.finish(run.run_id, end) != "done":
             return
-        end = RunEnd.unavailable(Reason.RDS_UNREACHABLE, message)
-        if self.ledger.finish(run.run_id, end) == "done":
+        if end.state is RunState.STORAGE_UNAVAILABLE:
             self.send(TASK_FAILOVER, [run.run_id], CONTROL_QUEUE, f"run={run.run_id}")
+        else:
+            self.run_ended(run.run_id)
 
     # failover
 
@@ -235,29 +249,51 @@ class Control:
         return acted
 
     def _watch_runs(self) -> int:
-        acted = 0
         stale = utc_now() - timedelta(seconds=RESEND_QUEUED_AFTER_S)
-        for run in self.ledger.unfinished():
-            queued = run.state is RunState.QUEUED
-            lease_gone = not queued and self.ledger.lease_holder(run.run_id) is None
-            # a queued run nobody took for long: its message may have died with a worker
-            forgotten = queued and (run.sent_at or run.queued_at) < stale
-            # a verify or command run has no RDS of its own to lose
-            served = run.rds is None or self.rds_live(run.rds)
-            if queued and not served:
-                self.end_unreachable(run, f"RDS {run.rds} stopped being served while the "
-                                          "run was queued")
-            elif lease_gone and run.cancel_requested:
-                self.cancel(run.run_id)
-            elif lease_gone and not served:
-                self.end_unreachable(run, f"RDS {run.rds} stopped being served while the "
-                                          "run was running")
-            elif lease_gone or forgotten:
-                self._send_again(run)
-            else:
-                continue
-            acted += 1
-        return acted
+        return sum(self._watch(run, stale) for run in self.ledger.unfinished())
+
+    def _watch(self, run: Run, stale: datetime) -> bool:
+        """Act on one unfinished run if it needs it; True when it did."""
+        queued = run.state is RunState.QUEUED
+        lease_gone = not queued and self.ledger.lease_holder(run.run_id) is None
+        # a queued run nobody took for long: its message may have died with a worker
+        forgotten = queued and (run.sent_at or run.queued_at) < stale
+        lost = self._lost(run) if queued or lease_gone else None
+        if lease_gone and run.cancel_requested:
+            self.cancel(run.run_id)
+        elif lost is not None:
+            self.end_lost(run, lost)
+        elif (lease_gone or forgotten) and self._served(run):
+            self._send_again(run)
+        else:
+            return False
+        return True
+
+    def _lost(self, run: Run) -> RunEnd | None:
+        """How a run ends whose workers are gone: its RDS served by none → rds_unreachable;
+        its client served by none for CLIENT_LOST_AFTER_S → client_unreachable."""
+        doing = "queued" if run.state is RunState.QUEUED else "running"
+        if run.client is not None:
+            seen = self.client_seen(run.client)
+            if seen is None or seen > CLIENT_LOST_AFTER_S:
+                return RunEnd.failed(ErrorKind.CLIENT_UNREACHABLE, f"no worker has served "
+                                     f"client {run.client} for {CLIENT_LOST_AFTER_S:.0f} s "
+                                     f"while the run was {doing}")
+            return None
+        if run.rds is not None and not self.rds_live(run.rds):
+            return RunEnd.unavailable(Reason.RDS_UNREACHABLE, f"RDS {run.rds} stopped being "
+                                      f"served while the run was {doing}")
+        return None
+
+    def _served(self, run: Run) -> bool:
+        """Some live worker can take the run (a verify or command run: the control plane)."""
+        if run.client is not None:
+            return self.client_live(run.client)
+        return run.rds is None or self.rds_live(run.rds)
+
+    def client_live(self, client: str) -> bool:
+        seen = self.client_seen(client)
+        return seen is not None and seen <= HEARTBEAT_TTL_S
 
     def _send_again(self, run: Run) -> None:
         log.warning("run %s (%s): sending it again: %s", run.run_id, run.event,

@@ -38,18 +38,31 @@ def backup_event(config: Config, name: str) -> BackupEvent:
     return event
 
 
+def data_interface(config: Config, client: str | None, rds: str,
+                   named: str | None) -> str | None:
+    """The interface a client's data goes through: the event's, else the RDS's first; none
+    for a task read on the RDS itself (SPEC section 9)."""
+    if client is None:
+        return None
+    found = config.interface_for(rds, named)
+    return found.name if found else None
+
+
 def resolve(config: Config, event_name: str, trigger: Trigger, level: Level | None = None,
             enforce_full: bool | None = None) -> RunSpec:
     """The run of an occurrence of a backup event; ``level``/``enforce_full`` override."""
     event = backup_event(config, event_name)
     store, rds = storage_of(config, event.media_pool)
+    client = config.task_named(event.task).client
     return RunSpec(
         event=event.name, origin_event=event.name, trigger=trigger, task=event.task,
         level=level or event.level,
         enforce_full=event.enforce_full if enforce_full is None else enforce_full,
         full_interval=event.full_interval, media_pool=event.media_pool, data_store=store,
-        rds=rds, drive=event.drive, interface=event.interface,
-        follow_ups=tuple(event.follow_ups), migration_task=event.migration_task)
+        rds=rds, drive=event.drive,
+        interface=data_interface(config, client, rds, event.interface),
+        follow_ups=tuple(event.follow_ups), migration_task=event.migration_task,
+        client=client)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,8 @@ def failover_spec(config: Config, original: RunSpec, run_id: str) -> FailoverDec
         store, rds = storage_of(config, target.media_pool)
         spec = replace(original, event=target.name, trigger=Trigger.FAILOVER,
                        media_pool=target.media_pool, data_store=store, rds=rds,
-                       drive=target.drive, interface=target.interface,
+                       drive=target.drive,
+                       interface=data_interface(config, original.client, rds, target.interface),
                        follow_ups=tuple(target.follow_ups),
                        migration_task=target.migration_task, failover_of=run_id)
         return FailoverDecision(spec, f"failover event {target.name}")
@@ -84,7 +98,8 @@ def failover_spec(config: Config, original: RunSpec, run_id: str) -> FailoverDec
         drive = next((d.name for d in config.drives if d.data_store == store), None)
         spec = replace(original, trigger=Trigger.FAILOVER, media_pool=pool.failover_pool,
                        data_store=store, rds=rds, drive=drive,
-                       interface=None if rds != original.rds else original.interface,
+                       interface=original.interface if rds == original.rds else
+                       data_interface(config, original.client, rds, None),
                        failover_of=run_id, pool_redirect=True)
         return FailoverDecision(spec, f"failover pool {pool.failover_pool}")
     return FailoverDecision(None, f"event {event.name} has no failover event and pool "

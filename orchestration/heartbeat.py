@@ -1,10 +1,10 @@
 """Worker heartbeats in Redis: who is alive, which RDS it serves, whether it runs control.
 
-Each worker writes ``{name, rds, control, pid, host, at}`` into one hash every
+Each worker writes ``{name, rds, clients, control, pid, host, at}`` into one hash every
 ``HEARTBEAT_INTERVAL_S`` seconds, stamped with the Redis server's clock (so hosts with
 skewed clocks agree), and removes its entry on a clean shutdown. A worker whose stamp is
 older than ``HEARTBEAT_TTL_S`` is gone: killed, hung, or cut off from the broker. Liveness
-of an RDS is "some live worker serves it".
+of an RDS (or client) is "some live worker serves it".
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from celery import bootsteps
 
 from core.constants import (
+    CLIENT_QUEUE_PREFIX,
     CONTROL_QUEUE,
     HEARTBEAT_FORGET_S,
     HEARTBEAT_INTERVAL_S,
@@ -39,6 +40,7 @@ class WorkerBeat:
     pid: int
     host: str
     at: float
+    clients: list[str] = field(default_factory=list)
 
     def age_s(self, now: float) -> float:
         return now - self.at
@@ -49,16 +51,15 @@ def server_time(client: redis.Redis) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-def roles_of(queues: list[str]) -> tuple[list[str], bool]:
-    """The RDS names and control role a worker has, from the queues it consumes."""
-    rds = sorted(q.removeprefix(RDS_QUEUE_PREFIX) for q in queues if q.startswith(RDS_QUEUE_PREFIX))
-    return rds, CONTROL_QUEUE in queues
+def served(queues: list[str], prefix: str) -> list[str]:
+    """The names a worker serves by consuming ``prefix + name`` queues."""
+    return sorted(q.removeprefix(prefix) for q in queues if q.startswith(prefix))
 
 
 def write_heartbeat(client: redis.Redis, name: str, queues: list[str]) -> None:
-    rds, control = roles_of(queues)
-    beat = {"name": name, "rds": rds, "control": control, "pid": os.getpid(),
-            "host": socket.gethostname(), "at": server_time(client)}
+    beat = {"name": name, "rds": served(queues, RDS_QUEUE_PREFIX),
+            "clients": served(queues, CLIENT_QUEUE_PREFIX), "control": CONTROL_QUEUE in queues,
+            "pid": os.getpid(), "host": socket.gethostname(), "at": server_time(client)}
     client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
 
 
@@ -89,6 +90,13 @@ def live_workers(client: redis.Redis) -> list[WorkerBeat]:
 def served_rds(client: redis.Redis) -> set[str]:
     """The RDS that some live worker serves."""
     return {name for worker in live_workers(client) for name in worker.rds}
+
+
+def client_last_seen_s(client: redis.Redis, name: str) -> float | None:
+    """Seconds since a worker serving client ``name`` last beat (None: never, or a day ago)."""
+    beats, now = read_heartbeats(client)
+    ages = [b.age_s(now) for b in beats if name in b.clients]
+    return min(ages) if ages else None
 
 
 class HeartbeatStep(bootsteps.StartStopStep):

@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from core.config import Config
 from core.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
 from core.errors import SourceError, StorageUnavailable
-from core.runs import ACTIVE, ErrorKind, Progress, RunEnd, RunSpec, RunState, utc_now
+from core.runs import ACTIVE, ErrorKind, Progress, Run, RunEnd, RunSpec, RunState, utc_now
 from orchestration.control import saveset_id_for
 from orchestration.ledger import Ledger
 from workers.engine import BackupRequest, Engine
@@ -127,8 +127,8 @@ class ProgressReport:
         self.report(progress)
 
 
-def run_backup(engine: Engine, ledger: Ledger, channels: Channels, run_id: str, holder: str,
-               report: Callable[[Progress], None]) -> Outcome:
+def run_backup(engine_for: Callable[[Run], Engine], ledger: Ledger, channels: Channels,
+               run_id: str, holder: str, report: Callable[[Progress], None]) -> Outcome:
     run = ledger.run(run_id)
     if run is None or run.state not in ACTIVE:
         return Outcome(run.state if run else "missing")
@@ -147,7 +147,8 @@ def run_backup(engine: Engine, ledger: Ledger, channels: Channels, run_id: str, 
         ledger.update(run_id, drive=drive)
     try:
         with lease_kept(ledger, channels, run_id, holder, drive):
-            end = _back_up(engine, spec, run_id, ProgressReport(ledger, run_id, report))
+            end = _back_up(engine_for(run), spec, run_id,
+                           ProgressReport(ledger, run_id, report))
             ended = ledger.finish(run_id, end, holder) == "done"
     finally:
         channels.release(drive, run_id)

@@ -29,6 +29,7 @@ from core.settings import BROKER_ENV, Settings
 from orchestration.broker import EmbeddedBroker, forget_broker, record_broker
 from orchestration.demo import seed_demo_sources
 from orchestration.process import spawn, stop_group
+from workers.access import create_token
 from workers.engine import create_missing_stores
 
 log = logging.getLogger("backstop.up")
@@ -75,10 +76,15 @@ def backstop_argv(settings: Settings, *args: str) -> list[str]:
     return [sys.executable, "-m", "orchestration.cli", *args, "-c", str(settings.config_path)]
 
 
-def plan_parts(settings: Settings, rds: list[str], flower_port: int | None) -> list[Part]:
+def plan_parts(settings: Settings, rds: list[str], clients: list[str],
+               flower_port: int | None) -> list[Part]:
     parts = [Part("control worker", backstop_argv(settings, "worker", "--control"))]
     parts += [Part(f"worker rds {name}", backstop_argv(settings, "worker", "--rds", name))
               for name in rds]
+    parts += [Part(f"serve rds {name}", backstop_argv(settings, "serve", "--rds", name))
+              for name in rds if settings.config.rds_named(name).interfaces]
+    parts += [Part(f"worker client {name}", backstop_argv(settings, "worker", "--client", name))
+              for name in clients]
     parts.append(Part("beat", backstop_argv(settings, "beat")))
     if flower_port is not None:
         parts.append(Part("flower", backstop_argv(settings, "flower", "--port", str(flower_port))))
@@ -107,10 +113,11 @@ def owning(state_dir: Path) -> Iterator[None]:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, rds: list[str], flower_port: int | None) -> None:
+    def __init__(self, settings: Settings, rds: list[str], clients: list[str],
+                 flower_port: int | None) -> None:
         self.settings = settings
         self.rds = rds
-        self.parts = plan_parts(settings, rds, flower_port)
+        self.parts = plan_parts(settings, rds, clients, flower_port)
         self.stopping = threading.Event()
         self.broker: EmbeddedBroker | None = None
 
@@ -122,6 +129,8 @@ class Supervisor:
                 log.info("created demo source %s", source)
             for store in create_missing_stores(self.settings, self.rds):
                 log.info("created data store %s at %s", store.name, store.root)
+            if not self.settings.data_token:
+                create_token(self.settings.data_token_file)
             try:
                 env = self._start_broker()
                 for part in self.parts:

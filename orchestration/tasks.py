@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import task_revoked
+from celery.signals import task_revoked, worker_shutdown
 
 from core.config import Level
 from core.constants import (
@@ -34,12 +34,14 @@ from orchestration.broker import patient_client
 from orchestration.catalog import RedisCatalog
 from orchestration.celery_app import BackstopApp
 from orchestration.control import Control
-from orchestration.heartbeat import served_rds
+from orchestration.heartbeat import client_last_seen_s, served_rds
 from orchestration.jobs import command_job, migrate_job, verify_job
 from orchestration.ledger import Ledger
 from orchestration.redeliver import redeliver_stale
 from orchestration.runner import Channels, lease_kept, run_backup
+from workers.access import client_token
 from workers.engine import Engine
+from workers.remote import RemoteStores
 
 
 @dataclass
@@ -53,6 +55,18 @@ class Context:
     catalog: RedisCatalog
     channels: Channels
     control: Control
+    remote: dict[str, RemoteStores] = field(default_factory=dict)
+
+    def engine_for(self, run: Run) -> Engine:
+        """The engine of a run: on an RDS, its stores here; on a client, the run's store
+        through the run's interface to its RDS's data service."""
+        if run.client is None:
+            return self.engine
+        if run.client not in self.remote:
+            settings = self.app.settings
+            self.remote[run.client] = RemoteStores(settings, client_token(settings, run.client))
+        stores = self.remote[run.client].via(run.data_store or "", run.interface)
+        return Engine(self.app.settings, self.catalog, stores=stores)
 
 
 def context(app: BackstopApp) -> Context:
@@ -75,8 +89,11 @@ def control_for(app: BackstopApp, client: redis.Redis,
     def rds_live(rds: str) -> bool:
         return rds in served_rds(client)
 
+    def client_seen(name: str) -> float | None:
+        return client_last_seen_s(client, name)
+
     return Control(app.settings.config, Ledger(client), app.send, rds_live,
-                   catalog or RedisCatalog(client))
+                   catalog or RedisCatalog(client), client_seen)
 
 
 def finish_job(ctx: Context, run_id: str, work: Callable[[Run], RunEnd]) -> dict[str, Any]:
@@ -96,7 +113,7 @@ def finish_job(ctx: Context, run_id: str, work: Callable[[Run], RunEnd]) -> dict
 def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, Any]:
     ctx = context(app)
     holder = f"{task.request.hostname}:{os.getpid()}:{task.request.id}"
-    outcome = run_backup(ctx.engine, ctx.ledger, ctx.channels, run_id, holder,
+    outcome = run_backup(ctx.engine_for, ctx.ledger, ctx.channels, run_id, holder,
                          lambda progress: task.update_state(state="PROGRESS",
                                                             meta=progress.model_dump()))
     if outcome.come_back_in_s is not None:
@@ -115,6 +132,22 @@ def migrate_run(ctx: Context, run_id: str) -> dict[str, Any]:
     outcome = migrate_job(ctx.engine, ctx.catalog, run)
     ctx.ledger.update(run_id, migration=outcome)
     return {"run_id": run_id, **outcome.model_dump(mode="json")}
+
+
+def close_context(app: BackstopApp) -> None:
+    """Close the connections this process opened to data services."""
+    cached: Context | None = getattr(app, "_backstop_context", None)
+    if cached is not None:
+        for stores in cached.remote.values():
+            stores.close()
+        cached.remote.clear()
+
+
+@worker_shutdown.connect
+def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if isinstance(app, BackstopApp):
+        close_context(app)
 
 
 @task_revoked.connect

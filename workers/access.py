@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import BackstopError
+from core.settings import Settings
 
 # The header every request carries: ``Authorization: Bearer <token>``.
 AUTH_HEADER = "Authorization"
@@ -74,6 +75,23 @@ class Tokens:
             if hmac.compare_digest(offered, token.encode()):
                 found = identity
         return found
+
+
+def fleet_token(settings: Settings, create: bool = False) -> str:
+    """The fleet's data token: ``BACKSTOP_DATA_TOKEN``, else its file (created if asked)."""
+    if settings.data_token:
+        return settings.data_token
+    if create:
+        return create_token(settings.data_token_file)
+    return read_token(settings.data_token_file)
+
+
+def client_token(settings: Settings, client: str) -> str:
+    """The token a client worker sends: the client's own, else the fleet's."""
+    found = next(c for c in settings.config.clients if c.name == client)
+    if found.token_file is not None:
+        return read_token(settings.resolve(found.token_file))
+    return fleet_token(settings)
 
 
 def read_token(path: Path) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,16 +80,26 @@ def create_missing_stores(settings: Settings, rds: list[str]) -> list[PathStore]
     return created
 
 
+def drop_abandoned(settings: Settings, rds: list[str]) -> None:
+    """At start-up: remove what writes killed midway left in the stores of these RDS."""
+    for store in settings.config.data_stores:
+        if store.rds in rds:
+            with suppress(StorageUnavailable):
+                path_store(settings, store).drop_abandoned()
+
+
 class Engine:
     """Runs backups for the stores of one config; the catalog is shared by the fleet."""
 
     def __init__(self, settings: Settings, catalog: Catalog,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 stores: Mapping[str, Store] | None = None) -> None:
         self.settings = settings
         self.config = settings.config
         self.catalog = catalog
         self.clock = clock
-        self.stores = stores_of(settings)
+        # the stores as this host reaches them: directories here, or through data services
+        self.stores = stores if stores is not None else stores_of(settings)
 
     def store_unavailable(self, name: str) -> bool:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ class PurgeResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def purge(config: Config, catalog: Catalog, stores: dict[str, Store], now: datetime,
+def purge(config: Config, catalog: Catalog, stores: Mapping[str, Store], now: datetime,
           dry_run: bool = False) -> PurgeResult:
     """Delete savesets past retention that nothing needs; a store that fails is skipped."""
     retention = {p.name: p.retention for p in config.media_pools}
@@ -43,7 +43,7 @@ def purge(config: Config, catalog: Catalog, stores: dict[str, Store], now: datet
     return result
 
 
-def pool_report(config: Config, catalog: Catalog, stores: dict[str, Store], now: datetime,
+def pool_report(config: Config, catalog: Catalog, stores: Mapping[str, Store], now: datetime,
                 rds_live: Callable[[str], bool]) -> list[dict[str, Any]]:
     """SPEC section 7 ``pools --json``: store, RDS, availability, used/free bytes, media."""
     everything = catalog.all()
@@ -97,7 +97,7 @@ class RebuildResult:
     stores: list[dict[str, Any]] = field(default_factory=list)
 
 
-def rebuild(catalog: Catalog, stores: dict[str, Store]) -> RebuildResult:
+def rebuild(catalog: Catalog, stores: Mapping[str, Store]) -> RebuildResult:
     """Recreate the catalog from the stores; entries of unreadable stores are left alone."""
     result = RebuildResult()
     for name, store in stores.items():

@@ -14,7 +14,7 @@ import io
 import os
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -23,8 +23,10 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from core.config import Interface
 from core.errors import Reason, SavesetMissing, StorageUnavailable
 from core.model import SavesetKey, Space
+from core.settings import Settings
 from workers.access import AUTH_HEADER, BEARER
 from workers.dataservice import SEGMENT_BYTES
 from workers.store import Staging, Store
@@ -274,3 +276,54 @@ def describe(exc: httpx.TransportError) -> str:
     what = next((text for kind, text in kinds.items() if isinstance(exc, kind)),
                 "connection failed")
     return f"{what} ({exc})" if str(exc) else what
+
+
+class RemoteStores(Mapping[str, Store]):
+    """Every data store of the config, reached through its RDS's data service: through the
+    interface chosen for it (``via``), else through the first interface of its RDS."""
+
+    def __init__(self, settings: Settings, token: str,
+                 via: dict[str, str | None] | None = None,
+                 opened: dict[tuple[str, str], RemoteStore] | None = None) -> None:
+        self.settings, self.token = settings, token
+        self.chosen = via or {}
+        self.opened = {} if opened is None else opened  # shared: connections are reused
+
+    def via(self, store: str, interface: str | None) -> RemoteStores:
+        """The same stores, with ``store`` reached through ``interface``."""
+        return RemoteStores(self.settings, self.token, {**self.chosen, store: interface},
+                            self.opened)
+
+    def __getitem__(self, name: str) -> Store:
+        config = self.settings.config
+        store = next((s for s in config.data_stores if s.name == name), None)
+        if store is None:
+            raise KeyError(name)
+        interface = config.interface_for(store.rds, self.chosen.get(name))
+        if interface is None:
+            raise StorageUnavailable(Reason.RDS_UNREACHABLE, f"data store {name}: RDS "
+                                     f"{store.rds} has no interface to reach it through")
+        if (name, interface.name) not in self.opened:
+            self.opened[(name, interface.name)] = RemoteStore(name, self.endpoint(interface))
+        return self.opened[(name, interface.name)]
+
+    def endpoint(self, interface: Interface) -> Endpoint:
+        data_path = self.settings.config.data_path
+        scheme = "https" if data_path.tls else "http"
+        host = f"[{interface.address}]" if ":" in interface.address else interface.address
+        return Endpoint(
+            url=f"{scheme}://{host}:{self.settings.config.port_of(interface)}",
+            interface=interface.name, token=self.token,
+            connect_timeout_s=data_path.connect_timeout.total_seconds(),
+            io_timeout_s=data_path.io_timeout.total_seconds(),
+            ca=self.settings.resolve(data_path.tls.ca) if data_path.tls else None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(s.name for s in self.settings.config.data_stores)
+
+    def __len__(self) -> int:
+        return len(self.settings.config.data_stores)
+
+    def close(self) -> None:
+        for store in self.opened.values():
+            store.close()

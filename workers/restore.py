@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -66,7 +67,7 @@ def check_paths(manifest: Manifest) -> None:
 
 
 class Restorer:
-    def __init__(self, catalog: Catalog, stores: dict[str, Store]) -> None:
+    def __init__(self, catalog: Catalog, stores: Mapping[str, Store]) -> None:
         self.catalog = catalog
         self.stores = stores
 

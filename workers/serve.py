@@ -19,7 +19,7 @@ from tornado.netutil import bind_sockets
 from core.config import Interface
 from core.errors import BackstopError
 from core.settings import Settings
-from workers.access import Identity, Tokens, create_token, read_token
+from workers.access import Identity, Tokens, fleet_token, read_token
 from workers.dataservice import SEGMENT_BYTES, DataService
 from workers.engine import path_store
 
@@ -33,15 +33,6 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
-
-
-def fleet_token(settings: Settings, create: bool = False) -> str:
-    """The fleet's data token: ``BACKSTOP_DATA_TOKEN``, else its file (created if asked)."""
-    if settings.data_token:
-        return settings.data_token
-    if create:
-        return create_token(settings.data_token_file)
-    return read_token(settings.data_token_file)
 
 
 def service_tokens(settings: Settings, rds: str) -> Tokens:

@@ -25,7 +25,8 @@ drives:
   - {name: drive-a, data_store: store-a, channels: 2}
   - {name: drive-b, data_store: store-b}
   - {name: drive-c, data_store: store-c}
-tasks: [{name: docs, source: docs}, {name: other, source: other}]
+clients: [{name: web1}]
+tasks: [{name: docs, source: docs, client: web1}, {name: other, source: other}]
 migration_tasks:
   - {name: offsite-a, target_pool: overflow}
   - {name: offsite-b, target_pool: overflow}

@@ -1,0 +1,180 @@
+"""SPEC section 9 with a real broker, a real worker and a real data service: a client's task
+is read by the client's worker and streamed to the RDS through an interface."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+
+from core.constants import CONTROL_QUEUE, client_queue, rds_queue
+from core.settings import Settings, load_settings
+from orchestration.app import create_app
+from orchestration.broker import free_port
+from orchestration.catalog import RedisCatalog
+from orchestration.celery_app import BackstopApp
+from orchestration.heartbeat import live_workers
+from orchestration.ledger import Ledger
+from orchestration.tasks import close_context
+from tests.fleet import run_records
+from tests.waiting import wait_for
+from workers.engine import create_missing_stores, stores_of
+from workers.restore import Restorer
+from workers.serve import Listening, service_for
+
+TOKEN = "integration-data-token-0123456789"
+
+CONFIG = """
+rds: [{{name: r1, interfaces: [{interfaces}]}}]
+clients: [{{name: web1}}, {{name: nobody}}]
+data_stores:
+  - {{name: main, rds: r1, path: stores/main, create: true}}
+  - {{name: other, rds: r1, path: stores/other, create: true}}
+media_pools:
+  - {{name: daily, data_store: main, retention: 14d}}
+  - {{name: spare, data_store: other, retention: 14d}}
+tasks:
+  - {{name: www, client: web1, source: www}}
+  - {{name: lonely, client: nobody, source: www}}
+data_path: {{connect_timeout: 2s, io_timeout: 5s}}
+events:
+  - {{name: www-a, task: www, level: INC, media_pool: daily, interface: a,
+     failover_event: www-b}}
+  - {{name: www-b, task: www, media_pool: spare, interface: b}}
+  - {{name: www-first, task: www, level: INC, media_pool: daily}}
+  - {{name: lonely-now, task: lonely, media_pool: daily, failover_event: www-b}}
+"""
+
+
+@dataclass
+class Fleet:
+    app: BackstopApp
+    ledger: Ledger
+    settings: Settings
+    root: Path
+    ports: dict[str, int]
+
+    def occur(self, event: str, **options: Any) -> str:
+        occurrence = f"adhoc-{uuid.uuid4().hex[:8]}"
+        self.app.send("backstop.dispatch", [occurrence, event, "adhoc"], CONTROL_QUEUE,
+                      f"event={event}", **options)
+        return occurrence
+
+    def settled(self, occurrence: str) -> list[dict[str, Any]]:
+        def done() -> bool:
+            found = self.ledger.occurrence(occurrence)
+            return found is not None and found.state != "open"
+
+        wait_for(done, f"occurrence {occurrence} to settle", limit_s=60)
+        return run_records(self.ledger, occurrence)
+
+
+ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
+
+
+def config_text(ports: dict[str, int]) -> str:
+    listed = ", ".join(f"{{name: {name}, address: {ADDRESS[name]}, port: {port}}}"
+                       for name, port in ports.items())
+    return CONFIG.format(interfaces=listed)
+
+
+def serving(fleet: Fleet, down: tuple[str, ...] = (), token: str = TOKEN) -> Listening:
+    """The data service of r1, knowing ``token``; on the ``down`` interfaces nothing
+    listens where the clients look (the service listens on another port there)."""
+    ports = {name: free_port(ADDRESS[name]) if name in down else port
+             for name, port in fleet.ports.items()}
+    path = fleet.root / "service.yaml"
+    path.write_text(config_text(ports))
+    settings = load_settings(str(path), {"BACKSTOP_DATA_TOKEN": token})
+    return Listening(settings, "r1", service_for(settings, "r1")).start()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker_url: str, redis_client: redis.Redis) -> Iterator[Fleet]:
+    ports = {"a": free_port("127.0.0.2"), "b": free_port("127.0.0.3")}
+    (tmp_path / "backstop.yaml").write_text(config_text(ports))
+    (tmp_path / "www").mkdir()
+    for i in range(3):
+        (tmp_path / "www" / f"page{i}.html").write_bytes(os.urandom(50_000))
+    env = {"BACKSTOP_BROKER_URL": broker_url, "BACKSTOP_DATA_TOKEN": TOKEN}
+    settings = load_settings(str(tmp_path / "backstop.yaml"), env)
+    create_missing_stores(settings, ["r1"])
+    app = create_app(settings, broker_url)
+    queues = [CONTROL_QUEUE, rds_queue("r1"), client_queue("web1")]
+    with start_worker(app, queues=queues, pool="threads", concurrency=4,
+                      perform_ping_check=False, hostname="client@test"):
+        wait_for(lambda: any("web1" in w.clients for w in live_workers(redis_client)),
+                 "the client worker's heartbeat")
+        yield Fleet(app, Ledger(redis_client), settings, tmp_path, ports)
+    close_context(app)
+
+
+def test_a_client_task_is_sent_through_the_interface_and_lands_in_the_store(
+        fleet: Fleet, tmp_path: Path) -> None:
+    listening = serving(fleet)
+    try:
+        [run] = fleet.settled(fleet.occur("www-first"))
+    finally:
+        listening.stop()
+    assert (run["state"], run["client"], run["interface"]) == ("succeeded", "web1", "a")
+    assert (run["files"], run["effective_level"]) == (3, "FULL")
+    # indistinguishable from a saveset an RDS worker wrote: in the store, catalog, verify
+    catalog = RedisCatalog(fleet.ledger.client)
+    saveset = catalog.get(run["saveset"])
+    assert saveset is not None and saveset.data_store == "main"
+    assert (tmp_path / "stores" / "main" / "pools" / "daily" / saveset.medium / saveset.id
+            / "saveset.json").exists()
+    assert Restorer(catalog, stores_of(fleet.settings)).verify(saveset).ok
+
+
+def test_an_inc_through_the_data_service_stores_only_what_changed(
+        fleet: Fleet, tmp_path: Path) -> None:
+    listening = serving(fleet)
+    try:
+        fleet.settled(fleet.occur("www-first", level="FULL"))
+        (tmp_path / "www" / "page0.html").write_bytes(b"changed")
+        [run] = fleet.settled(fleet.occur("www-first"))
+    finally:
+        listening.stop()
+    assert (run["state"], run["effective_level"], run["files"]) == ("succeeded", "INC", 1)
+
+
+def test_an_interface_that_refuses_fails_over_to_the_other_interface(
+        fleet: Fleet, tmp_path: Path) -> None:
+    listening = serving(fleet, down=("a",))
+    try:
+        original, failover = fleet.settled(fleet.occur("www-a"))
+    finally:
+        listening.stop()
+    assert (original["state"], original["error"]["reason"]) == (
+        "storage_unavailable", "rds_unreachable")
+    assert "interface a" in original["error"]["message"]
+    assert (failover["state"], failover["event"], failover["interface"]) == (
+        "succeeded", "www-b", "b")
+    assert (failover["level"], failover["client"]) == ("INC", "web1")
+
+
+def test_a_refused_token_is_store_offline_and_says_so(fleet: Fleet) -> None:
+    listening = serving(fleet, token="a-different-token-of-the-rds-0123")
+    try:
+        original, failover = fleet.settled(fleet.occur("www-a"))
+    finally:
+        listening.stop()
+    assert (original["state"], original["error"]["reason"]) == (
+        "storage_unavailable", "store_offline")
+    assert "refused the token" in original["error"]["message"]
+    assert failover["state"] == "storage_unavailable"  # same token: refused there too
+
+
+def test_a_client_nobody_serves_is_client_unreachable_and_never_fails_over(
+        fleet: Fleet) -> None:
+    [run] = fleet.settled(fleet.occur("lonely-now"))
+    assert (run["state"], run["error"]["kind"], run["failover_run"]) == (
+        "failed", "client_unreachable", None)
