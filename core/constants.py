@@ -28,6 +28,8 @@ TASK_VERIFY = "backstop.verify"
 TASK_COMMAND = "backstop.command"
 # The migration task of a succeeded run, on the RDS of its target pool.
 TASK_MIGRATE = "backstop.migrate"
+# A restore written on a client by its worker (`backstop restore --client`).
+TASK_RESTORE = "backstop.restore"
 # The watchdog pass, sent by the leading beat (control queue).
 TASK_WATCHDOG = "backstop.watchdog"
 # Tasks that perform a run: a revoke of one of them cancels its run.

@@ -26,6 +26,8 @@ from orchestration.cli_common import (
     settings_from,
 )
 from orchestration.status import connect, fleet_status
+from workers.access import known_token
+from workers.remote import probe_interfaces
 
 
 @click.group(cls=BackstopGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,7 +91,8 @@ def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     """Workers, RDS liveness, queue depths and the beat leader."""
     settings = settings_from(ctx, config_file)
     client = connect(broker_url(settings))
-    report = fleet_status(client, settings.config)
+    report = fleet_status(client, settings.config,
+                          probe_interfaces(settings, known_token(settings)))
     client.close()
     if as_json:
         print_json(report)
@@ -99,14 +102,24 @@ def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
 
 def print_status(report: dict[str, Any]) -> None:
     console = Console()
-    workers = Table("worker", "rds", "control", title="Workers")
+    workers = Table("worker", "rds", "clients", "control", title="Workers")
     for w in report["workers"]:
-        workers.add_row(w["name"], ", ".join(w["rds"]) or "-", "yes" if w["control"] else "no")
+        workers.add_row(w["name"], ", ".join(w["rds"]) or "-", ", ".join(w["clients"]) or "-",
+                        "yes" if w["control"] else "no")
     console.print(workers)
-    rds = Table("rds", "live", title="RDS")
+    rds = Table("rds", "live", "interfaces", title="RDS")
     for r in report["rds"]:
-        rds.add_row(r["name"], "[green]live[/]" if r["live"] else "[red]not served[/]")
+        interfaces = ", ".join(f"{i['name']} {i['address']}:{i['port']} " + (
+            "[green]reachable[/]" if i["reachable"] else "[red]unreachable[/]")
+            for i in r["interfaces"]) or "-"
+        rds.add_row(r["name"], "[green]live[/]" if r["live"] else "[red]not served[/]",
+                    interfaces)
     console.print(rds)
+    if report["clients"]:
+        clients = Table("client", "live", title="Clients")
+        for c in report["clients"]:
+            clients.add_row(c["name"], "[green]live[/]" if c["live"] else "[red]no worker[/]")
+        console.print(clients)
     queues = Table("queue", "depth", title="Queues")
     for q in report["queues"]:
         queues.add_row(q["name"], str(q["depth"]))

@@ -19,9 +19,12 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from core.config_refs import did_you_mean
+from core.constants import TASK_RESTORE, client_queue
+from core.errors import BackstopError
 from core.model import Saveset
 from core.settings import Settings
 from core.units import format_size
+from orchestration.app import create_app
 from orchestration.broker import broker_url
 from orchestration.catalog import RedisCatalog
 from orchestration.cli_common import (
@@ -31,12 +34,14 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.heartbeat import served_rds
+from orchestration.heartbeat import live_workers, served_rds
 from orchestration.status import connect
-from workers.engine import path_store, stores_of
+from workers.access import known_token
+from workers.engine import path_store
 from workers.maintenance import pool_report, rebuild
 from workers.maintenance import purge as run_purge
-from workers.restore import Restorer
+from workers.remote import reachable_stores
+from workers.restore import Restorer, RestoreResult
 
 
 class Data:
@@ -45,7 +50,12 @@ class Data:
         self.settings = settings
         self.client = connect(broker_url(settings))
         self.catalog = RedisCatalog(self.client)
-        self.stores = stores_of(settings)
+        self.stores = reachable_stores(settings, known_token(settings))
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+        self.client.close()
 
     def saveset(self, saveset_id: str) -> Saveset:
         found = self.catalog.get(saveset_id)
@@ -57,7 +67,9 @@ class Data:
 
 
 def data_from(ctx: click.Context, config_file: str | None) -> Data:
-    return Data(settings_from(ctx, config_file))
+    data = Data(settings_from(ctx, config_file))
+    ctx.call_on_close(data.close)
+    return data
 
 
 @contextmanager
@@ -105,22 +117,51 @@ def savesets(ctx: click.Context, config_file: str | None, task: str | None, pool
 @click.option("--at", "at", default=None, metavar="ISO-TIME",
               help="... taken at or before this time.")
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--client", default=None, metavar="NAME",
+              help="Write the files on this client, by its worker (DIR is on the client).")
 @json_option
 @click.pass_context
 def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
-            task: str | None, at: str | None, target: Path, as_json: bool) -> None:
+            task: str | None, at: str | None, target: Path, client: str | None,
+            as_json: bool) -> None:
     """Rebuild the source as of a saveset, under DIR (never outside it)."""
     if (saveset_id is None) == (task is None):
         raise click.UsageError("give --saveset ID or --task T")
     data = data_from(ctx, config_file)
     chosen = data.saveset(saveset_id) if saveset_id else newest(data.catalog, task or "", at)
-    with progress_bar(f"restoring {chosen.id}", as_json) as update:
-        result = Restorer(data.catalog, data.stores).restore(chosen, target.absolute(), update)
+    if client is not None:
+        result = restore_on_client(data, client, chosen, target)
+    else:
+        with progress_bar(f"restoring {chosen.id}", as_json) as update:
+            result = Restorer(data.catalog, data.stores).restore(chosen, target.absolute(),
+                                                                 update)
     if as_json:
         print_json(asdict(result))
     else:
         click.echo(f"restored {result.files} files ({format_size(result.bytes)}) of "
                    f"{result.saveset} to {result.target}")
+
+
+def restore_on_client(data: Data, client: str, saveset: Saveset, target: Path) -> RestoreResult:
+    """Have the worker of ``client`` restore ``saveset`` into ``target`` on that host."""
+    known = [c.name for c in data.settings.config.clients]
+    if client not in known:
+        raise click.BadParameter(f"unknown client {client!r}{did_you_mean(client, known)}",
+                                 param_hint="--client")
+    if not any(client in w.clients for w in live_workers(data.client)):
+        raise BackstopError(f"no live worker serves client {client}: start `backstop worker "
+                            f"--client {client}` there")
+    app = create_app(data.settings, broker_url(data.settings))
+    sent = app.send_task(TASK_RESTORE, args=[saveset.id, str(target), client],
+                         queue=client_queue(client),
+                         argsrepr=f"saveset={saveset.id} client={client} to={target}")
+    try:
+        return RestoreResult(**sent.get(timeout=data.settings.config.backup_time_limit
+                                        .total_seconds(), propagate=True))
+    except Exception as exc:
+        raise BackstopError(f"restore on client {client} failed: {exc}") from None
+    finally:
+        sent.forget()
 
 
 def newest(catalog: RedisCatalog, task: str, at: str | None) -> Saveset:

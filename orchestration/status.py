@@ -9,7 +9,7 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 from kombu.utils.url import maybe_sanitize_url
 
 from core.config import Config
-from core.constants import BEAT_LEADER_KEY, CONTROL_QUEUE, rds_queue
+from core.constants import BEAT_LEADER_KEY, CONTROL_QUEUE, client_queue, rds_queue
 from core.errors import BrokerUnreachable
 from orchestration.heartbeat import live_workers
 from orchestration.leader import current_leader
@@ -34,14 +34,26 @@ def queue_depth(client: redis.Redis, queue: str) -> int:
     return sum(int(n) for n in pipe.execute())
 
 
-def fleet_status(client: redis.Redis, config: Config) -> dict[str, Any]:
+def fleet_status(client: redis.Redis, config: Config,
+                 reachable: dict[tuple[str, str], bool] | None = None) -> dict[str, Any]:
+    """SPEC section 7 ``status --json``; ``reachable``: the interfaces probed (unprobed ones
+    are reported unreachable)."""
     workers = live_workers(client)
     served = {name for w in workers for name in w.rds}
-    queues = [CONTROL_QUEUE, *(rds_queue(r.name) for r in config.rds)]
+    clients = {name for w in workers for name in w.clients}
+    queues = [CONTROL_QUEUE, *(rds_queue(r.name) for r in config.rds),
+              *(client_queue(c.name) for c in config.clients)]
+    probed = reachable or {}
     return {
-        "workers": [{"name": w.name, "rds": w.rds, "control": w.control, "pid": w.pid,
-                     "host": w.host} for w in sorted(workers, key=lambda w: w.name)],
-        "rds": [{"name": r.name, "live": r.name in served} for r in config.rds],
+        "workers": [{"name": w.name, "rds": w.rds, "clients": w.clients, "control": w.control,
+                     "pid": w.pid, "host": w.host}
+                    for w in sorted(workers, key=lambda w: w.name)],
+        "rds": [{"name": r.name, "live": r.name in served,
+                 "interfaces": [{"name": i.name, "address": i.address,
+                                 "port": config.port_of(i),
+                                 "reachable": probed.get((r.name, i.name), False)}
+                                for i in r.interfaces]} for r in config.rds],
+        "clients": [{"name": c.name, "live": c.name in clients} for c in config.clients],
         "queues": [{"name": q, "depth": queue_depth(client, q)} for q in queues],
         "beat_leader": current_leader(client, BEAT_LEADER_KEY),
     }

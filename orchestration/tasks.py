@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -26,9 +27,11 @@ from core.constants import (
     TASK_DISPATCH,
     TASK_FAILOVER,
     TASK_MIGRATE,
+    TASK_RESTORE,
     TASK_VERIFY,
     TASK_WATCHDOG,
 )
+from core.errors import SavesetMissing
 from core.runs import Run, RunEnd, RunState, Trigger
 from orchestration.broker import patient_client
 from orchestration.catalog import RedisCatalog
@@ -42,6 +45,7 @@ from orchestration.runner import Channels, lease_kept, run_backup
 from workers.access import client_token
 from workers.engine import Engine
 from workers.remote import RemoteStores
+from workers.restore import Restorer
 
 
 @dataclass
@@ -57,15 +61,19 @@ class Context:
     control: Control
     remote: dict[str, RemoteStores] = field(default_factory=dict)
 
+    def remote_stores(self, client: str) -> RemoteStores:
+        """The stores as client ``client`` reaches them, with its token."""
+        if client not in self.remote:
+            settings = self.app.settings
+            self.remote[client] = RemoteStores(settings, client_token(settings, client))
+        return self.remote[client]
+
     def engine_for(self, run: Run) -> Engine:
         """The engine of a run: on an RDS, its stores here; on a client, the run's store
         through the run's interface to its RDS's data service."""
         if run.client is None:
             return self.engine
-        if run.client not in self.remote:
-            settings = self.app.settings
-            self.remote[run.client] = RemoteStores(settings, client_token(settings, run.client))
-        stores = self.remote[run.client].via(run.data_store or "", run.interface)
+        stores = self.remote_stores(run.client).via(run.data_store or "", run.interface)
         return Engine(self.app.settings, self.catalog, stores=stores)
 
 
@@ -123,6 +131,16 @@ def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, An
     elif outcome.end is not None:  # settle here: the control plane may run on any worker
         ctx.control.run_ended(run_id)
     return {"run_id": run_id, "state": outcome.state, "late": outcome.end is None}
+
+
+def restore_here(ctx: Context, saveset_id: str, target: str, client: str) -> dict[str, Any]:
+    """Restore a saveset on this host (client ``client``), reading it through the data
+    services with the client's token."""
+    saveset = ctx.catalog.get(saveset_id)
+    if saveset is None:
+        raise SavesetMissing("catalog", saveset_id)
+    restorer = Restorer(ctx.catalog, ctx.remote_stores(client))
+    return asdict(restorer.restore(saveset, Path(target).absolute()))
 
 
 def migrate_run(ctx: Context, run_id: str) -> dict[str, Any]:
@@ -208,6 +226,12 @@ def register_run_tasks(app: BackstopApp) -> None:
         """A ``kind: command`` event: run its argv on this control worker."""
         ctx = context(app)
         return finish_job(ctx, run_id, lambda run: command_job(app.settings, ctx.ledger, run))
+
+    @app.task(name=TASK_RESTORE, shared=False, soft_time_limit=backup_limit,
+              time_limit=backup_limit + 60)
+    def restore(saveset_id: str, target: str, client: str) -> dict[str, Any]:
+        """``backstop restore --client``: rebuild a saveset under ``target`` on this client."""
+        return restore_here(context(app), saveset_id, target, client)
 
     @app.task(name=TASK_MIGRATE, shared=False)
     def migrate(run_id: str) -> dict[str, Any]:

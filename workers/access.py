@@ -86,6 +86,14 @@ def fleet_token(settings: Settings, create: bool = False) -> str:
     return read_token(settings.data_token_file)
 
 
+def known_token(settings: Settings) -> str:
+    """The fleet token if this host has it, else none (for probes: a 401 is an answer)."""
+    try:
+        return fleet_token(settings)
+    except BackstopError:
+        return ""
+
+
 def client_token(settings: Settings, client: str) -> str:
     """The token a client worker sends: the client's own, else the fleet's."""
     found = next(c for c in settings.config.clients if c.name == client)

@@ -73,6 +73,7 @@ class DataService:
 
     def application(self) -> Application:
         routes: list[Any] = [
+            (r"/v1/ping", PingHandler, {"service": self}),
             (rf"/v1/stores/({ID})/space", SpaceHandler, {"service": self}),
             (rf"/v1/stores/({ID})/savesets", ListHandler, {"service": self}),
             (rf"/v1/stores/({ID})/savesets/({ID})", FindHandler, {"service": self}),
@@ -199,6 +200,11 @@ class NotFound(Handler):
         super().prepare()
         if not self._finished:
             self.answer(404, {"error": "not_found", "message": "no such resource"})
+
+
+class PingHandler(Handler):
+    def get(self) -> None:
+        self.answer(200, {"stores": sorted(self.service.stores)})
 
 
 class SpaceHandler(Handler):

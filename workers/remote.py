@@ -29,7 +29,8 @@ from core.model import SavesetKey, Space
 from core.settings import Settings
 from workers.access import AUTH_HEADER, BEARER
 from workers.dataservice import SEGMENT_BYTES
-from workers.store import Staging, Store
+from workers.engine import path_store
+from workers.store import MARKER, Staging, Store
 
 READ_CHUNK = 1 << 20
 
@@ -327,3 +328,42 @@ class RemoteStores(Mapping[str, Store]):
     def close(self) -> None:
         for store in self.opened.values():
             store.close()
+
+
+PROBE_TIMEOUT_S = 2.0
+
+
+def probe(endpoint: Endpoint) -> bool:
+    """Whether the data service answers on ``endpoint`` (any HTTP answer counts, a refused
+    token too: the interface is up)."""
+    quick = Endpoint(endpoint.url, endpoint.interface, endpoint.token,
+                     min(endpoint.connect_timeout_s, PROBE_TIMEOUT_S), PROBE_TIMEOUT_S,
+                     endpoint.ca)
+    try:
+        with quick.client() as http:
+            http.get("/v1/ping")
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def probe_interfaces(settings: Settings, token: str) -> dict[tuple[str, str], bool]:
+    """(RDS, interface) -> reachable, for every interface of the config, probed at once."""
+    stores = RemoteStores(settings, token)
+    targets = [(r.name, i) for r in settings.config.rds for i in r.interfaces]
+    with ThreadPoolExecutor(max(1, min(16, len(targets)))) as pool:
+        found = pool.map(lambda target: probe(stores.endpoint(target[1])), targets)
+        return {(rds, i.name): ok for (rds, i), ok in zip(targets, found, strict=True)}
+
+
+def reachable_stores(settings: Settings, token: str) -> dict[str, Store]:
+    """Every data store as this host reaches it: a directory that is here (its marker is),
+    else through its RDS's data service (first interface)."""
+    remote = RemoteStores(settings, token)
+    found: dict[str, Store] = {}
+    for store in settings.config.data_stores:
+        local = path_store(settings, store)
+        here = (local.root / MARKER).exists()
+        served = bool(settings.config.rds_named(store.rds).interfaces)
+        found[store.name] = local if here or not served else remote[store.name]
+    return found

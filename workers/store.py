@@ -96,6 +96,9 @@ class Store(ABC):
     def delete(self, key: SavesetKey) -> None:
         """Remove a committed saveset; it is never seen half-deleted."""
 
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing open
+        """Let go of what the store holds open (connections)."""
+
 
 class _LimitedWriter:
     """A part's file: counts bytes against the staging's limits, maps OS errors."""

@@ -3,6 +3,7 @@ is read by the client's worker and streamed to the RDS through an interface."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
+from click.testing import CliRunner
 
 from core.constants import CONTROL_QUEUE, client_queue, rds_queue
 from core.settings import Settings, load_settings
@@ -20,6 +22,7 @@ from orchestration.app import create_app
 from orchestration.broker import free_port
 from orchestration.catalog import RedisCatalog
 from orchestration.celery_app import BackstopApp
+from orchestration.cli import main
 from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
 from orchestration.tasks import close_context
@@ -178,3 +181,56 @@ def test_a_client_nobody_serves_is_client_unreachable_and_never_fails_over(
     [run] = fleet.settled(fleet.occur("lonely-now"))
     assert (run["state"], run["error"]["kind"], run["failover_run"]) == (
         "failed", "client_unreachable", None)
+
+
+def cli(fleet: Fleet, *args: str, config: Path | None = None) -> Any:
+    env = {"BACKSTOP_BROKER_URL": fleet.app.conf.broker_url, "BACKSTOP_DATA_TOKEN": TOKEN}
+    done = CliRunner().invoke(main, [*args, "--json", "-c", str(config or fleet.root /
+                                                              "backstop.yaml")], env=env)
+    assert done.exit_code == 0, done.output
+    return json.loads(done.stdout)
+
+
+def test_status_probes_each_interface_and_lists_clients(fleet: Fleet) -> None:
+    listening = serving(fleet, down=("a",))
+    try:
+        report = cli(fleet, "status")
+    finally:
+        listening.stop()
+    [r1] = report["rds"]
+    assert {i["name"]: i["reachable"] for i in r1["interfaces"]} == {"a": False, "b": True}
+    assert {c["name"]: c["live"] for c in report["clients"]} == {"web1": True, "nobody": False}
+    assert any(w["clients"] == ["web1"] for w in report["workers"])
+
+
+def test_a_saveset_whose_store_is_elsewhere_is_verified_through_the_data_service(
+        fleet: Fleet) -> None:
+    listening = serving(fleet)
+    try:
+        [run] = fleet.settled(fleet.occur("www-first"))
+        # this host's view: the stores are not here (another path, nothing there)
+        elsewhere = fleet.root / "operator.yaml"
+        elsewhere.write_text((fleet.root / "backstop.yaml").read_text()
+                             .replace("path: stores/", "path: not-here/"))
+        verified = cli(fleet, "verify", run["saveset"], config=elsewhere)
+        pools = {p["name"]: p for p in cli(fleet, "pools", config=elsewhere)}
+    finally:
+        listening.stop()
+    assert (verified["ok"], verified["files"]) == (True, 3)
+    assert pools["daily"]["used_bytes"] > 0
+    assert not (fleet.root / "not-here").exists()
+
+
+def test_restore_on_a_client_is_written_there_by_its_worker(fleet: Fleet) -> None:
+    listening = serving(fleet)
+    try:
+        [run] = fleet.settled(fleet.occur("www-first"))
+        target = fleet.root / "restored"
+        done = cli(fleet, "restore", "--saveset", run["saveset"], "--client", "web1",
+                   "--to", str(target))
+    finally:
+        listening.stop()
+    assert (done["saveset"], done["files"]) == (run["saveset"], 3)
+    for i in range(3):
+        name = f"page{i}.html"
+        assert (target / name).read_bytes() == (fleet.root / "www" / name).read_bytes()
