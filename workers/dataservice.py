@@ -142,6 +142,8 @@ def task_of(store: PathStore, key: SavesetKey) -> str | None:
 
 def staged_task(open_: OpenStaging) -> str | None:
     """The task named by the record of a staging (its META part), if it wrote one."""
+    for writer in open_.writers.values():
+        writer.close()  # on disk before it is read; commit closes them anyway
     path = open_.store.staged_part(open_.key, META)
     try:
         return str(json.loads(path.read_bytes()).get("task") or "") or None

@@ -126,12 +126,31 @@ def test_each_bad_event_setting_is_named(change: dict[str, object], expected: st
     ("tasks", {"name": "my docs"}, "tasks[0].name: bad name 'my docs'"),
     ("rds", {"interfaces": [{"name": "lo", "address": "a"}, {"name": "lo", "address": "b"}]},
      "rds[0].interfaces[1].name: duplicate interface name 'lo'"),
+    ("rds", {"interfaces": [{"name": "a", "address": "127.0.0.2"},
+                            {"name": "b", "address": "127.0.0.2", "port": 7390}]},
+     "rds[0].interfaces[1]: address 127.0.0.2:7390 is taken by rds[0].interfaces[0] already"),
+    ("rds", {"interfaces": [{"name": "a", "address": "127.0.0.2", "port": 70000}]},
+     "rds[0].interfaces[0].port: bad value 70000"),
+    ("tasks", {"client": "web2"}, "tasks[0].client: unknown client 'web2'"),
 ])
 def test_each_bad_entity_is_named(section: str, change: dict[str, object], expected: str) -> None:
     raw = yaml.safe_load(MINIMAL_CONFIG)
     raw[section][0].update(change)
     problems = problems_of(yaml.safe_dump(raw))
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_clients_and_the_data_path_are_read_with_their_defaults() -> None:
+    raw = yaml.safe_load(MINIMAL_CONFIG)
+    raw["clients"] = [{"name": "web1", "token_file": "tokens/web1"}]
+    raw["tasks"][0]["client"] = "web1"
+    raw["data_path"] = {"tls": {"cert": "c.pem", "key": "k.pem", "ca": "ca.pem"}}
+    config = parse_config(yaml.safe_dump(raw))
+    assert (config.clients[0].name, config.tasks[0].client) == ("web1", "web1")
+    assert config.data_path.port == 7390
+    assert (config.data_path.connect_timeout, config.data_path.io_timeout) == (
+        timedelta(seconds=10), timedelta(seconds=60))
+    assert config.port_of(config.rds[0].interfaces[0]) == 7390
 
 
 def test_a_migration_drive_must_belong_to_the_target_pool_store() -> None:
