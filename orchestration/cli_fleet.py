@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 
 from core.config_refs import did_you_mean
 from core.constants import CONTROL_QUEUE, client_queue, rds_queue
+from core.errors import BackstopError
 from core.settings import Settings
 from orchestration.app import create_app
 from orchestration.beat import LeaderScheduler
@@ -128,11 +129,16 @@ def serve(ctx: click.Context, config_file: str | None, rds: str) -> None:
     check_rds_names(settings, (rds,))
     if not settings.config.rds_named(rds).interfaces:
         raise click.BadParameter(f"RDS {rds} has no interfaces to listen on", param_hint="--rds")
+    for store in create_missing_stores(settings, [rds]):
+        click.echo(f"created data store {store.name} at {store.root}", err=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         serve_forever(settings, rds)
     except OSError as exc:
         click.echo(f"backstop: cannot listen for RDS {rds}: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+    except BackstopError as exc:  # no token where one is needed, an unreadable one
+        click.echo(f"backstop: {exc}", err=True)
         ctx.exit(EXIT_USAGE)
 
 

@@ -16,7 +16,7 @@ import redis
 from core.constants import OCCURRENCE_KEY
 from orchestration.broker import EmbeddedBroker
 from orchestration.celery_app import BackstopApp
-from orchestration.heartbeat import live_workers
+from orchestration.heartbeat import WorkerBeat, live_workers
 from orchestration.ledger import Ledger
 from tests.invariants import Audit, audit
 from tests.waiting import wait_for
@@ -92,6 +92,13 @@ class Fleet:
         for name in exited:
             self.start(name)
         return exited
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        """Send ``sig`` to a started process and everything it started (SIGSTOP: a stall)."""
+        os.killpg(self.processes[name].pid, sig)
+
+    def live(self) -> list[WorkerBeat]:
+        return live_workers(self.client)
 
     def kill_broker(self) -> None:
         """SIGKILL the broker: no chance to flush anything it has not written yet."""

@@ -29,8 +29,10 @@ def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
     monkeypatch.setenv("FLOWER_UNAUTHENTICATED_API", "true")
     up = start_up(quickstart)
     report = up.wait_live()
-    # Then status shows the RDS live, a control worker, an RDS worker and a beat leader
-    assert report["rds"] == [{"name": "local", "live": True}]
+    # Then status shows the RDS live, its data service answering on its interface, a control
+    # worker, an RDS worker and a beat leader
+    assert report["rds"] == [{"name": "local", "live": True, "interfaces": [
+        {"name": "lo", "address": "127.0.0.1", "port": 7390, "reachable": True}]}]
     assert sorted((w["control"], tuple(w["rds"])) for w in report["workers"]) == [
         (False, ("local",)), (True, ())]
     assert {q["name"] for q in report["queues"]} == {"backstop.control", "backstop.rds.local"}

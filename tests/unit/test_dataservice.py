@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from core.errors import StorageUnavailable
 from core.model import SavesetKey
 from core.settings import load_settings
 from orchestration.broker import free_port
+from orchestration.cli import main
 from workers.remote import Endpoint, RemoteStore
 from workers.serve import Listening, service_for
 
@@ -153,3 +155,14 @@ def test_ids_from_requests_never_become_paths(service: Service, bad: str) -> Non
     created = [p for p in after if p not in before]
     # a valid id may open a staging (inside the store); nothing else appears anywhere
     assert all(p.startswith(str(service.store_root / "pools")) for p in created), created
+
+
+def test_serve_refuses_a_non_loopback_address_without_a_token(tmp_path: Path) -> None:
+    (tmp_path / "backstop.yaml").write_text(
+        "rds: [{name: r1, interfaces: [{name: all, address: 0.0.0.0}]}]\n"
+        "data_stores: [{name: a, rds: r1, path: store}]\n")
+    done = CliRunner().invoke(main, ["serve", "--rds", "r1", "-c",
+                                     str(tmp_path / "backstop.yaml")], env={})
+    assert done.exit_code == 2
+    assert "refusing to serve RDS r1 on 0.0.0.0 without a data token" in done.output
+    assert not (tmp_path / ".backstop" / "data-token").exists()
