@@ -9,12 +9,15 @@ import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from tests.e2e.conftest import Up, backstop
+from tests.e2e.conftest import REPO, Up, backstop
 from tests.waiting import wait_for
+
+CLIENTS = REPO / "deploy" / "examples" / "clients.yaml"
 
 pytestmark = pytest.mark.e2e
 
@@ -69,6 +72,33 @@ def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
     # Then nothing it started is left running, and the broker record is gone
     wait_for(lambda: gone(children), "every child process to exit", limit_s=10)
     assert not (quickstart.parent / ".backstop" / "broker.json").exists()
+
+
+def test_up_runs_data_services_and_client_workers_of_the_clients_example(
+        tmp_path: Path, start_up: Callable[..., Up]) -> None:
+    # Given backstop up on deploy/examples/clients.yaml (two RDS, a client on this host)
+    config = tmp_path / "clients.yaml"
+    shutil.copy(CLIENTS, config)
+    up = start_up(config, "--no-flower")
+
+    def ready() -> dict[str, Any] | None:
+        report = up.status()
+        ok = report and all(i["reachable"] for r in report["rds"] for i in r["interfaces"]) \
+            and all(c["live"] for c in report["clients"]) and report["beat_leader"]
+        return report if ok else None
+
+    # Then every interface answers, the client is live, and the fleet's token exists (0600)
+    wait_for(ready, "the data services and the client worker", limit_s=90, every_s=0.5)
+    token = tmp_path / ".backstop-clients" / "data-token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    # When the client's event runs, Then its data goes through interface near-a
+    done = backstop("run", "www-near", "--wait", "--json", config=config)
+    assert done.returncode == 0, done.stderr
+    [run] = json.loads(done.stdout)["runs"]
+    assert (run["client"], run["interface"], run["data_store"]) == ("web1", "near-a",
+                                                                   "near-store")
+    assert token.read_text().strip() not in up.output()
+    assert up.stop() == 0
 
 
 def test_a_second_up_is_refused_while_the_first_runs_and_starts_after_it_stopped(
