@@ -80,11 +80,10 @@ def op(work: Path, task: str, level: str) -> dict[str, Any]:
 def generate_big(root: Path, gib: int) -> None:
     """``gib`` GiB in 256 MiB files of random bytes (incompressible: all of it travels)."""
     root.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(1 << 20)
     for i in range(gib * 4):
         with open(root / f"big{i:03}.bin", "wb") as out:
-            for j in range(256):
-                out.write(j.to_bytes(4, "big") + i.to_bytes(4, "big") + block[8:])
+            for _ in range(256):
+                out.write(os.urandom(1 << 20))
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -28,8 +28,8 @@ class ConfigError(BackstopError):
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
-class BrokerUnreachable(BackstopError):
-    """No broker could be found or reached; the message says where Backstop looked."""
+class MessageError(BackstopError):
+    """An error that is all in its message."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -37,6 +37,10 @@ class BrokerUnreachable(BackstopError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class BrokerUnreachable(MessageError):
+    """No broker could be found or reached; the message says where Backstop looked."""
 
 
 class AlreadyRunning(BackstopError):
@@ -77,15 +81,8 @@ class StorageUnavailable(StorageError):
         return f"{self.reason}: {self.message}"
 
 
-class SourceError(BackstopError):
+class SourceError(MessageError):
     """The backup source is missing or unreadable; never a reason to fail over."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class SavesetMissing(StorageError):

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import BackstopError
+from core.errors import BackstopError, MessageError
 from core.settings import Settings
 
 # The header every request carries: ``Authorization: Bearer <token>``.
@@ -21,15 +21,8 @@ AUTH_HEADER = "Authorization"
 BEARER = "Bearer "
 
 
-class Forbidden(BackstopError):
+class Forbidden(MessageError):
     """The caller's token does not reach this saveset or operation."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tornado.ioloop import IOLoop, PeriodicCallback
-from tornado.web import Application, HTTPError, RequestHandler
+from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
 from core.errors import SavesetMissing, StorageUnavailable
 from core.model import SavesetKey
@@ -160,7 +160,12 @@ class Handler(RequestHandler):
     def initialize(self, service: DataService) -> None:
         self.service = service
 
-    def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
+        self.authenticate()
+        return None
+
+    def authenticate(self) -> None:
+        """Answer 401 unless the request carries a token the service knows."""
         who = self.service.tokens.identify(self.request.headers.get(AUTH_HEADER))
         if who is None:
             # logged without the token: only where it came from
@@ -198,10 +203,11 @@ class Handler(RequestHandler):
 
 
 class NotFound(Handler):
-    def prepare(self) -> None:
-        super().prepare()
+    def prepare(self) -> Awaitable[None] | None:
+        self.authenticate()
         if not self._finished:
             self.answer(404, {"error": "not_found", "message": "no such resource"})
+        return None
 
 
 class PingHandler(Handler):
@@ -287,23 +293,67 @@ class StageHandler(Handler):
         await self.guarded(work)
 
 
+@stream_request_body
 class SegmentHandler(Handler):
+    """Appends a segment to a part as it arrives (nothing of it is held in memory); a
+    connection that breaks mid-segment drops the staging at once."""
+
+    open_: OpenStaging | None = None
+    writer: Any = None
+    received = 0
+    failure: StorageUnavailable | None = None
+    # chunks as the socket delivers them (often 64 KiB), written a MiB at a time: one
+    # hand-off to a writing thread per MiB, not per chunk
+    held: list[bytes]
+    held_bytes = 0
+
+    async def prepare(self) -> None:
+        self.authenticate()
+        if self._finished:
+            return
+        sid, part = self.path_args
+        open_ = self.service.staging(sid, self.who)
+        offset = int(self.get_query_argument("offset", "0"))
+        if offset != open_.sizes.get(part, 0):
+            self.answer(409, {"error": "offset", "message": f"part {part} holds "
+                              f"{open_.sizes.get(part, 0)} bytes, not {offset}"})
+            return
+        if part not in open_.writers:
+            open_.writers[part] = open_.staging.open(part)
+        self.open_, self.writer, self.held = open_, open_.writers[part], []
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self.writer is None or self.failure is not None:
+            return
+        self.held.append(chunk)
+        self.held_bytes += len(chunk)
+        self.received += len(chunk)
+        if self.held_bytes >= READ_CHUNK:
+            await self.write_held()
+
+    async def write_held(self) -> None:
+        data, self.held, self.held_bytes = b"".join(self.held), [], 0
+        try:
+            await self.blocking(self.writer.write, data)
+        except StorageUnavailable as exc:
+            self.failure = exc  # answered when the segment is complete
+
     async def put(self, sid: str, part: str) -> None:
         async def work() -> None:
-            open_ = self.service.staging(sid, self.who)
-            offset = int(self.get_query_argument("offset", "0"))
-            if offset != open_.sizes.get(part, 0):
-                self.answer(409, {"error": "offset", "message": f"part {part} holds "
-                                  f"{open_.sizes.get(part, 0)} bytes, not {offset}"})
-                return
-            writer = open_.writers.get(part)
-            if writer is None:
-                writer = open_.writers[part] = open_.staging.open(part)
-            await self.blocking(writer.write, self.request.body)
-            open_.sizes[part] = offset + len(self.request.body)
-            open_.touched = time.monotonic()
-            self.answer(200, {"size": open_.sizes[part]})
+            assert self.open_ is not None
+            if self.held and self.failure is None:
+                await self.write_held()
+            if self.failure is not None:
+                raise self.failure
+            self.open_.sizes[part] = self.open_.sizes.get(part, 0) + self.received
+            self.open_.touched = time.monotonic()
+            self.answer(200, {"size": self.open_.sizes[part]})
         await self.guarded(work)
+
+    def on_connection_close(self) -> None:
+        if self.open_ is not None and not self._finished:
+            sid = self.path_args[0]
+            self.service.drop(sid, "the connection broke in the middle of a segment")
 
 
 class CommitHandler(Handler):

@@ -192,9 +192,12 @@ class RemoteStaging(Staging):
         self.writers.append(writer)
         return writer  # type: ignore[return-value]
 
-    def send(self, part: str, offset: int, data: bytes) -> None:
+    def send(self, part: str, offset: int, chunks: list[bytes], size: int) -> None:
+        """Append a segment to a part. It goes out chunk by chunk with its length stated:
+        handed to httpx whole, a segment of several MiB is copied several times over."""
         self.store.request("PUT", f"/stagings/{self.sid}/{part}", f"write {part}",
-                           params={"offset": offset}, content=data)
+                           params={"offset": offset}, content=iter(chunks),
+                           headers={"Content-Length": str(size)})
 
     def commit(self) -> None:
         try:
@@ -221,23 +224,25 @@ class SegmentWriter:
 
     def __init__(self, staging: RemoteStaging, part: str) -> None:
         self.staging, self.part = staging, part
-        self.buffer = bytearray()
+        self.chunks: list[bytes] = []
+        self.size = 0
         self.offset = 0
         self.pending: Future[None] | None = None
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.buffer += data
-        if len(self.buffer) >= SEGMENT_BYTES:
+        self.chunks.append(bytes(data))
+        self.size += len(data)
+        if self.size >= SEGMENT_BYTES:
             self._ship()
         return len(data)
 
     def _ship(self) -> None:
         self._wait()
-        segment, self.buffer = bytes(self.buffer), bytearray()
+        chunks, size, self.chunks, self.size = self.chunks, self.size, [], 0
         self.pending = self.staging.sender.submit(self.staging.send, self.part, self.offset,
-                                                  segment)
-        self.offset += len(segment)
+                                                  chunks, size)
+        self.offset += size
 
     def _wait(self) -> None:
         if self.pending is not None:
@@ -251,7 +256,7 @@ class SegmentWriter:
         if self.closed:
             return
         self.closed = True
-        if self.buffer or self.offset == 0:
+        if self.size or self.offset == 0:
             self._ship()
         self._wait()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,8 +15,14 @@ import pytest
 import redis
 
 from core.config import Level
+from core.constants import CONTROL_QUEUE
+from core.runs import Occurrence
 from core.settings import Settings, load_settings
 from orchestration.catalog import RedisCatalog
+from orchestration.celery_app import BackstopApp
+from orchestration.ledger import Ledger
+from tests.fleet import run_records
+from tests.waiting import wait_for
 from workers.engine import BackupRequest, BackupResult, Engine, create_missing_stores
 from workers.restore import Restorer
 
@@ -100,3 +107,39 @@ def snapshot(root: Path, skip: Callable[[str], bool] = lambda _: False) -> dict[
                 found[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns,
                               full.read_bytes())
     return found
+
+
+@dataclass
+class WorkerFleet:
+    """A Celery app with a worker started in this process, and the ledger it writes."""
+
+    app: BackstopApp
+    ledger: Ledger
+    root: Path
+
+    def occur(self, event: str, **options: Any) -> str:
+        occurrence = f"adhoc-{uuid.uuid4().hex[:8]}"
+        self.app.send("backstop.dispatch", [occurrence, event, "adhoc"], CONTROL_QUEUE,
+                      f"event={event}", **options)
+        return occurrence
+
+    def settled(self, occurrence: str, limit_s: float = 30) -> list[dict[str, Any]]:
+        def done() -> Occurrence | None:
+            found = self.ledger.occurrence(occurrence)
+            return found if found and found.state != "open" else None
+
+        wait_for(done, f"occurrence {occurrence} to settle", limit_s=limit_s)
+        return self.records(occurrence)
+
+    def records(self, occurrence: str) -> list[dict[str, Any]]:
+        """The runs of ``occurrence`` as ``backstop runs --json`` prints them."""
+        return run_records(self.ledger, occurrence)
+
+    def first_record(self, occurrence: str) -> dict[str, Any]:
+        """The first run of ``occurrence`` once it is in the ledger."""
+        return wait_for(lambda: (self.records(occurrence) or [None])[0], "the queued run")
+
+    def state(self, occurrence: str) -> str:
+        found = self.ledger.occurrence(occurrence)
+        assert found is not None
+        return str(found.state)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,12 @@ from core.settings import Settings, load_settings
 from orchestration.app import create_app
 from orchestration.broker import free_port
 from orchestration.catalog import RedisCatalog
-from orchestration.celery_app import BackstopApp
 from orchestration.cli import main
 from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
 from orchestration.tasks import close_context
-from tests.fleet import run_records
+from tests.integration.conftest import WorkerFleet
+from tests.invariants import Audit, audit
 from tests.waiting import wait_for
 from workers.engine import create_missing_stores, stores_of
 from workers.restore import Restorer
@@ -57,26 +56,15 @@ events:
 
 
 @dataclass
-class Fleet:
-    app: BackstopApp
-    ledger: Ledger
+class Fleet(WorkerFleet):
     settings: Settings
-    root: Path
     ports: dict[str, int]
 
-    def occur(self, event: str, **options: Any) -> str:
-        occurrence = f"adhoc-{uuid.uuid4().hex[:8]}"
-        self.app.send("backstop.dispatch", [occurrence, event, "adhoc"], CONTROL_QUEUE,
-                      f"event={event}", **options)
-        return occurrence
-
-    def settled(self, occurrence: str) -> list[dict[str, Any]]:
-        def done() -> bool:
-            found = self.ledger.occurrence(occurrence)
-            return found is not None and found.state != "open"
-
-        wait_for(done, f"occurrence {occurrence} to settle", limit_s=60)
-        return run_records(self.ledger, occurrence)
+    def audit(self, accepted: list[str]) -> Audit:
+        env = {"BACKSTOP_BROKER_URL": self.app.conf.broker_url, "BACKSTOP_DATA_TOKEN": TOKEN}
+        found = audit(self.root / "backstop.yaml", accepted, env=env)
+        assert found.problems == []
+        return found
 
 
 ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
@@ -115,7 +103,7 @@ def fleet(tmp_path: Path, broker_url: str, redis_client: redis.Redis) -> Iterato
                       perform_ping_check=False, hostname="client@test"):
         wait_for(lambda: any("web1" in w.clients for w in live_workers(redis_client)),
                  "the client worker's heartbeat")
-        yield Fleet(app, Ledger(redis_client), settings, tmp_path, ports)
+        yield Fleet(app, Ledger(redis_client), tmp_path, settings, ports)
     close_context(app)
 
 
@@ -153,7 +141,9 @@ def test_an_interface_that_refuses_fails_over_to_the_other_interface(
         fleet: Fleet, tmp_path: Path) -> None:
     listening = serving(fleet, down=("a",))
     try:
-        original, failover = fleet.settled(fleet.occur("www-a"))
+        occurrence = fleet.occur("www-a")
+        original, failover = fleet.settled(occurrence)
+        assert fleet.audit([occurrence]).failovers == {"rds_unreachable": 1}
     finally:
         listening.stop()
     assert (original["state"], original["error"]["reason"]) == (
@@ -167,7 +157,9 @@ def test_an_interface_that_refuses_fails_over_to_the_other_interface(
 def test_a_refused_token_is_store_offline_and_says_so(fleet: Fleet) -> None:
     listening = serving(fleet, token="a-different-token-of-the-rds-0123")
     try:
-        original, failover = fleet.settled(fleet.occur("www-a"))
+        occurrence = fleet.occur("www-a")
+        original, failover = fleet.settled(occurrence)
+        assert fleet.audit([occurrence]).failovers == {"store_offline": 1}
     finally:
         listening.stop()
     assert (original["state"], original["error"]["reason"]) == (
@@ -178,7 +170,9 @@ def test_a_refused_token_is_store_offline_and_says_so(fleet: Fleet) -> None:
 
 def test_a_client_nobody_serves_is_client_unreachable_and_never_fails_over(
         fleet: Fleet) -> None:
-    [run] = fleet.settled(fleet.occur("lonely-now"))
+    occurrence = fleet.occur("lonely-now")
+    [run] = fleet.settled(occurrence)
+    assert fleet.audit([occurrence]).failovers == {}
     assert (run["state"], run["error"]["kind"], run["failover_run"]) == (
         "failed", "client_unreachable", None)
 

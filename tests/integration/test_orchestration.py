@@ -5,9 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +16,12 @@ from celery.contrib.testing.worker import start_worker
 
 from core.config import CommandEvent
 from core.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
-from core.runs import Occurrence, Run, RunState, Trigger
+from core.runs import Run, RunState, Trigger
 from core.settings import load_settings
 from orchestration.app import create_app
-from orchestration.celery_app import BackstopApp
 from orchestration.heartbeat import live_workers, server_time
 from orchestration.ledger import Ledger
-from tests.fleet import run_records
+from tests.integration.conftest import WorkerFleet
 from tests.waiting import wait_for
 from workers.engine import create_missing_stores
 from workers.store import MARKER
@@ -87,45 +84,14 @@ events:
 """
 
 
-@dataclass
-class Fleet:
-    app: BackstopApp
-    ledger: Ledger
-    root: Path
-
-    def occur(self, event: str, **options: Any) -> str:
-        occurrence = f"adhoc-{uuid.uuid4().hex[:8]}"
-        self.app.send("backstop.dispatch", [occurrence, event, "adhoc"], CONTROL_QUEUE,
-                      f"event={event}", **options)
-        return occurrence
-
-    def settled(self, occurrence: str) -> list[dict[str, Any]]:
-        def done() -> Occurrence | None:
-            found = self.ledger.occurrence(occurrence)
-            return found if found and found.state != "open" else None
-
-        wait_for(done, f"occurrence {occurrence} to settle", limit_s=30)
-        return self.records(occurrence)
-
-    def records(self, occurrence: str) -> list[dict[str, Any]]:
-        """The runs of ``occurrence`` as ``backstop runs --json`` prints them."""
-        return run_records(self.ledger, occurrence)
-
-    def first_record(self, occurrence: str) -> dict[str, Any]:
-        """The first run of ``occurrence`` once it is in the ledger."""
-        return wait_for(lambda: (self.records(occurrence) or [None])[0], "the queued run")
-
-    def state(self, occurrence: str) -> str:
-        found = self.ledger.occurrence(occurrence)
-        assert found is not None
-        return str(found.state)
-
-
 def announce(client: redis.Redis, name: str, rds: str) -> None:
     """Write the heartbeat a worker serving ``rds`` writes; it consumes nothing."""
     beat = {"name": name, "rds": [rds], "control": False, "pid": 1, "host": "elsewhere",
             "at": server_time(client)}
     client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
+
+
+Fleet = WorkerFleet
 
 
 @pytest.fixture
