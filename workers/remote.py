@@ -14,6 +14,7 @@ import io
 import os
 import ssl
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -33,6 +34,8 @@ from workers.engine import path_store
 from workers.store import MARKER, Staging, Store
 
 READ_CHUNK = 1 << 20
+# Segments of a part queued for sending (in order, by one thread) while the next fills.
+IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ class SegmentWriter:
         self.chunks: list[bytes] = []
         self.size = 0
         self.offset = 0
-        self.pending: Future[None] | None = None
+        self.pending: deque[Future[None]] = deque()
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -238,16 +241,17 @@ class SegmentWriter:
         return len(data)
 
     def _ship(self) -> None:
-        self._wait()
+        self._wait(IN_FLIGHT - 1)
         chunks, size, self.chunks, self.size = self.chunks, self.size, [], 0
-        self.pending = self.staging.sender.submit(self.staging.send, self.part, self.offset,
-                                                  chunks, size)
+        self.pending.append(self.staging.sender.submit(self.staging.send, self.part,
+                                                       self.offset, chunks, size))
         self.offset += size
 
-    def _wait(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
+    def _wait(self, at_most: int = 0) -> None:
+        """Until no more than ``at_most`` segments are still to be sent (their errors come
+        up here)."""
+        while len(self.pending) > at_most:
+            self.pending.popleft().result()
 
     def flush(self) -> None:
         """Segments go out when full or on close."""
