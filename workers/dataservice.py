@@ -14,6 +14,7 @@ Store errors travel as JSON: ``{"error": "storage_unavailable", "reason", "messa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -113,12 +114,22 @@ class DataService:
             if open_.touched < cutoff:
                 self.drop(sid, f"untouched for {self.io_timeout_s:g} s (client gone?)")
 
-    def drop(self, sid: str, why: str) -> None:
+    def drop(self, sid: str, why: str) -> Future[None] | None:
         open_ = self.stagings.pop(sid, None)
-        if open_ is not None:
-            log.warning("staging of saveset %s in store %s dropped: %s",
-                        open_.key.saveset_id, open_.store.name, why)
-            self.executor.submit(open_.staging.abort)
+        if open_ is None:
+            return None
+        log.warning("staging of saveset %s in store %s dropped: %s",
+                    open_.key.saveset_id, open_.store.name, why)
+        return self.executor.submit(open_.staging.abort)
+
+    def supersede(self, store: PathStore, saveset_id: str) -> list[Future[None]]:
+        """Drop the stagings of a saveset that is being staged again: a saveset id is its
+        run's, and a run is staged anew only once the process that staged it before is
+        gone (its run lease ran out), so those stagings have no writer any more."""
+        stale = [sid for sid, o in self.stagings.items()
+                 if o.store is store and o.key.saveset_id == saveset_id]
+        dropped = [self.drop(sid, "its saveset is being staged again") for sid in stale]
+        return [f for f in dropped if f is not None]
 
     def store(self, name: str) -> PathStore:
         found = self.stores.get(name)
@@ -285,6 +296,8 @@ class StageHandler(Handler):
                              valid_id(request.get("saveset_id")))
             reserve = int(request.get("reserve_bytes") or 0)
             room = request.get("room_bytes")
+            for aborted in self.service.supersede(found, key.saveset_id):
+                await asyncio.wrap_future(aborted)
             staging = await self.blocking(found.stage, key, reserve,
                                           None if room is None else int(room))
             sid = secrets.token_hex(16)

@@ -166,3 +166,20 @@ def test_serve_refuses_a_non_loopback_address_without_a_token(tmp_path: Path) ->
     assert done.exit_code == 2
     assert "refusing to serve RDS r1 on 0.0.0.0 without a data token" in done.output
     assert not (tmp_path / ".backstop" / "data-token").exists()
+
+
+def test_a_saveset_staged_again_replaces_the_staging_its_dead_writer_left(
+        service: Service) -> None:
+    # Given a staging left open by a client that died between two segments
+    fleet = service.store(FLEET)
+    key = SavesetKey("daily", "DAILY00001", "www-rerun1")
+    abandoned = fleet.stage(key, 4096)
+    with abandoned.open("archive.tar.zst") as out:
+        out.write(b"first attempt")
+    # When the run is done again (another worker, the same saveset id)
+    write(fleet, "www", "www-rerun1")
+    # Then the saveset is there once, with what the second attempt wrote
+    assert fleet.list().count(key) == 1
+    with fleet.read(key, "archive.tar.zst") as data:
+        assert data.read() == b"data of www-rerun1"
+    assert not list((service.store_root / "pools").rglob(".partial-www-rerun1"))
