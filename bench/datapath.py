@@ -66,9 +66,10 @@ def run_op(work: Path, task: str, level: str) -> None:
     seconds = time.perf_counter() - start
     if remote is not None:
         remote.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "files": saveset.files, "bytes": saveset.bytes,
-                      "level": saveset.level.value,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "level": saveset.level.value, "peak_rss_mb": usage.ru_maxrss / 1024,
+                      "cpu_user_s": usage.ru_utime, "cpu_sys_s": usage.ru_stime}))
 
 
 def op(work: Path, task: str, level: str) -> dict[str, Any]:

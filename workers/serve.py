@@ -20,7 +20,7 @@ from core.config import Interface
 from core.errors import BackstopError
 from core.settings import Settings
 from workers.access import Identity, Tokens, fleet_token, read_token
-from workers.dataservice import READ_CHUNK, SEGMENT_BYTES, DataService
+from workers.dataservice import RECEIVE_CHUNK, SEGMENT_BYTES, DataService
 from workers.engine import path_store
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Listening:
     def _bind(self) -> None:
         self.server = HTTPServer(
             self.service.application(), ssl_options=server_tls(self.settings),
-            max_body_size=SEGMENT_BYTES + (1 << 20), chunk_size=READ_CHUNK,
+            max_body_size=SEGMENT_BYTES + (1 << 20), chunk_size=RECEIVE_CHUNK,
             idle_connection_timeout=self.settings.config.data_path.io_timeout.total_seconds())
         for interface in self.interfaces():
             port = self.settings.config.port_of(interface)
