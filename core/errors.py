@@ -81,6 +81,17 @@ class StorageUnavailable(StorageError):
         return f"{self.reason}: {self.message}"
 
 
+class RunFailed(BackstopError):
+    """A run ended failed (not for lack of storage): what its task reports to Celery."""
+
+    def __init__(self, run_id: str, kind: str, message: str) -> None:
+        super().__init__(run_id, kind, message)
+        self.run_id, self.kind, self.message = run_id, kind, message
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} failed ({self.kind}): {self.message}"
+
+
 class SourceError(MessageError):
     """The backup source is missing or unreadable; never a reason to fail over."""
 

@@ -144,9 +144,19 @@ class Control:
         if self.ledger.finish(run.run_id, end) != "done":
             return
         if end.state is RunState.STORAGE_UNAVAILABLE:
-            self.send(TASK_FAILOVER, [run.run_id], CONTROL_QUEUE, f"run={run.run_id}")
+            self.send_failover(run)
         else:
             self.run_ended(run.run_id)
+
+    def send_failover(self, run: Run) -> None:
+        """Send the failover task of a run that ended storage_unavailable; its arguments, as
+        Flower shows them, carry what a failover keeps and where it goes."""
+        event = self.config.events_by_name.get(run.origin_event)
+        target = getattr(event, "failover_event", None) or "-"
+        readable = (f"run={run.run_id} origin_event={run.origin_event} "
+                    f"failover_event={target} task={run.task} level={run.level} "
+                    f"enforce_full={str(run.enforce_full).lower()}")
+        self.send(TASK_FAILOVER, [run.run_id], CONTROL_QUEUE, readable)
 
     # failover
 

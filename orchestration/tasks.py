@@ -19,7 +19,6 @@ from celery.signals import task_revoked, worker_shutdown
 
 from core.config import Level
 from core.constants import (
-    CONTROL_QUEUE,
     RUN_LEASE_S,
     RUN_TASKS,
     TASK_BACKUP,
@@ -31,7 +30,7 @@ from core.constants import (
     TASK_VERIFY,
     TASK_WATCHDOG,
 )
-from core.errors import SavesetMissing
+from core.errors import RunFailed, SavesetMissing, StorageUnavailable
 from core.runs import Run, RunEnd, RunState, Trigger
 from orchestration.broker import patient_client
 from orchestration.catalog import RedisCatalog
@@ -126,11 +125,18 @@ def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, An
                                                             meta=progress.model_dump()))
     if outcome.come_back_in_s is not None:
         raise task.retry(countdown=outcome.come_back_in_s)
-    if outcome.end is not None and outcome.end.state is RunState.STORAGE_UNAVAILABLE:
-        app.send(TASK_FAILOVER, [run_id], CONTROL_QUEUE, f"run={run_id}")
-    elif outcome.end is not None:  # settle here: the control plane may run on any worker
+    end = outcome.end
+    if end is not None and end.state is RunState.STORAGE_UNAVAILABLE:
+        run = ctx.ledger.run(run_id)
+        assert run is not None and end.error is not None and end.error.reason is not None
+        ctx.control.send_failover(run)  # from this task: Flower shows it as its child
+        raise StorageUnavailable(end.error.reason, end.error.message)
+    if end is not None:  # settle here: the control plane may run on any worker
         ctx.control.run_ended(run_id)
-    return {"run_id": run_id, "state": outcome.state, "late": outcome.end is None}
+        if end.error is not None:
+            raise RunFailed(run_id, end.error.kind, end.error.message)
+    # a late or repeated message that did nothing is no failure
+    return {"run_id": run_id, "state": outcome.state, "late": end is None}
 
 
 def restore_here(ctx: Context, saveset_id: str, target: str, client: str) -> dict[str, Any]:

@@ -389,7 +389,9 @@ class StagingHandler(Handler):
     async def delete(self, sid: str) -> None:
         async def work() -> None:
             self.service.staging(sid, self.who)
-            self.service.drop(sid, "aborted by its client")
+            aborted = self.service.drop(sid, "aborted by its client")
+            if aborted is not None:
+                await asyncio.wrap_future(aborted)  # gone before the client hears so
             self.answer(204)
         await self.guarded(work)
 

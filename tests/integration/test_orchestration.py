@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +23,7 @@ from core.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
 from core.runs import Run, RunState, Trigger
 from core.settings import load_settings
 from orchestration.app import create_app
+from orchestration.celery_app import BackstopApp
 from orchestration.heartbeat import live_workers, server_time
 from orchestration.ledger import Ledger
 from tests.integration.conftest import WorkerFleet
@@ -420,3 +425,73 @@ def test_a_backup_revoked_by_broadcast_is_cancelled_when_its_message_arrives(
     [run] = fleet.settled("revoked")
     assert (run["state"], run["error"]["kind"], run["saveset"]) == ("failed", "cancelled", None)
     assert fleet.state("revoked") == "failed"
+
+
+class TaskEvents:
+    """The task events a worker sends (what Flower shows), captured from the broker."""
+
+    def __init__(self, app: BackstopApp) -> None:
+        self.app, self.seen = app, []  # type: ignore[var-annotated]
+        self.receiver: Any = None
+        self.thread = threading.Thread(target=self._capture, daemon=True)
+        self.ready = threading.Event()
+
+    def _capture(self) -> None:
+        with self.app.connection_for_read() as connection:
+            self.receiver = self.app.events.Receiver(connection, handlers={"*": self.seen.append})
+            self.ready.set()
+            with contextlib.suppress(socket.timeout, TimeoutError):
+                self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> TaskEvents:
+        self.thread.start()
+        self.ready.wait(10)
+        time.sleep(0.5)  # subscribed before anything is sent
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(10)
+
+    def of(self, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+        named = {e["uuid"]: e.get("name") for e in self.seen if e.get("name")}
+        return [e for e in self.seen if e["type"] == kind
+                and (name is None or named.get(e.get("uuid")) == name)]
+
+
+def test_flower_sees_a_run_that_hit_storage_unavailable_fail_and_its_failover_as_its_child(
+        fleet: Fleet) -> None:
+    with TaskEvents(fleet.app) as events:
+        occurrence = fleet.occur("to-tiny")
+        original, failover = fleet.settled(occurrence)
+        wait_for(lambda: len(events.of("task-succeeded", "backstop.backup")) >= 1,
+                 "the failover backup's success event")
+    # the backup whose run ended storage_unavailable is FAILURE, saying why
+    [failed] = events.of("task-failed", "backstop.backup")
+    assert "StorageUnavailable" in failed["exception"] and "out_of_space" in failed["exception"]
+    # it sent the one failover task itself, whose arguments carry what a failover keeps
+    [sent] = events.of("task-received", "backstop.failover")
+    assert sent["parent_id"] == failed["uuid"]
+    for shown in (f"run={original['run_id']}", "origin_event=to-tiny", "failover_event=to-spare",
+                  "task=docs", "level=INC", "enforce_full=true"):
+        assert shown in sent["args"], sent["args"]
+    # the failover run's backup is the failover task's child, and SUCCESS
+    [rescue] = [e for e in events.of("task-received", "backstop.backup")
+                if e["parent_id"] == sent["uuid"]]
+    assert [e["uuid"] for e in events.of("task-succeeded", "backstop.backup")] == [
+        rescue["uuid"]]
+    roots = {e["root_id"] for e in (sent, rescue)} | {
+        e["root_id"] for e in events.of("task-received", "backstop.backup")}
+    assert len(roots) == 1  # all under the dispatch that started the occurrence
+    assert failover["state"] == "succeeded"
+
+
+def test_flower_sees_a_source_error_fail_and_a_late_message_not_fail(fleet: Fleet) -> None:
+    with TaskEvents(fleet.app) as events:
+        [run] = fleet.settled(fleet.occur("broken-source"))
+        fleet.app.send("backstop.backup", [run["run_id"]], rds_queue("local"), "late")
+        fleet.settled(fleet.occur("plain"))
+        wait_for(lambda: len(events.of("task-succeeded", "backstop.backup")) >= 2,
+                 "the late message and the plain backup to end")
+    [failed] = events.of("task-failed", "backstop.backup")
+    assert "RunFailed" in failed["exception"] and "source_error" in failed["exception"]

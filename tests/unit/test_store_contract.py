@@ -99,7 +99,10 @@ def nothing_on_disk_but_markers(backing: PathStore) -> bool:
     """No file of a saveset is left; a data service drops the staging of a client that went
     away once it has been idle for io_timeout (1 s here), so this waits that long."""
     def clean() -> bool:
-        return [p for p in (backing.root / "pools").rglob("*") if p.is_file()] == []
+        try:
+            return [p for p in (backing.root / "pools").rglob("*") if p.is_file()] == []
+        except FileNotFoundError:  # a directory went while it was listed: look again
+            return False
 
     return bool(wait_for(clean, "staged files to go", limit_s=10, every_s=0.1))
 
