@@ -20,6 +20,9 @@ TASK_PREFIX = "backstop."
 TASK_DISPATCH = "backstop.dispatch"
 # One backup run, on the queue of the RDS of its data store.
 TASK_BACKUP = "backstop.backup"
+# Ad hoc from Flower: start an occurrence of an event now, as `backstop run` does
+# (keyword arguments event, level, enforce_full; control queue).
+TASK_RUN = "backstop.run"
 # The one failover run of an occurrence whose run ended storage_unavailable (control queue).
 TASK_FAILOVER = "backstop.failover"
 # A `kind: verify` run, on the RDS holding the saveset it verifies.

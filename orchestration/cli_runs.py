@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import UTC, datetime
 
 import click
 from rich.console import Console
@@ -12,8 +10,7 @@ from rich.table import Table
 
 from core.config import Level
 from core.config_refs import did_you_mean
-from core.constants import CONTROL_QUEUE, TASK_DISPATCH
-from core.runs import OccurrenceState, Run, RunState, Trigger
+from core.runs import OccurrenceState, Run, RunState
 from core.units import format_size
 from orchestration.app import create_app
 from orchestration.broker import broker_url
@@ -25,16 +22,12 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
+from orchestration.control import start_adhoc
 from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
 from orchestration.status import connect
 
 POLL_S = 0.2
-
-
-def adhoc_occurrence(event: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"adhoc:{event}:{stamp}:{uuid.uuid4().hex[:6]}"
 
 
 @click.command("run")
@@ -63,11 +56,8 @@ def run(ctx: click.Context, config_file: str | None, event: str, level: str | No
         click.echo("backstop: no live control worker to start it (run `backstop up`, or "
                    "`backstop worker --control`)", err=True)
         ctx.exit(EXIT_USAGE)
-    occurrence = adhoc_occurrence(event)
     app = create_app(settings, url)
-    options = {"level": level, "enforce_full": enforce_full}
-    app.send(TASK_DISPATCH, [occurrence, event, Trigger.ADHOC], CONTROL_QUEUE,
-             f"event={event} occurrence={occurrence}", **options)
+    occurrence = start_adhoc(app.send, event, Level(level) if level else None, enforce_full)
     ledger = Ledger(client)
     state = follow(ledger, occurrence, wait, timeout_s, quiet=as_json)
     runs = ledger.runs_of(occurrence)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from core.config import BackupEvent, Config, FollowUpWhen, Level
 from core.constants import (
@@ -22,6 +23,7 @@ from core.constants import (
     RESEND_QUEUED_AFTER_S,
     TASK_BACKUP,
     TASK_COMMAND,
+    TASK_DISPATCH,
     TASK_FAILOVER,
     TASK_MIGRATE,
     TASK_VERIFY,
@@ -45,8 +47,8 @@ from orchestration.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-# send(task name, args, queue, readable description for Flower)
-Send = Callable[[str, list[str], str, str], None]
+# send(task name, args, queue, readable description for Flower, keyword arguments)
+Send = Callable[..., None]
 
 # An occurrence whose last run ended this long ago but that is still open is settled by
 # the watchdog (the process that ended the run died before it could).
@@ -55,6 +57,22 @@ SETTLE_GRACE = timedelta(seconds=30)
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def adhoc_occurrence(event: str) -> str:
+    stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
+    return f"adhoc:{event}:{stamp}:{uuid.uuid4().hex[:6]}"
+
+
+def start_adhoc(send: Send, event: str, level: Level | None = None,
+                enforce_full: bool | None = None) -> str:
+    """Start an occurrence of ``event`` now, through the same path as the beat (trigger
+    adhoc): `backstop run` and the ``backstop.run`` task of Flower. Returns its id."""
+    occurrence = adhoc_occurrence(event)
+    options: dict[str, Any] = {"level": level, "enforce_full": enforce_full}
+    send(TASK_DISPATCH, [occurrence, event, Trigger.ADHOC], CONTROL_QUEUE,
+         f"event={event} occurrence={occurrence}", **options)
+    return occurrence
 
 
 def saveset_id_for(task: str, run_id: str) -> str:

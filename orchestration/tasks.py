@@ -17,7 +17,8 @@ import redis
 from celery import Task
 from celery.signals import task_revoked, worker_shutdown
 
-from core.config import Level
+from core.config import Config, Level
+from core.config_refs import did_you_mean
 from core.constants import (
     RUN_LEASE_S,
     RUN_TASKS,
@@ -27,6 +28,7 @@ from core.constants import (
     TASK_FAILOVER,
     TASK_MIGRATE,
     TASK_RESTORE,
+    TASK_RUN,
     TASK_VERIFY,
     TASK_WATCHDOG,
 )
@@ -35,7 +37,8 @@ from core.runs import Run, RunEnd, RunState, Trigger
 from orchestration.broker import patient_client
 from orchestration.catalog import RedisCatalog
 from orchestration.celery_app import BackstopApp
-from orchestration.control import Control
+from orchestration.control import Control, start_adhoc
+from orchestration.events import Unresolvable
 from orchestration.heartbeat import client_last_seen_s, served_rds
 from orchestration.jobs import command_job, migrate_job, verify_job
 from orchestration.ledger import Ledger
@@ -139,6 +142,21 @@ def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, An
     return {"run_id": run_id, "state": outcome.state, "late": end is None}
 
 
+def adhoc_request(config: Config, event: str, level: str | None,
+                  enforce_full: bool | None) -> tuple[str, Level | None, bool | None]:
+    """The arguments of a ``backstop.run`` task, checked: Unresolvable when they name no
+    event or level that exists."""
+    names = list(config.events_by_name)
+    if event not in config.events_by_name:
+        raise Unresolvable(f"unknown event {event!r}{did_you_mean(event, names)}")
+    levels = [member.value for member in Level]
+    if level is not None and level not in levels:
+        raise Unresolvable(f"bad level {level!r}: one of {', '.join(levels)}")
+    if enforce_full is not None and not isinstance(enforce_full, bool):
+        raise Unresolvable(f"bad enforce_full {enforce_full!r}: true or false")
+    return event, Level(level) if level else None, enforce_full
+
+
 def restore_here(ctx: Context, saveset_id: str, target: str, client: str) -> dict[str, Any]:
     """Restore a saveset on this host (client ``client``), reading it through the data
     services with the client's token."""
@@ -197,6 +215,13 @@ def register_control_tasks(app: BackstopApp) -> None:
         """Start an occurrence: its run goes to its RDS (beat, `backstop run`, follow-ups)."""
         return context(app).control.occur(occurrence, event, Trigger(trigger),
                                           Level(level) if level else None, enforce_full, parent)
+
+    @app.task(name=TASK_RUN, shared=False)
+    def run(event: str, level: str | None = None, enforce_full: bool | None = None) -> str:
+        """Ad hoc (from Flower): start an occurrence of ``event`` now, as `backstop run`
+        does; an unknown event or a bad level fails here and starts nothing."""
+        return start_adhoc(app.send, *adhoc_request(app.settings.config, event, level,
+                                                    enforce_full))
 
     @app.task(name=TASK_FAILOVER, shared=False)
     def failover(run_id: str) -> str | None:

@@ -495,3 +495,30 @@ def test_flower_sees_a_source_error_fail_and_a_late_message_not_fail(fleet: Flee
                  "the late message and the plain backup to end")
     [failed] = events.of("task-failed", "backstop.backup")
     assert "RunFailed" in failed["exception"] and "source_error" in failed["exception"]
+
+
+def test_an_occurrence_started_ad_hoc_from_flower_runs_like_backstop_run(fleet: Fleet) -> None:
+    # Flower's "apply" of backstop.run with keyword arguments (its API sends just this)
+    sent = fleet.app.send_task("backstop.run", kwargs={"event": "plain", "level": "DIFF"},
+                               queue=CONTROL_QUEUE)
+    occurrence = sent.get(timeout=30)
+    [run] = fleet.settled(occurrence)
+    assert (run["trigger"], run["level"], run["state"]) == ("adhoc", "DIFF", "succeeded")
+    sent.forget()
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"event": "plian"}, "unknown event 'plian' (did you mean 'plain'?)"),
+    ({"event": "plain", "level": "WEEKLY"}, "bad level 'WEEKLY': one of FULL, DIFF, INC, COPY"),
+    ({"event": "plain", "enforce_full": "yes"}, "bad enforce_full 'yes'"),
+])
+def test_a_bad_ad_hoc_start_fails_with_a_clear_message_and_starts_nothing(
+        fleet: Fleet, kwargs: dict[str, Any], expected: str) -> None:
+    client = fleet.ledger.client
+    sent = fleet.app.send_task("backstop.run", kwargs=kwargs, queue=CONTROL_QUEUE)
+    with pytest.raises(Exception) as caught:
+        sent.get(timeout=30)
+    assert expected in str(caught.value)
+    assert sent.state == "FAILURE"
+    assert client.keys("backstop:occurrence:*") == [] and client.keys("backstop:run:*") == []
+    sent.forget()
