@@ -171,4 +171,7 @@ def _describe(error: ErrorDetails, prefix: str, cls: type[BaseModel]) -> str:
     else:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         message = f"bad value {shown}: {message[0].lower()}{message[1:]}"
+        if isinstance(value, bool) and kind == "string_type":
+            message += (" (YAML reads an unquoted yes, no, on, off, true or false as a "
+                        "boolean: quote it, e.g. 'off')")
     return f"{path}: {message}"

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.config import SECTIONS, Config
+from core.config_warnings import failover_warnings
 from core.errors import ConfigError
 from orchestration import cli_data, cli_fleet, cli_runs
 from orchestration.broker import broker_url
@@ -46,10 +47,13 @@ def config_group() -> None:
 
 @config_group.command("check")
 @config_option
+@click.option("--strict", is_flag=True, help="Exit 2 on warnings too.")
 @json_option
 @click.pass_context
-def config_check(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
-    """Validate the config; exit 2 listing every problem with its YAML path."""
+def config_check(ctx: click.Context, config_file: str | None, strict: bool,
+                 as_json: bool) -> None:
+    """Validate the config; exit 2 listing every problem with its YAML path. Warns of
+    failovers that cannot help (exit 0, or 2 with --strict)."""
     try:
         settings = settings_from(ctx, config_file)
     except ConfigError as exc:
@@ -59,11 +63,17 @@ def config_check(ctx: click.Context, config_file: str | None, as_json: bool) -> 
             click.echo(str(exc))
         ctx.exit(EXIT_USAGE)
     summary = config_summary(settings.config)
+    warnings = failover_warnings(settings.config)
     if as_json:
-        print_json({"ok": True, "config": str(settings.config_path), "counts": summary})
-        return
-    counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in summary.items())
-    click.echo(f"{settings.config_path}: OK ({counts})")
+        print_json({"ok": True, "config": str(settings.config_path), "counts": summary,
+                    "warnings": warnings})
+    else:
+        counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in summary.items())
+        click.echo(f"{settings.config_path}: OK ({counts})")
+        for warning in warnings:
+            click.echo(f"warning: {warning}")
+    if strict and warnings:
+        ctx.exit(EXIT_USAGE)
 
 
 def config_summary(config: Config) -> dict[str, int]:

@@ -43,6 +43,65 @@ def test_check_of_a_bad_config_exits_2_listing_every_problem(
     assert "Traceback" not in result.output
 
 
+WARNINGS = """
+rds: [{name: r1, interfaces: [{name: a, address: 127.0.0.2}, {name: b, address: 127.0.0.3}]},
+      {name: r2}]
+clients: [{name: web1}]
+data_stores:
+  - {name: s1, rds: r1, path: s1}
+  - {name: s2, rds: r1, path: s2}
+  - {name: s3, rds: r2, path: s3}
+media_pools:
+  - {name: p1, data_store: s1, retention: 7d}
+  - {name: p1b, data_store: s1, retention: 7d}
+  - {name: p2, data_store: s2, retention: 7d}
+  - {name: p3, data_store: s3, retention: 7d}
+tasks: [{name: www, client: web1, source: www}]
+events:
+  - {name: same-store, task: www, media_pool: p1, failover_event: other-pool-same-store}
+  - {name: other-pool-same-store, task: www, media_pool: p1b}
+  - {name: same-path, task: www, media_pool: p1, interface: a, failover_event: via-a}
+  - {name: via-a, task: www, media_pool: p2}
+  - {name: helps, task: www, media_pool: p1, interface: a, failover_event: via-b}
+  - {name: via-b, task: www, media_pool: p2, interface: b}
+  - {name: elsewhere, task: www, media_pool: p1, failover_event: far}
+  - {name: far, task: www, media_pool: p3}
+"""
+
+
+def test_check_warns_of_failovers_that_cannot_help_and_strict_refuses_them(
+        write_config: Callable[[str], Path]) -> None:
+    path = write_config(WARNINGS)
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: events[0].failover_event: failover event 'other-pool-same-store' writes to "
+        "data store 's1' too: no help when it is out of space or offline",
+        "warning: events[2].failover_event: failover event 'via-a' goes through RDS 'r1' and "
+        "interface 'a' too: no help when it is unreachable",
+    ]
+    strict = CliRunner().invoke(main, ["config", "check", "--strict", "-c", str(path)])
+    assert strict.exit_code == 2
+    as_json = CliRunner().invoke(main, ["config", "check", "--json", "-c", str(path)])
+    assert len(json.loads(as_json.stdout)["warnings"]) == 2
+    clean = CliRunner().invoke(main, ["config", "check", "--strict", "-c",
+                                      str(write_config(WARNINGS.replace(
+                                          "failover_event: other-pool-same-store", "")
+                                          .replace("failover_event: via-a", "")))])
+    assert clean.exit_code == 0, clean.output
+
+
+def test_a_name_that_yaml_made_a_boolean_gets_a_hint_to_quote_it(
+        write_config: Callable[[str], Path]) -> None:
+    path = write_config(MINIMAL_CONFIG.replace("name: nightly", "name: off")
+                        .replace("schedule: nightly", "schedule: 'off'"))
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "schedules[0].name: bad value False" in result.output
+    assert "quote it, e.g. 'off'" in result.output
+
+
 def test_check_json_lists_problems(write_config: Callable[[str], Path]) -> None:
     path = write_config(BROKEN)
     result = CliRunner().invoke(main, ["config", "check", "--json", "-c", str(path)])

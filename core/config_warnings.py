@@ -1,0 +1,48 @@
+"""Warnings of ``backstop config check`` (SPEC section 10): a failover that cannot help.
+
+A failover event whose pool lies in the original's data store is no help when that store is
+out of space or offline; one whose data goes through the same RDS and interface is no help
+when that path is unreachable. The file is valid either way; ``--strict`` refuses it.
+"""
+
+from __future__ import annotations
+
+from core.config import BackupEvent, Config
+
+
+def path_of(config: Config, pool: str) -> tuple[str, str]:
+    """(data store, RDS) of a media pool."""
+    store = next(p.data_store for p in config.media_pools if p.name == pool)
+    return store, next(s.rds for s in config.data_stores if s.name == store)
+
+
+def failover_warnings(config: Config) -> list[str]:
+    warnings = []
+    for index, event in enumerate(config.events):
+        if not isinstance(event, BackupEvent) or event.failover_event is None:
+            continue
+        target = config.events_by_name.get(event.failover_event)
+        if not isinstance(target, BackupEvent):
+            continue
+        where = f"events[{index}].failover_event"
+        store, rds = path_of(config, event.media_pool)
+        target_store, target_rds = path_of(config, target.media_pool)
+        if target_store == store:
+            warnings.append(f"{where}: failover event {target.name!r} writes to data store "
+                            f"{store!r} too: no help when it is out of space or offline")
+        elif target_rds == rds and path_name(config, event, rds) == path_name(config, target,
+                                                                               rds):
+            through = path_name(config, event, rds)
+            what = f"and interface {through!r} " if through else ""
+            warnings.append(f"{where}: failover event {target.name!r} goes through RDS "
+                            f"{rds!r} {what}too: no help when it is unreachable")
+    return warnings
+
+
+def path_name(config: Config, event: BackupEvent, rds: str) -> str | None:
+    """The interface a client task's data goes through (the event's, else the RDS's
+    first); None for a task read on the RDS itself, whose only path is the RDS."""
+    if config.task_named(event.task).client is None:
+        return None
+    interface = config.interface_for(rds, event.interface)
+    return interface.name if interface else None
