@@ -312,6 +312,11 @@ class Config(Model):
     def rds_named(self, name: str) -> Rds:
         return next(r for r in self.rds if r.name == name)
 
+    def storage_of(self, pool: str) -> tuple[str, str]:
+        """The (data store, RDS) of a media pool."""
+        store = next(p.data_store for p in self.media_pools if p.name == pool)
+        return store, next(s.rds for s in self.data_stores if s.name == store)
+
     def task_named(self, name: str) -> Task:
         return next(t for t in self.tasks if t.name == name)
 

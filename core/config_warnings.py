@@ -10,12 +10,6 @@ from __future__ import annotations
 from core.config import BackupEvent, Config
 
 
-def path_of(config: Config, pool: str) -> tuple[str, str]:
-    """(data store, RDS) of a media pool."""
-    store = next(p.data_store for p in config.media_pools if p.name == pool)
-    return store, next(s.rds for s in config.data_stores if s.name == store)
-
-
 def failover_warnings(config: Config) -> list[str]:
     warnings = []
     for index, event in enumerate(config.events):
@@ -25,8 +19,8 @@ def failover_warnings(config: Config) -> list[str]:
         if not isinstance(target, BackupEvent):
             continue
         where = f"events[{index}].failover_event"
-        store, rds = path_of(config, event.media_pool)
-        target_store, target_rds = path_of(config, target.media_pool)
+        store, rds = config.storage_of(event.media_pool)
+        target_store, target_rds = config.storage_of(target.media_pool)
         if target_store == store:
             warnings.append(f"{where}: failover event {target.name!r} writes to data store "
                             f"{store!r} too: no help when it is out of space or offline")

@@ -234,8 +234,7 @@ class Control:
 
     def _migration_rds(self, name: str) -> str:
         migration = next(m for m in self.config.migration_tasks if m.name == name)
-        pool = next(p for p in self.config.media_pools if p.name == migration.target_pool)
-        return next(s.rds for s in self.config.data_stores if s.name == pool.data_store)
+        return self.config.storage_of(migration.target_pool)[1]
 
     def saveset_rds(self, occurrence: str | None) -> str | None:
         """The RDS that holds the saveset made by ``occurrence``, if it made one."""

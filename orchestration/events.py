@@ -23,12 +23,6 @@ def pool_of(config: Config, name: str) -> MediaPool:
     return next(p for p in config.media_pools if p.name == name)
 
 
-def storage_of(config: Config, pool_name: str) -> tuple[str, str]:
-    """The (data store, RDS) of a pool."""
-    store = pool_of(config, pool_name).data_store
-    return store, next(s.rds for s in config.data_stores if s.name == store)
-
-
 def backup_event(config: Config, name: str) -> BackupEvent:
     event = config.events_by_name.get(name)
     if event is None:
@@ -52,7 +46,7 @@ def resolve(config: Config, event_name: str, trigger: Trigger, level: Level | No
             enforce_full: bool | None = None) -> RunSpec:
     """The run of an occurrence of a backup event; ``level``/``enforce_full`` override."""
     event = backup_event(config, event_name)
-    store, rds = storage_of(config, event.media_pool)
+    store, rds = config.storage_of(event.media_pool)
     client = config.task_named(event.task).client
     return RunSpec(
         event=event.name, origin_event=event.name, trigger=trigger, task=event.task,
@@ -84,7 +78,7 @@ def failover_spec(config: Config, original: RunSpec, run_id: str) -> FailoverDec
     event = backup_event(config, original.origin_event)
     if event.failover_event is not None:
         target = backup_event(config, event.failover_event)
-        store, rds = storage_of(config, target.media_pool)
+        store, rds = config.storage_of(target.media_pool)
         spec = replace(original, event=target.name, trigger=Trigger.FAILOVER,
                        media_pool=target.media_pool, data_store=store, rds=rds,
                        drive=target.drive,
@@ -94,7 +88,7 @@ def failover_spec(config: Config, original: RunSpec, run_id: str) -> FailoverDec
         return FailoverDecision(spec, f"failover event {target.name}")
     pool = pool_of(config, original.media_pool)
     if pool.failover_pool is not None:
-        store, rds = storage_of(config, pool.failover_pool)
+        store, rds = config.storage_of(pool.failover_pool)
         drive = next((d.name for d in config.drives if d.data_store == store), None)
         spec = replace(original, trigger=Trigger.FAILOVER, media_pool=pool.failover_pool,
                        data_store=store, rds=rds, drive=drive,

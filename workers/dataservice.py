@@ -148,10 +148,15 @@ class DataService:
         return open_
 
 
+def record_task(record: bytes) -> str | None:
+    """The task a saveset's record (its META part) names."""
+    return str(json.loads(record).get("task") or "") or None
+
+
 def task_of(store: PathStore, key: SavesetKey) -> str | None:
     """The task a committed saveset belongs to, from its record."""
     with store.read(key, META) as meta:
-        return str(json.loads(meta.read()).get("task") or "") or None
+        return record_task(meta.read())
 
 
 def staged_task(open_: OpenStaging) -> str | None:
@@ -160,7 +165,7 @@ def staged_task(open_: OpenStaging) -> str | None:
         writer.close()  # on disk before it is read; commit closes them anyway
     path = open_.store.staged_part(open_.key, META)
     try:
-        return str(json.loads(path.read_bytes()).get("task") or "") or None
+        return record_task(path.read_bytes())
     except (OSError, ValueError):
         return None
 

@@ -62,7 +62,7 @@ def pool_report(config: Config, catalog: Catalog, stores: Mapping[str, Store], n
 def _pool_line(config: Config, pool: MediaPool, savesets: list[Saveset], keep: set[str],
                space: Space | StorageUnavailable,
                rds_live: Callable[[str], bool]) -> dict[str, Any]:
-    rds = next(s.rds for s in config.data_stores if s.name == pool.data_store)
+    _, rds = config.storage_of(pool.name)
     free = space.free_bytes if isinstance(space, Space) else 0
     media, media_full = None, False
     if pool.media is not None:

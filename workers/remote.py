@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -345,9 +345,8 @@ PROBE_TIMEOUT_S = 2.0
 def probe(endpoint: Endpoint) -> bool:
     """Whether the data service answers on ``endpoint`` (any HTTP answer counts, a refused
     token too: the interface is up)."""
-    quick = Endpoint(endpoint.url, endpoint.interface, endpoint.token,
-                     min(endpoint.connect_timeout_s, PROBE_TIMEOUT_S), PROBE_TIMEOUT_S,
-                     endpoint.ca)
+    quick = replace(endpoint, io_timeout_s=PROBE_TIMEOUT_S,
+                    connect_timeout_s=min(endpoint.connect_timeout_s, PROBE_TIMEOUT_S))
     try:
         with quick.client() as http:
             http.get("/v1/ping")
