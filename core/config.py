@@ -303,6 +303,8 @@ class Config(Model):
     migration_tasks: list[MigrationTask] = []
     events: list[Event] = []
     data_path: DataPath = DataPath()
+    # Ended runs queued longer ago than this leave the run ledger (SPEC section 10).
+    history: Duration = timedelta(days=90)
 
     @field_validator("timezone")
     @classmethod

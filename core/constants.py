@@ -93,10 +93,14 @@ RUN_KEY = "backstop:run:{run}"
 # String with expiry: the process running a run; renewed while it works. A running run
 # whose lease is gone may be claimed again (its process died).
 RUN_LEASE_KEY = "backstop:run:{run}:lease"
-# Sorted set: run ids by queue time (epoch seconds); trimmed to RUNS_KEPT.
+# Sorted set: run ids by queue time (epoch seconds); ended runs older than the config's
+# ``history`` leave it (and the ledger).
 RUNS_INDEX_KEY = "backstop:runs"
-# Sorted set: run ids of one event (as the event used or as the event triggered).
+# Sorted sets, scored like RUNS_INDEX_KEY: the runs of one event (as the event used or as
+# the event triggered), of one task, and those that ended in one state.
 RUNS_BY_EVENT_KEY = "backstop:runs:event:{event}"
+RUNS_BY_TASK_KEY = "backstop:runs:task:{task}"
+RUNS_BY_STATE_KEY = "backstop:runs:state:{state}"
 # Set: ids of runs that are queued or running (the watchdog's work list).
 RUNS_UNFINISHED_KEY = "backstop:runs:unfinished"
 # Set: occurrences not settled yet (the watchdog settles those whose runs all ended).
@@ -109,8 +113,9 @@ OCCURRENCE_RUNS_KEY = "backstop:occurrence:{occ}:runs"
 OCCURRENCE_FAILOVER_KEY = "backstop:occurrence:{occ}:failover"
 # Drive channels: sorted set of run ids writing through the drive, scored by lease expiry.
 DRIVE_CHANNELS_KEY = "backstop:drive:{drive}:channels"
-# How many runs the ledger keeps (older ended runs are forgotten).
-RUNS_KEPT = 10_000
+# The ledger forgets runs past its history at most this often, this many at a time.
+HISTORY_SWEEP_S = 60.0
+HISTORY_SWEEP_BATCH = 500
 # A run's lease lives this long unless its process renews it (every RUN_LEASE_RENEW_S).
 RUN_LEASE_S = 15.0
 RUN_LEASE_RENEW_S = 3.0

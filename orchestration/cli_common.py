@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
 from core.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
+from core.runs import utc_now
 from core.settings import Settings, load_settings
+from core.units import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,3 +53,25 @@ def settings_from(ctx: click.Context, config_file: str | None) -> Settings:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
+
+
+class Since(click.ParamType[datetime, Any]):
+    """A point in the past: a duration back from now (``24h``, ``7d``) or an ISO-8601 time
+    (without offset: UTC)."""
+
+    name = "DURATION|TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return utc_now() - parse_duration(value)
+        except ValueError:
+            pass
+        try:
+            found = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is neither a duration (24h, 7d) nor an ISO-8601 time",
+                      param, ctx)
+        return found if found.tzinfo else found.replace(tzinfo=UTC)

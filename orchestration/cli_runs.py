@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import click
 from rich.console import Console
@@ -10,13 +11,14 @@ from rich.table import Table
 
 from core.config import Level
 from core.config_refs import did_you_mean
-from core.runs import OccurrenceState, Run, RunState
+from core.runs import OccurrenceState, Run, RunState, Trigger
 from core.units import format_size
 from orchestration.app import create_app
 from orchestration.broker import broker_url
 from orchestration.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    Since,
     config_option,
     json_option,
     print_json,
@@ -98,43 +100,71 @@ def follow(ledger: Ledger, occurrence: str, wait: bool, timeout_s: float | None,
 @click.command("runs")
 @config_option
 @click.option("--event", default=None, help="Runs that used or were triggered by EVENT.")
+@click.option("--task", default=None, help="Runs of TASK.")
+@click.option("--state", type=click.Choice([s.value for s in RunState]), default=None,
+              help="Runs in STATE.")
 @click.option("--occurrence", default=None)
+@click.option("--since", type=Since(), default=None,
+              help="Runs queued since then: a duration back from now (24h) or an ISO time.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @json_option
 @click.pass_context
-def runs(ctx: click.Context, config_file: str | None, event: str | None,
-         occurrence: str | None, limit: int, as_json: bool) -> None:
+def runs(ctx: click.Context, config_file: str | None, event: str | None, task: str | None,
+         state: str | None, occurrence: str | None, since: datetime | None, limit: int,
+         as_json: bool) -> None:
     """The run ledger, newest first."""
     settings = settings_from(ctx, config_file)
-    ledger = Ledger(connect(broker_url(settings)))
+    ledger = Ledger(connect(broker_url(settings)), settings.config.history)
+    wanted = RunState(state) if state else None
     if occurrence:
-        found = list(reversed(ledger.runs_of(occurrence)))[:limit]
+        found = [r for r in reversed(ledger.runs_of(occurrence))
+                 if (event is None or event in (r.event, r.origin_event))
+                 and (task is None or r.task == task) and (wanted is None or r.state is wanted)
+                 and (since is None or r.queued_at >= since)][:limit]
     else:
-        found = ledger.recent(event, limit)
+        found = ledger.query(event=event, task=task, state=wanted, since=since, limit=limit)
     if as_json:
         print_json([r.to_json() for r in found])
     else:
         print_runs(found)
 
 
-def print_runs(found: list[Run]) -> None:
-    table = Table("run", "occurrence", "event (origin)", "trigger", "state", "level",
-                  "pool", "saveset", "size", "queued")
-    for r in found:
-        origin = f" ({r.origin_event})" if r.origin_event != r.event else ""
-        state = str(r.state)
-        if r.error is not None:
-            state += f": {r.error.reason or r.error.kind}"
-        if r.progress is not None and r.state is RunState.RUNNING:
-            state += f" {r.progress.files}/{r.progress.files_total} files"
-        level = str(r.level or "-")
-        if r.effective_level and r.effective_level != r.level:
-            level += f"→{r.effective_level}"
-        table.add_row(r.run_id, r.occurrence, r.event + origin, r.trigger, state, level,
-                      r.media_pool or "-", r.saveset or "-",
-                      format_size(r.bytes) if r.bytes is not None else "-",
-                      r.queued_at.isoformat()[:19])
-    Console().print(table)
+def print_runs(found: list[Run], console: Console | None = None) -> None:
+    """A table that stays readable at 80 columns: an event's origin, a state's reason and
+    long names go on further lines of their row; ``--json`` has every field."""
+    console = console or Console()
+    rows = [run_row(r) for r in found]
+    headers = ("queued", "run", "event", "state", "level", "size")
+    widths = [max(len(line) for cell in (header, *(row[n] for row in rows))
+                  for line in cell.splitlines() or [""])
+              for n, header in enumerate(headers)]
+    # the event folds into what the other columns leave
+    widths[2] = max(8, min(widths[2], console.width - sum(widths) + widths[2]
+                           - len(headers) + 1))
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+    for header, width in zip(headers, widths, strict=True):
+        table.add_column(header, width=width, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def run_row(r: Run) -> tuple[str, ...]:
+    event = r.event
+    if r.origin_event != r.event:
+        event += f"\n(for {r.origin_event})"
+    if r.trigger not in (Trigger.SCHEDULE, Trigger.FAILOVER):
+        event += f" ({r.trigger})"
+    state = str(r.state)
+    if r.error is not None:
+        state += f"\n{r.error.reason or r.error.kind}"
+    if r.progress is not None and r.state is RunState.RUNNING:
+        state += f"\n{r.progress.files}/{r.progress.files_total} files"
+    level = str(r.level or "-")
+    if r.effective_level and r.effective_level != r.level:
+        level += f">{r.effective_level}"
+    return (r.queued_at.astimezone(UTC).strftime("%m-%d %H:%M"), r.run_id, event, state,
+            level, format_size(r.bytes) if r.bytes is not None else "-")
 
 
 COMMANDS = [run, runs]

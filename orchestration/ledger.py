@@ -10,8 +10,10 @@ is settled once; the failover run of an occurrence is added once.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from string import Template
 from typing import Any
 
@@ -19,6 +21,8 @@ import redis
 from redis.client import Pipeline
 
 from core.constants import (
+    HISTORY_SWEEP_BATCH,
+    HISTORY_SWEEP_S,
     OCCURRENCE_FAILOVER_KEY,
     OCCURRENCE_KEY,
     OCCURRENCE_RUNS_KEY,
@@ -26,8 +30,9 @@ from core.constants import (
     RUN_KEY,
     RUN_LEASE_KEY,
     RUNS_BY_EVENT_KEY,
+    RUNS_BY_STATE_KEY,
+    RUNS_BY_TASK_KEY,
     RUNS_INDEX_KEY,
-    RUNS_KEPT,
     RUNS_UNFINISHED_KEY,
 )
 from core.runs import (
@@ -78,8 +83,11 @@ local holder = redis.call('GET', KEYS[2])
 if ARGV[1] ~= '' and holder ~= ARGV[1] then return 'lost' end
 if ARGV[1] == '' and holder then return 'busy' end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HDEL', KEYS[1], 'progress')
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[2])
+local queued = redis.call('ZSCORE', KEYS[4], ARGV[2])
+if queued then redis.call('ZADD', KEYS[5], queued, ARGV[2]) end
 return 'done'
 """)
 _UPDATE = """
@@ -114,9 +122,10 @@ class Claim:
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, kept: int = RUNS_KEPT) -> None:
+    def __init__(self, client: redis.Redis, history: timedelta = timedelta(days=90)) -> None:
         self.client = client
-        self.kept = kept
+        self.history = history
+        self._next_sweep = 0.0
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._finish = client.register_script(_FINISH)
@@ -183,7 +192,7 @@ class Ledger:
                 pipe.execute()
             except redis.WatchError:
                 return False
-        self._trim()
+        self._sweep()
         return True
 
     # runs
@@ -194,9 +203,13 @@ class Ledger:
         pipe.zadd(RUNS_INDEX_KEY, {run.run_id: score})
         for event in {run.event, run.origin_event}:
             pipe.zadd(RUNS_BY_EVENT_KEY.format(event=event), {run.run_id: score})
+        if run.task:
+            pipe.zadd(RUNS_BY_TASK_KEY.format(task=run.task), {run.run_id: score})
         pipe.rpush(OCCURRENCE_RUNS_KEY.format(occ=run.occurrence), run.run_id)
         if run.state in ACTIVE:
             pipe.sadd(RUNS_UNFINISHED_KEY, run.run_id)
+        else:  # recorded ended (missed, suppressed)
+            pipe.zadd(RUNS_BY_STATE_KEY.format(state=run.state.value), {run.run_id: score})
 
     def run(self, run_id: str) -> Run | None:
         raw = _decoded(self.client.hgetall(RUN_KEY.format(run=run_id)))
@@ -219,7 +232,8 @@ class Ledger:
         """End a run: ``done``, or ``ended``/``lost``/``busy`` when someone else has it."""
         encoded = Run.encode({"finished_at": utc_now(), **end.values()})
         keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id),
-                RUNS_UNFINISHED_KEY]
+                RUNS_UNFINISHED_KEY, RUNS_INDEX_KEY,
+                RUNS_BY_STATE_KEY.format(state=end.state.value)]
         return _text(self._finish(keys=keys, args=[holder, run_id, *_flat(encoded)]))
 
     def update(self, run_id: str, **fields: Any) -> None:
@@ -233,8 +247,33 @@ class Ledger:
 
     def recent(self, event: str | None = None, limit: int = 50) -> list[Run]:
         """Runs, newest first."""
-        index = RUNS_BY_EVENT_KEY.format(event=event) if event else RUNS_INDEX_KEY
-        return self._records([_text(i) for i in self.client.zrevrange(index, 0, limit - 1)])
+        return self.query(event=event, limit=limit)
+
+    def query(self, *, event: str | None = None, task: str | None = None,
+              state: RunState | None = None, since: datetime | None = None,
+              limit: int = 50) -> list[Run]:
+        """Runs newest first that match every filter given: runs that used or were triggered
+        by ``event``, of ``task``, in ``state``, queued at or after ``since``. Reads one
+        index (the narrowest the filters allow) page by page."""
+        if state in ACTIVE:
+            ids = [_text(i) for i in self.client.smembers(RUNS_UNFINISHED_KEY)]
+            found = [r for r in self._records(ids) if _matches(r, event, task, state, since)]
+            return sorted(found, key=lambda r: r.queued_at, reverse=True)[:limit]
+        index = (RUNS_BY_STATE_KEY.format(state=state.value) if state
+                 else RUNS_BY_TASK_KEY.format(task=task) if task
+                 else RUNS_BY_EVENT_KEY.format(event=event) if event
+                 else RUNS_INDEX_KEY)
+        low = since.timestamp() if since else "-inf"
+        page = max(limit, 100)
+        found, offset = [], 0
+        while len(found) < limit:
+            ids = [_text(i) for i in self.client.zrevrangebyscore(index, "+inf", low,
+                                                                  start=offset, num=page)]
+            found += [r for r in self._records(ids) if _matches(r, event, task, state, since)]
+            if len(ids) < page:
+                break
+            offset += page
+        return found[:limit]
 
     def unfinished(self) -> list[Run]:
         """Queued and running runs: the watchdog's work list."""
@@ -248,20 +287,71 @@ class Ledger:
         return [Run.decode(raw) for found in pipe.execute()
                 if "state" in (raw := _decoded(found))]
 
-    def _trim(self) -> None:
-        """Bounded history: forget the oldest runs beyond ``kept`` once they have ended."""
-        excess = int(self.client.zcard(RUNS_INDEX_KEY)) - self.kept
-        if excess <= 0:
+    def _sweep(self) -> None:
+        """Forget past history now and then (at most every HISTORY_SWEEP_S per ledger)."""
+        if time.monotonic() < self._next_sweep:
             return
-        for run in self._records([_text(i) for i in
-                                  self.client.zrange(RUNS_INDEX_KEY, 0, excess - 1)]):
-            if run.state.ended:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.delete(RUN_KEY.format(run=run.run_id))
-                pipe.zrem(RUNS_INDEX_KEY, run.run_id)
-                for event in {run.event, run.origin_event}:
-                    pipe.zrem(RUNS_BY_EVENT_KEY.format(event=event), run.run_id)
-                pipe.execute()
+        self._next_sweep = time.monotonic() + HISTORY_SWEEP_S
+        self.forget_past_history()
+
+    def forget_past_history(self, now: datetime | None = None,
+                            at_most: int = 20 * HISTORY_SWEEP_BATCH) -> int:
+        """Let ended runs queued before the history window leave the ledger (up to
+        ``at_most``, a batch at a time), with every index entry and, once settled, their
+        occurrences. Runs still queued or running stay whatever their age. Returns how many
+        runs left."""
+        cutoff = (now or utc_now()) - self.history
+        gone = skipped = 0
+        while gone < at_most:
+            ids = [_text(i) for i in self.client.zrangebyscore(
+                RUNS_INDEX_KEY, "-inf", cutoff.timestamp(), start=skipped,
+                num=HISTORY_SWEEP_BATCH)]
+            left = self._forget(ids)
+            gone, skipped = gone + left, skipped + len(ids) - left
+            if len(ids) < HISTORY_SWEEP_BATCH:
+                break
+        return gone
+
+    def _forget(self, ids: list[str]) -> int:
+        """Forget the ended runs of ``ids``; return how many of ``ids`` left the index."""
+        if not ids:
+            return 0
+        read = self.client.pipeline(transaction=False)
+        for run_id in ids:
+            read.hgetall(RUN_KEY.format(run=run_id))
+        raws = [_decoded(found) for found in read.execute()]
+        runs = [Run.decode(raw) for raw in raws if "state" in raw]
+        ended = [r for r in runs if r.state.ended]
+        occurrences = sorted({r.occurrence for r in ended})
+        still_open = (self.client.smismember(OCCURRENCES_OPEN_KEY, occurrences)
+                      if occurrences else [])
+        pipe = self.client.pipeline(transaction=False)
+        for run_id, raw in zip(ids, raws, strict=True):
+            if "state" not in raw:  # its record is gone already
+                pipe.zrem(RUNS_INDEX_KEY, run_id)
+        for run in ended:
+            pipe.delete(RUN_KEY.format(run=run.run_id))
+            pipe.zrem(RUNS_INDEX_KEY, run.run_id)
+            pipe.zrem(RUNS_BY_STATE_KEY.format(state=run.state.value), run.run_id)
+            for event in {run.event, run.origin_event}:
+                pipe.zrem(RUNS_BY_EVENT_KEY.format(event=event), run.run_id)
+            if run.task:
+                pipe.zrem(RUNS_BY_TASK_KEY.format(task=run.task), run.run_id)
+        for occurrence, is_open in zip(occurrences, still_open, strict=True):
+            if not is_open:
+                pipe.delete(OCCURRENCE_KEY.format(occ=occurrence),
+                            OCCURRENCE_RUNS_KEY.format(occ=occurrence),
+                            OCCURRENCE_FAILOVER_KEY.format(occ=occurrence))
+        pipe.execute()
+        return len(ids) - (len(runs) - len(ended))
+
+
+def _matches(run: Run, event: str | None, task: str | None, state: RunState | None,
+             since: datetime | None) -> bool:
+    return ((event is None or event in (run.event, run.origin_event))
+            and (task is None or run.task == task)
+            and (state is None or run.state is state)
+            and (since is None or run.queued_at >= since))
 
 
 def _text(value: Any) -> str:

@@ -102,8 +102,8 @@ def control_for(app: BackstopApp, client: redis.Redis,
     def client_seen(name: str) -> float | None:
         return client_last_seen_s(client, name)
 
-    return Control(app.settings.config, Ledger(client), app.send, rds_live,
-                   catalog or RedisCatalog(client), client_seen)
+    return Control(app.settings.config, Ledger(client, app.settings.config.history), app.send,
+                   rds_live, catalog or RedisCatalog(client), client_seen)
 
 
 def finish_job(ctx: Context, run_id: str, work: Callable[[Run], RunEnd]) -> dict[str, Any]:
