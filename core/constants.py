@@ -130,6 +130,24 @@ CLIENT_LOST_AFTER_S = 60.0
 # taken by a worker that died: the watchdog puts it back on its queue.
 CONTROL_REDELIVER_AFTER_S = 60.0
 
+# Metrics (orchestration/metrics.py): hashes whose fields are JSON arrays of label values,
+# counted when a run ends, in the script that ends it.
+METRICS_RUNS_KEY = "backstop:metrics:runs_total"
+METRICS_UNAVAILABLE_KEY = "backstop:metrics:storage_unavailable_total"
+METRICS_FAILOVERS_KEY = "backstop:metrics:failovers_total"
+METRICS_BYTES_KEY = "backstop:metrics:backup_bytes_total"
+METRICS_DURATION_KEY = "backstop:metrics:run_duration_seconds"
+METRICS_LAST_SUCCESS_KEY = "backstop:metrics:last_success_timestamp_seconds"
+METRICS_NOTIFY_FAILED_KEY = "backstop:metrics:notifications_failed_total"
+# Sorted set per pool: "epoch:used_bytes" samples, at most one per POOL_SAMPLE_EVERY_S,
+# kept POOL_SAMPLES_KEPT_S (a pool's growth: days_until_full).
+POOL_USED_KEY = "backstop:pool:{pool}:used"
+POOL_SAMPLE_EVERY_S = 600.0
+POOL_SAMPLES_KEPT_S = 35 * 86400.0
+# The metrics exporter serves here unless told otherwise (SPEC section 10).
+METRICS_ADDRESS = "127.0.0.1"
+METRICS_PORT = 9808
+
 # Hash: schedule name -> ISO time of the newest tick the beat handled (run, or recorded as
 # missed); read by a beat when it becomes the leader.
 BEAT_LAST_TICK_KEY = "backstop:beat:last-tick"

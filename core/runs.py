@@ -259,12 +259,16 @@ class Run(Record):
         return {key: json.dumps(value) for key, value in dumped.items()}
 
     def encoded(self) -> dict[str, str]:
-        """Every field, each as its JSON text."""
-        return self.encode(dict(self))
+        """Every field that differs from its default, and the state (the ledger's scripts
+        read it), each as its JSON text; not the id, which is in the record's key: a fleet
+        keeps a million of these."""
+        return self.encode({name: value for name, value in self if name != "run_id" and (
+            name == "state" or value != Run.model_fields[name].default)})
 
     @classmethod
-    def decode(cls, raw: dict[str, str]) -> Run:
-        return cls.model_validate({key: json.loads(value) for key, value in raw.items()})
+    def decode(cls, raw: dict[str, str], run_id: str) -> Run:
+        return cls.model_validate({"run_id": run_id,
+                                   **{key: json.loads(value) for key, value in raw.items()}})
 
 
 @dataclass(frozen=True)
@@ -313,8 +317,12 @@ class Occurrence(Record):
         return self.model_dump(mode="json")
 
     def encode(self) -> dict[str, str]:
-        return {key: json.dumps(value) for key, value in self.to_json().items()}
+        """The fields that are set, each as its JSON text; not the id, which is in the
+        record's key."""
+        return {key: json.dumps(value) for key, value in self.to_json().items()
+                if value is not None and key != "occurrence"}
 
     @classmethod
-    def decode(cls, raw: dict[str, str]) -> Occurrence:
-        return cls.model_validate({key: json.loads(value) for key, value in raw.items()})
+    def decode(cls, raw: dict[str, str], occurrence: str) -> Occurrence:
+        return cls.model_validate({"occurrence": occurrence,
+                                   **{key: json.loads(value) for key, value in raw.items()}})

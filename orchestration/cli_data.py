@@ -34,6 +34,7 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
+from orchestration.growth import POOLS_PERIOD, with_days_until_full
 from orchestration.heartbeat import live_workers, served_rds
 from orchestration.status import connect
 from workers.access import known_token
@@ -207,19 +208,25 @@ def verify(ctx: click.Context, config_file: str | None, saveset_id: str, as_json
 @json_option
 @click.pass_context
 def pools(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
-    """Each pool: store, RDS, availability, used/free bytes, media."""
+    """Each pool: store, RDS, availability, used/free bytes, days until full (at its growth
+    of the last 24 hours), media."""
     data = data_from(ctx, config_file)
     served = served_rds(data.client)
-    report = pool_report(data.settings.config, data.catalog, data.stores, datetime.now(UTC),
-                         lambda rds: rds in served)
+    now = datetime.now(UTC)
+    report = with_days_until_full(
+        data.client, pool_report(data.settings.config, data.catalog, data.stores, now,
+                                 lambda rds: rds in served), now - POOLS_PERIOD, now)
     if as_json:
         print_json(report)
         return
-    table = Table("pool", "store", "rds", "availability", "used", "free", "media (free/count)")
+    table = Table("pool", "store", "rds", "availability", "used", "free", "full in",
+                  "media (free/count)")
     for p in report:
         media = p["media"]
+        days = p["days_until_full"]
         table.add_row(p["name"], p["data_store"], p["rds"], p["availability"],
                       format_size(p["used_bytes"]), format_size(p["free_bytes"]),
+                      "-" if days is None else f"{days:g} days",
                       f"{media['free']}/{media['count'] or '∞'}" if media else "-")
     Console().print(table)
 

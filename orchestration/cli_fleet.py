@@ -6,19 +6,29 @@ import logging
 import os
 import socket
 import sys
+import threading
 
 import click
 from rich.logging import RichHandler
 
 from core.config_refs import did_you_mean
-from core.constants import CONTROL_QUEUE, client_queue, rds_queue
+from core.constants import (
+    CONTROL_QUEUE,
+    METRICS_ADDRESS,
+    METRICS_PORT,
+    client_queue,
+    rds_queue,
+)
 from core.errors import BackstopError
 from core.settings import Settings
 from orchestration.app import create_app
 from orchestration.beat import LeaderScheduler
 from orchestration.broker import broker_url
 from orchestration.cli_common import EXIT_USAGE, config_option, settings_from
+from orchestration.exporter import serve_metrics
+from orchestration.status import connect
 from orchestration.supervisor import Supervisor
+from workers.access import known_token
 from workers.engine import create_missing_stores, drop_abandoned
 from workers.serve import is_loopback, serve_forever
 
@@ -61,23 +71,47 @@ def port_is_free(port: int) -> bool:
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--flower-port", type=click.IntRange(1, 65535), default=DEFAULT_FLOWER_PORT,
               show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=METRICS_PORT,
+              show_default=True, help="Serve Prometheus metrics on 127.0.0.1:N; 0: none.")
 @click.pass_context
 def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
-       clients: tuple[str, ...], no_flower: bool, flower_port: int) -> None:
+       clients: tuple[str, ...], no_flower: bool, flower_port: int, metrics_port: int) -> None:
     """All in one: embedded broker, control worker, RDS workers and data services, client
-    workers, beat, Flower; Ctrl-C stops all."""
+    workers, beat, Flower, metrics; Ctrl-C stops all."""
     settings = settings_from(ctx, config_file)
     served = check_rds_names(settings, rds)
     for_clients = check_client_names(settings, clients)
     if not no_flower and not port_is_free(flower_port):
         raise click.BadParameter(f"port {flower_port} on 127.0.0.1 is in use; choose another "
                                  "or use --no-flower", param_hint="--flower-port")
+    if metrics_port and not port_is_free(metrics_port):
+        raise click.BadParameter(f"port {metrics_port} on 127.0.0.1 is in use; choose another "
+                                 "or 0 for no metrics", param_hint="--metrics-port")
     handler = RichHandler(show_path=False) if sys.stderr.isatty() else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"
                                            if not sys.stderr.isatty() else "%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    ctx.exit(Supervisor(settings, served, for_clients,
-                        None if no_flower else flower_port).run())
+    ctx.exit(Supervisor(settings, served, for_clients, None if no_flower else flower_port,
+                        metrics_port or None).run())
+
+
+@click.command()
+@config_option
+@click.option("--address", default=METRICS_ADDRESS, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=METRICS_PORT, show_default=True)
+@click.pass_context
+def metrics(ctx: click.Context, config_file: str | None, address: str, port: int) -> None:
+    """Prometheus exporter for the fleet: /metrics, computed from the broker."""
+    settings = settings_from(ctx, config_file)
+    client = connect(broker_url(settings))
+    try:
+        serve_metrics(settings, client, known_token(settings), address, port)
+    except OSError as exc:
+        click.echo(f"backstop: cannot serve metrics on {address}:{port}: "
+                   f"{exc.strerror or exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+    click.echo(f"metrics on http://{address}:{port}/metrics", err=True)
+    threading.Event().wait()
 
 
 @click.command()
@@ -180,4 +214,4 @@ def _broker(settings: Settings) -> str:
     return broker_url(settings)
 
 
-COMMANDS = [up, worker, serve, beat, flower]
+COMMANDS = [up, metrics, worker, serve, beat, flower]

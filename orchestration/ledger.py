@@ -37,6 +37,7 @@ from core.constants import (
 )
 from core.runs import (
     ACTIVE,
+    TERMINAL,
     Occurrence,
     OccurrenceState,
     Run,
@@ -46,6 +47,14 @@ from core.runs import (
     utc_now,
 )
 from orchestration.leader import RENEW_SCRIPT
+from orchestration.metrics import APPLY_COUNTS_LUA, add_counts, counts_of_end
+
+# Ended states with an index of their own: the rare ones an operator looks for (most runs
+# succeed; ``runs --state succeeded`` reads the index of all runs).
+STATE_INDEXED = frozenset(TERMINAL - {RunState.SUCCEEDED})
+# The occurrence hash's field naming its first run (its failover run is in
+# OCCURRENCE_FAILOVER_KEY).
+FIRST_RUN = "run"
 
 
 def _lua(script: str) -> str:
@@ -74,7 +83,8 @@ end
 if state == $running then return 'busy' end
 return 'ended'
 """)
-# ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), run id, field/value pairs.
+# ARGV: holder ('' = not claimed by anyone: dispatch or watchdog), run id, the number of
+# field/value arguments, the field/value pairs, then the metrics' counts (metrics.Count.args).
 _FINISH = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
@@ -82,12 +92,14 @@ if state ~= $queued and state ~= $running then return 'ended' end
 local holder = redis.call('GET', KEYS[2])
 if ARGV[1] ~= '' and holder ~= ARGV[1] then return 'lost' end
 if ARGV[1] == '' and holder then return 'busy' end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local first = 4 + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, first - 1))
 redis.call('HDEL', KEYS[1], 'progress')
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[2])
 local queued = redis.call('ZSCORE', KEYS[4], ARGV[2])
-if queued then redis.call('ZADD', KEYS[5], queued, ARGV[2]) end
+if queued and KEYS[5] then redis.call('ZADD', KEYS[5], queued, ARGV[2]) end
+""" + APPLY_COUNTS_LUA + """
 return 'done'
 """)
 _UPDATE = """
@@ -145,7 +157,7 @@ class Ledger:
                             parent=parent, state=state, created_at=utc_now())
 
         def write(pipe: Pipeline) -> None:
-            pipe.hset(key, mapping=record.encode())
+            pipe.hset(key, mapping={**record.encode(), FIRST_RUN: json.dumps(first_run.run_id)})
             if state is OccurrenceState.OPEN:
                 pipe.sadd(OCCURRENCES_OPEN_KEY, occurrence)
             self._add_run(pipe, first_run)
@@ -157,7 +169,7 @@ class Ledger:
 
     def occurrence(self, occurrence: str) -> Occurrence | None:
         raw = _decoded(self.client.hgetall(OCCURRENCE_KEY.format(occ=occurrence)))
-        return Occurrence.decode(raw) if "state" in raw else None
+        return Occurrence.decode(raw, occurrence) if "state" in raw else None
 
     def settle(self, occurrence: str, state: OccurrenceState) -> bool:
         """Close an open occurrence as succeeded/failed; True only for the one caller that did."""
@@ -205,15 +217,17 @@ class Ledger:
             pipe.zadd(RUNS_BY_EVENT_KEY.format(event=event), {run.run_id: score})
         if run.task:
             pipe.zadd(RUNS_BY_TASK_KEY.format(task=run.task), {run.run_id: score})
-        pipe.rpush(OCCURRENCE_RUNS_KEY.format(occ=run.occurrence), run.run_id)
         if run.state in ACTIVE:
             pipe.sadd(RUNS_UNFINISHED_KEY, run.run_id)
         else:  # recorded ended (missed, suppressed)
-            pipe.zadd(RUNS_BY_STATE_KEY.format(state=run.state.value), {run.run_id: score})
+            if run.state in STATE_INDEXED:
+                pipe.zadd(RUNS_BY_STATE_KEY.format(state=run.state.value),
+                          {run.run_id: score})
+            add_counts(pipe, counts_of_end(run, RunEnd(run.state, run.error), run.queued_at))
 
     def run(self, run_id: str) -> Run | None:
         raw = _decoded(self.client.hgetall(RUN_KEY.format(run=run_id)))
-        return Run.decode(raw) if "state" in raw else None
+        return Run.decode(raw, run_id) if "state" in raw else None
 
     def claim(self, run_id: str, holder: str, lease_ms: int) -> Claim:
         keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id)]
@@ -229,20 +243,35 @@ class Ledger:
         return _text(value) if value else None
 
     def finish(self, run_id: str, end: RunEnd, holder: str = "") -> str:
-        """End a run: ``done``, or ``ended``/``lost``/``busy`` when someone else has it."""
-        encoded = Run.encode({"finished_at": utc_now(), **end.values()})
+        """End a run: ``done``, or ``ended``/``lost``/``busy`` when someone else has it.
+        The end is counted in the metrics by the same script, so exactly once."""
+        now = utc_now()
+        before = self.run(run_id)
+        counts = counts_of_end(before, end, now) if before is not None else []
+        pairs = _flat(Run.encode({"finished_at": now, **end.values()}))
         keys = [RUN_KEY.format(run=run_id), RUN_LEASE_KEY.format(run=run_id),
-                RUNS_UNFINISHED_KEY, RUNS_INDEX_KEY,
-                RUNS_BY_STATE_KEY.format(state=end.state.value)]
-        return _text(self._finish(keys=keys, args=[holder, run_id, *_flat(encoded)]))
+                RUNS_UNFINISHED_KEY, RUNS_INDEX_KEY]
+        if end.state in STATE_INDEXED:
+            keys.append(RUNS_BY_STATE_KEY.format(state=end.state.value))
+        args = [holder, run_id, str(len(pairs)), *pairs,
+                *(arg for count in counts for arg in count.args())]
+        return _text(self._finish(keys=keys, args=args))
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set fields of a run that exists (progress, the drive it got, its migration)."""
         self._update(keys=[RUN_KEY.format(run=run_id)], args=_flat(Run.encode(fields)))
 
     def runs_of(self, occurrence: str) -> list[Run]:
-        ids = [_text(i) for i in self.client.lrange(OCCURRENCE_RUNS_KEY.format(occ=occurrence),
-                                                    0, -1)]
+        """The occurrence's run, then its failover run if it has one."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(OCCURRENCE_KEY.format(occ=occurrence), FIRST_RUN)
+        pipe.get(OCCURRENCE_FAILOVER_KEY.format(occ=occurrence))
+        pipe.lrange(OCCURRENCE_RUNS_KEY.format(occ=occurrence), 0, -1)  # before 0.4
+        first, failover, listed = pipe.execute()
+        ids = [_text(i) for i in listed]
+        if not ids:
+            ids = [json.loads(first)] if first else []
+            ids += [_text(failover)] if failover else []
         return self._records(ids)
 
     def recent(self, event: str | None = None, limit: int = 50) -> list[Run]:
@@ -259,7 +288,7 @@ class Ledger:
             ids = [_text(i) for i in self.client.smembers(RUNS_UNFINISHED_KEY)]
             found = [r for r in self._records(ids) if _matches(r, event, task, state, since)]
             return sorted(found, key=lambda r: r.queued_at, reverse=True)[:limit]
-        index = (RUNS_BY_STATE_KEY.format(state=state.value) if state
+        index = (RUNS_BY_STATE_KEY.format(state=state.value) if state in STATE_INDEXED
                  else RUNS_BY_TASK_KEY.format(task=task) if task
                  else RUNS_BY_EVENT_KEY.format(event=event) if event
                  else RUNS_INDEX_KEY)
@@ -281,10 +310,12 @@ class Ledger:
         return [r for r in self._records(ids) if r.state in ACTIVE]
 
     def _records(self, ids: Iterable[str]) -> list[Run]:
+        """The runs of ``ids`` that exist, in that order."""
+        ids = list(ids)
         pipe = self.client.pipeline(transaction=False)
         for run_id in ids:
             pipe.hgetall(RUN_KEY.format(run=run_id))
-        return [Run.decode(raw) for found in pipe.execute()
+        return [Run.decode(raw, run_id) for run_id, found in zip(ids, pipe.execute(), strict=True)
                 if "state" in (raw := _decoded(found))]
 
     def _sweep(self) -> None:
@@ -316,19 +347,15 @@ class Ledger:
         """Forget the ended runs of ``ids``; return how many of ``ids`` left the index."""
         if not ids:
             return 0
-        read = self.client.pipeline(transaction=False)
-        for run_id in ids:
-            read.hgetall(RUN_KEY.format(run=run_id))
-        raws = [_decoded(found) for found in read.execute()]
-        runs = [Run.decode(raw) for raw in raws if "state" in raw]
+        runs = self._records(ids)
         ended = [r for r in runs if r.state.ended]
         occurrences = sorted({r.occurrence for r in ended})
         still_open = (self.client.smismember(OCCURRENCES_OPEN_KEY, occurrences)
                       if occurrences else [])
         pipe = self.client.pipeline(transaction=False)
-        for run_id, raw in zip(ids, raws, strict=True):
-            if "state" not in raw:  # its record is gone already
-                pipe.zrem(RUNS_INDEX_KEY, run_id)
+        gone = set(ids) - {r.run_id for r in runs}  # records gone already
+        if gone:
+            pipe.zrem(RUNS_INDEX_KEY, *gone)
         for run in ended:
             pipe.delete(RUN_KEY.format(run=run.run_id))
             pipe.zrem(RUNS_INDEX_KEY, run.run_id)

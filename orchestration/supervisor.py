@@ -77,7 +77,7 @@ def backstop_argv(settings: Settings, *args: str) -> list[str]:
 
 
 def plan_parts(settings: Settings, rds: list[str], clients: list[str],
-               flower_port: int | None) -> list[Part]:
+               flower_port: int | None, metrics_port: int | None = None) -> list[Part]:
     parts = [Part("control worker", backstop_argv(settings, "worker", "--control"))]
     parts += [Part(f"worker rds {name}", backstop_argv(settings, "worker", "--rds", name))
               for name in rds]
@@ -88,6 +88,9 @@ def plan_parts(settings: Settings, rds: list[str], clients: list[str],
     parts.append(Part("beat", backstop_argv(settings, "beat")))
     if flower_port is not None:
         parts.append(Part("flower", backstop_argv(settings, "flower", "--port", str(flower_port))))
+    if metrics_port is not None:
+        parts.append(Part("metrics", backstop_argv(settings, "metrics", "--port",
+                                                   str(metrics_port))))
     logs = settings.state_dir / "logs"
     for part in parts:
         part.log_path = logs / (part.name.replace(" ", "-") + ".log")
@@ -114,10 +117,10 @@ def owning(state_dir: Path) -> Iterator[None]:
 
 class Supervisor:
     def __init__(self, settings: Settings, rds: list[str], clients: list[str],
-                 flower_port: int | None) -> None:
+                 flower_port: int | None, metrics_port: int | None = None) -> None:
         self.settings = settings
         self.rds = rds
-        self.parts = plan_parts(settings, rds, clients, flower_port)
+        self.parts = plan_parts(settings, rds, clients, flower_port, metrics_port)
         self.stopping = threading.Event()
         self.broker: EmbeddedBroker | None = None
 

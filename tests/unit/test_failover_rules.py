@@ -160,4 +160,4 @@ def test_run_specs_survive_json(config) -> None:  # type: ignore[no-untyped-def]
     spec = failover_spec(config, original(config), "run-1").spec
     assert spec is not None
     stored = Run.for_backup("run-2", "occurrence", spec).encoded()
-    assert Run.decode(stored).spec == spec
+    assert Run.decode(stored, "run-2").spec == spec
