@@ -47,7 +47,7 @@ def days_until_full(client: redis.Redis, pool: dict[str, Any], since: datetime,
         return None
     member, at = oldest[0]
     span_s = now.timestamp() - float(at)
-    grown = pool["used_bytes"] - int(member.decode().split(":")[1])
+    grown = int(pool["used_bytes"]) - int(member.decode().split(":")[1])
     if span_s < MIN_SPAN_S or grown <= 0:
         return None
     return round(float(pool["free_bytes"]) / (grown / (span_s / 86400)), 1)
