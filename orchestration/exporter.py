@@ -40,6 +40,7 @@ from orchestration.catalog import RedisCatalog
 from orchestration.growth import sample_pools
 from orchestration.heartbeat import served_rds
 from orchestration.metrics import DURATION_BUCKETS, SUM, bucket_label
+from orchestration.schedules import longest_gap
 from orchestration.status import fleet_status
 from workers.maintenance import pool_report
 from workers.remote import probe_interfaces, reachable_stores
@@ -82,7 +83,27 @@ class FleetCollector(Collector):
         for labels, value in sorted(last_success.items()):
             gauge.add_metric(labels, value)
         yield gauge
+        allowed = GaugeMetricFamily(
+            "backstop_task_success_interval_seconds",
+            "The longest a scheduled task may go without a succeeded backup: the longest gap "
+            "of its schedules plus the backup time limit", labels=["task"])
+        for task, seconds in sorted(self.cached("intervals", self.success_intervals).items()):
+            allowed.add_metric([task], seconds)
+        yield allowed
         yield from self.fleet_gauges()
+
+    def success_intervals(self) -> dict[str, float]:
+        config = self.settings.config
+        schedules = {s.name: s for s in config.schedules}
+        found: dict[str, float] = {}
+        for event in config.events:
+            task = getattr(event, "task", None)
+            if event.kind != "backup" or event.schedule is None or not task:
+                continue
+            gap = longest_gap(schedules[event.schedule], config.timezone, utc_now())
+            seconds = (gap + config.backup_time_limit).total_seconds()
+            found[task] = max(found.get(task, 0.0), seconds)
+        return found
 
     def fleet_gauges(self) -> Iterator[Metric]:
         config = self.settings.config

@@ -43,6 +43,19 @@ def next_tick(schedule: Schedule, default_tz: str, after: datetime) -> datetime:
     return tick.astimezone(UTC)
 
 
+def longest_gap(schedule: Schedule, default_tz: str, now: datetime,
+                ticks: int = 400) -> timedelta:
+    """The longest time between two ticks among the next ``ticks`` (a cron of weekdays at
+    22:00 has a gap of three days over the weekend)."""
+    if schedule.every is not None:
+        return schedule.every
+    tick, gap = next_tick(schedule, default_tz, now), timedelta(0)
+    for _ in range(ticks):
+        following = next_tick(schedule, default_tz, tick)
+        gap, tick = max(gap, following - tick), following
+    return gap
+
+
 class TickAction(enum.Enum):
     RUN = enum.auto()
     MISSED = enum.auto()  # recorded as an occurrence in state missed

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,6 +21,7 @@ from core.settings import load_settings
 from orchestration.cli import main
 from orchestration.exporter import serve_metrics
 from tests.integration.test_orchestration import Fleet, fleet  # noqa: F401 - the fixture
+from tests.system_tools import require
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -26,12 +32,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def scrape(fleet: Fleet) -> Samples:
+def scrape(running: Fleet) -> Samples:
     """A fresh exporter (as after a restart of every process), scraped once."""
-    settings = load_settings(str(fleet.root / "backstop.yaml"),
-                             {"BACKSTOP_BROKER_URL": fleet.app.conf.broker_url})
+    settings = load_settings(str(running.root / "backstop.yaml"),
+                             {"BACKSTOP_BROKER_URL": running.app.conf.broker_url})
     port = free_port()
-    serve_metrics(settings, fleet.ledger.client, None, "127.0.0.1", port)
+    serve_metrics(settings, running.ledger.client, None, "127.0.0.1", port)
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
@@ -111,3 +117,60 @@ def test_metrics_on_a_port_in_use_exits_2_naming_it(ended: Fleet) -> None:
         done = CliRunner().invoke(main, ["up", "-c", config, "--metrics-port", str(port)],
                                   env=env)
         assert done.exit_code == 2 and f"port {port}" in done.output, done.output
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def exposed_names(ended: Fleet) -> set[str]:
+    """Every series name the exporter serves, also of families without samples yet."""
+    settings = load_settings(str(ended.root / "backstop.yaml"),
+                             {"BACKSTOP_BROKER_URL": ended.app.conf.broker_url})
+    port = free_port()
+    serve_metrics(settings, ended.ledger.client, None, "127.0.0.1", port)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
+                "gauge": [""]}
+    return {family.name + suffix for family in text_string_to_metric_families(text)
+            for suffix in suffixes[family.type]}
+
+
+def used_names(exprs: list[str]) -> set[str]:
+    return {name for expr in exprs for name in re.findall(r"\bbackstop_[a-z_]+", expr)}
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "backstop.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"]
+            for target in panel.get("targets", [])]
+
+
+def test_alert_rules_pass_promtool_and_their_unit_tests(tmp_path: Path) -> None:
+    promtool = require("promtool", "prometheus")
+    rules = DEPLOY / "prometheus"
+    checked = subprocess.run([promtool, "check", "rules", "alerts.yaml"], cwd=rules,
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 6 rules found" in checked.stdout
+    tested = subprocess.run([promtool, "test", "rules", "alerts.test.yaml"], cwd=rules,
+                            capture_output=True, text=True, check=False)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_the_dashboard_and_the_alerts_use_only_metrics_that_exist(ended: Fleet,
+                                                                  tmp_path: Path) -> None:
+    promtool = require("promtool", "prometheus")
+    exposed = exposed_names(ended)
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+    alert_exprs = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
+    assert used_names(alert_exprs) <= exposed, used_names(alert_exprs) - exposed
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 10
+    assert used_names(exprs) <= exposed, used_names(exprs) - exposed
+    # every query of the dashboard is valid PromQL: promtool checks it as a recording rule
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query{n}", "expr": expr} for n, expr in enumerate(exprs)]}]}
+    (tmp_path / "dashboard-rules.yaml").write_text(yaml.safe_dump(rules))
+    checked = subprocess.run([promtool, "check", "rules", "dashboard-rules.yaml"],
+                             cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
