@@ -27,7 +27,7 @@ from orchestration.broker import broker_url
 from orchestration.cli_common import EXIT_USAGE, config_option, settings_from
 from orchestration.exporter import serve_metrics
 from orchestration.status import connect
-from orchestration.supervisor import Supervisor
+from orchestration.supervisor import Supervisor, owning
 from workers.access import known_token
 from workers.engine import create_missing_stores, drop_abandoned
 from workers.serve import is_loopback, serve_forever
@@ -81,6 +81,9 @@ def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
     settings = settings_from(ctx, config_file)
     served = check_rds_names(settings, rds)
     for_clients = check_client_names(settings, clients)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with owning(settings.state_dir):  # another up here: say so, not that its ports are taken
+        pass
     if not no_flower and not port_is_free(flower_port):
         raise click.BadParameter(f"port {flower_port} on 127.0.0.1 is in use; choose another "
                                  "or use --no-flower", param_hint="--flower-port")

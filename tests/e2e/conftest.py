@@ -84,6 +84,8 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
         argv = [sys.executable, "-m", "orchestration.cli", "up", "-c", str(config), *args]
         if "--no-flower" not in args and "--flower-port" not in args:
             argv += ["--flower-port", str(free_port())]
+        if "--metrics-port" not in args:
+            argv += ["--metrics-port", str(free_port())]
         env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSTOP_")}
         with open(log, "wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)

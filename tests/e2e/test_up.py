@@ -66,6 +66,14 @@ def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
     assert all(f"{key}=" in backup["args"] for key in
                ("event", "occurrence", "run", "level", "pool")), backup["args"]
     assert secret not in shown
+    # And the metrics exporter up started counts the run, and names no password either
+    metrics_port = up.process.args[up.process.args.index("--metrics-port") + 1]  # type: ignore[index]
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert ('backstop_runs_total{event="demo-often",state="succeeded",task="demo",'
+            'trigger="adhoc"} 1.0') in metrics, metrics[:3000]
+    assert 'backstop_rds_up{rds="local"} 1.0' in metrics
+    assert secret not in metrics
 
     # When the operator presses Ctrl-C
     assert up.stop(signal.SIGINT) == 0

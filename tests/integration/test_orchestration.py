@@ -7,6 +7,8 @@ import itertools
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -522,3 +524,18 @@ def test_a_bad_ad_hoc_start_fails_with_a_clear_message_and_starts_nothing(
     assert sent.state == "FAILURE"
     assert client.keys("backstop:occurrence:*") == [] and client.keys("backstop:run:*") == []
     sent.forget()
+
+
+def test_celery_s_own_tools_reach_the_fleet(fleet: Fleet) -> None:
+    # Given the fleet's config and broker, as an operator's shell has them
+    env = dict(os.environ, BACKSTOP_CONFIG=str(fleet.root / "backstop.yaml"),
+               BACKSTOP_BROKER_URL=fleet.app.conf.broker_url)
+    celery = [sys.executable, "-m", "celery", "-A", "orchestration.celery_main"]
+    # When `celery inspect` asks the workers, Then the fleet's worker answers
+    pinged = subprocess.run([*celery, "inspect", "ping", "-d", "fleet@test", "-t", "10"],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert pinged.returncode == 0 and "pong" in pinged.stdout, pinged.stdout + pinged.stderr
+    queues = subprocess.run([*celery, "inspect", "active_queues", "-d", "fleet@test",
+                             "-t", "10"], env=env, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert "backstop.control" in queues.stdout and "backstop.rds.local" in queues.stdout
