@@ -159,6 +159,53 @@ class DataPath(Model):
         return self
 
 
+class NotifyWhen(enum.StrEnum):
+    """When an occurrence is worth a message (SPEC section 10)."""
+
+    FAILURE = "failure"    # the occurrence failed
+    FAILOVER = "failover"  # it needed its failover, whatever came of it
+    SUCCESS = "success"
+    MISSED = "missed"      # a tick skipped past catch_up
+
+
+class NotifyTarget(Model):
+    """Where messages go: a webhook (HTTP POST of a JSON object) or an Apprise URL."""
+
+    webhook: str | None = None
+    url: str | None = None
+    when: list[NotifyWhen] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> NotifyTarget:
+        if (self.webhook is None) == (self.url is None):
+            raise ValueError("a notify target needs exactly one of webhook or url")
+        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
+            raise ValueError(f"webhook {mask_url(self.webhook)!r} is not an http(s) URL")
+        if self.url is not None:
+            import apprise  # only configs that have Apprise targets pay for its plugins
+
+            if not apprise.Apprise().add(self.url):
+                raise ValueError(f"url {mask_url(self.url)!r} is not an Apprise URL that "
+                                 "this host can send to (see the Apprise wiki for schemes)")
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.webhook or self.url or ""
+
+
+def mask_url(url: str) -> str:
+    """``url`` without its password (``scheme://user:***@host/...``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{scheme}://{userinfo}{at}{host}{slash}{path}"
+
+
 class Task(Model):
     """What to back up: a source directory and gitignore-style excludes, read on the task's
     ``client`` (by its client worker), or on the RDS worker when it names none."""
@@ -303,6 +350,7 @@ class Config(Model):
     migration_tasks: list[MigrationTask] = []
     events: list[Event] = []
     data_path: DataPath = DataPath()
+    notify: list[NotifyTarget] = []
     # Ended runs queued longer ago than this leave the run ledger (SPEC section 10).
     history: Duration = timedelta(days=90)
 
@@ -310,6 +358,13 @@ class Config(Model):
     @classmethod
     def _valid_timezone(cls, value: str) -> str:
         return check_timezone(value)
+
+    @field_validator("history")
+    @classmethod
+    def _positive_history(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("history must be positive, e.g. 90d")
+        return value
 
     def rds_named(self, name: str) -> Rds:
         return next(r for r in self.rds if r.name == name)

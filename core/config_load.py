@@ -163,6 +163,10 @@ def _describe(error: ErrorDetails, prefix: str, cls: type[BaseModel]) -> str:
         message = f"unknown key {key!r}{did_you_mean(key, set(known) - {key})}"
     elif kind == "missing":
         message = "missing required key"
+    elif isinstance(value, bool) and kind == "invalid_key":
+        path = format_path(prefix, tuple(error["loc"])[:-1])
+        message = (f"a key {value!r}: YAML 1.1 reads an unquoted on, off, yes or no as a "
+                   "boolean; a notify target's key is `when`, other keys can be quoted")
     elif kind == "value_error":
         message = message.removeprefix("Value error, ")
     elif kind == "string_pattern_mismatch":

@@ -35,6 +35,21 @@ TASK_MIGRATE = "backstop.migrate"
 TASK_RESTORE = "backstop.restore"
 # The watchdog pass, sent by the leading beat (control queue).
 TASK_WATCHDOG = "backstop.watchdog"
+# A message about a settled occurrence to the targets of the config's notify (SPEC
+# section 10), on its own queue (consumed by control workers): a retry waits there, held by
+# a worker, for up to NOTIFY_RETRY_MAX_S, and the control queue's redelivery must not
+# hand it to another worker meanwhile.
+TASK_NOTIFY = "backstop.notify"
+NOTIFY_QUEUE = "backstop.notify"
+# String, set once: attempt N of the message about an occurrence to target T is taken.
+NOTIFY_CLAIM_KEY = "backstop:notify:{occ}:{target}:{attempt}"
+NOTIFY_CLAIM_TTL_S = 2 * 86400
+# An unreachable target is tried again after 30 s, 1 min, 2 min, ... (at most 15 min
+# apart) until an hour has passed since the first attempt.
+NOTIFY_RETRY_FIRST_S = 30.0
+NOTIFY_RETRY_MAX_S = 900.0
+NOTIFY_GIVE_UP_S = 3600.0
+NOTIFY_TIMEOUT_S = 10.0
 # Tasks that perform a run: a revoke of one of them cancels its run.
 RUN_TASKS = (TASK_BACKUP, TASK_VERIFY, TASK_COMMAND)
 

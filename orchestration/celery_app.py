@@ -22,7 +22,7 @@ from celery import Celery
 from kombu import Queue
 
 from core.config import Config
-from core.constants import CONTROL_QUEUE, client_queue, rds_queue
+from core.constants import CONTROL_QUEUE, NOTIFY_QUEUE, client_queue, rds_queue
 from core.settings import Settings
 
 # Control-plane tasks are short: dispatch, bookkeeping, follow-ups.
@@ -40,15 +40,17 @@ class BackstopApp(Celery):
     settings: Settings
 
     def send(self, name: str, args: list[Any], queue: str, readable: str,
-             **options: Any) -> None:
+             countdown: float | None = None, **options: Any) -> None:
         """Put a task message on ``queue``; ``readable`` is what Flower shows as arguments.
 
         Nothing in Backstop waits for a task's result, so none is subscribed to: with the
         Redis result backend every waited-for result would hold a pub/sub subscription in
         the sending process (the beat, a control worker) until it is garbage-collected.
+        ``options`` are the task's keyword arguments; ``countdown``: run it that many seconds
+        from now, not before.
         """
         self.send_task(name, args=args, kwargs=options or None, queue=queue,
-                       argsrepr=readable, ignore_result=True)
+                       argsrepr=readable, ignore_result=True, countdown=countdown)
 
 
 def celery_config(config: Config, broker_url: str) -> dict[str, Any]:
@@ -82,7 +84,8 @@ def celery_config(config: Config, broker_url: str) -> dict[str, Any]:
         "timezone": config.timezone,
         "enable_utc": True,
         "task_default_queue": CONTROL_QUEUE,
-        "task_queues": [Queue(CONTROL_QUEUE), *(Queue(rds_queue(r.name)) for r in config.rds),
+        "task_queues": [Queue(CONTROL_QUEUE), Queue(NOTIFY_QUEUE),
+                        *(Queue(rds_queue(r.name)) for r in config.rds),
                         *(Queue(client_queue(c.name)) for c in config.clients)],
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": True,

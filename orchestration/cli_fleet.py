@@ -16,6 +16,7 @@ from core.constants import (
     CONTROL_QUEUE,
     METRICS_ADDRESS,
     METRICS_PORT,
+    NOTIFY_QUEUE,
     client_queue,
     rds_queue,
 )
@@ -144,7 +145,7 @@ def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
     if clients:
         check_client_names(settings, clients)
     app = create_app(settings, _broker(settings))
-    queues = ([CONTROL_QUEUE] if control else []) + [rds_queue(r) for r in rds]
+    queues = ([CONTROL_QUEUE, NOTIFY_QUEUE] if control else []) + [rds_queue(r) for r in rds]
     queues += [client_queue(c) for c in clients]
     role = "+".join((["control"] if control else []) + [f"rds-{r}" for r in rds]
                     + [f"client-{c}" for c in clients])

@@ -20,12 +20,14 @@ from core.constants import (
     CLIENT_LOST_AFTER_S,
     CONTROL_QUEUE,
     HEARTBEAT_TTL_S,
+    NOTIFY_QUEUE,
     RESEND_QUEUED_AFTER_S,
     TASK_BACKUP,
     TASK_COMMAND,
     TASK_DISPATCH,
     TASK_FAILOVER,
     TASK_MIGRATE,
+    TASK_NOTIFY,
     TASK_VERIFY,
     client_queue,
     rds_queue,
@@ -125,7 +127,15 @@ class Control:
         """An occurrence that does not run (``suppressed``, ``missed``), recorded as such."""
         run = self.first_run(occurrence, event, trigger).model_copy(
             update={"state": RunState(state.value), "finished_at": utc_now()})
-        return self.ledger.open_occurrence(occurrence, event, trigger, run, state=state)
+        recorded = self.ledger.open_occurrence(occurrence, event, trigger, run, state=state)
+        if recorded and state is OccurrenceState.MISSED:
+            self.notify(occurrence)
+        return recorded
+
+    def notify(self, occurrence: str) -> None:
+        """Tell the notify targets of a settled occurrence (off the backup's path)."""
+        if self.config.notify:
+            self.send(TASK_NOTIFY, [occurrence], NOTIFY_QUEUE, f"occurrence={occurrence}")
 
     def send_run(self, run: Run) -> None:
         """Send a queued run to where it runs: a backup to its RDS (or end it as
@@ -227,6 +237,7 @@ class Control:
                        parent=occurrence, parent_state=state)
         if not self.ledger.settle(occurrence, state):
             return
+        self.notify(occurrence)
         if succeeded and run.migration_task and run.saveset:
             rds = self._migration_rds(run.migration_task)
             self.send(TASK_MIGRATE, [run.run_id], rds_queue(rds),

@@ -9,7 +9,13 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 from kombu.utils.url import maybe_sanitize_url
 
 from core.config import Config
-from core.constants import BEAT_LEADER_KEY, CONTROL_QUEUE, client_queue, rds_queue
+from core.constants import (
+    BEAT_LEADER_KEY,
+    CONTROL_QUEUE,
+    NOTIFY_QUEUE,
+    client_queue,
+    rds_queue,
+)
 from core.errors import BrokerUnreachable
 from orchestration.heartbeat import live_workers
 from orchestration.leader import current_leader
@@ -41,7 +47,8 @@ def fleet_status(client: redis.Redis, config: Config,
     workers = live_workers(client)
     served = {name for w in workers for name in w.rds}
     clients = {name for w in workers for name in w.clients}
-    queues = [CONTROL_QUEUE, *(rds_queue(r.name) for r in config.rds),
+    queues = [CONTROL_QUEUE, *([NOTIFY_QUEUE] if config.notify else []),
+              *(rds_queue(r.name) for r in config.rds),
               *(client_queue(c.name) for c in config.clients)]
     probed = reachable or {}
     return {

@@ -27,6 +27,7 @@ from core.constants import (
     TASK_DISPATCH,
     TASK_FAILOVER,
     TASK_MIGRATE,
+    TASK_NOTIFY,
     TASK_RESTORE,
     TASK_RUN,
     TASK_VERIFY,
@@ -42,6 +43,7 @@ from orchestration.events import Unresolvable
 from orchestration.heartbeat import client_last_seen_s, served_rds
 from orchestration.jobs import command_job, migrate_job, verify_job
 from orchestration.ledger import Ledger
+from orchestration.notify import Notifier
 from orchestration.redeliver import redeliver_stale
 from orchestration.runner import Channels, lease_kept, run_backup
 from workers.access import client_token
@@ -233,6 +235,14 @@ def register_control_tasks(app: BackstopApp) -> None:
         """End runs whose RDS nobody serves; send again those whose process died; put back
         control messages held by a worker that died."""
         return context(app).control.watchdog() + redeliver_stale(app)
+
+    @app.task(name=TASK_NOTIFY, shared=False)
+    def notify(occurrence: str, target: int | None = None, attempt: int = 0,
+               first_at: float | None = None) -> int:
+        """Tell the notify targets of a settled occurrence (queue backstop.notify)."""
+        ctx = context(app)
+        return Notifier(app.settings.config, ctx.ledger, app.send).notify(
+            occurrence, target, attempt, first_at)
 
 
 def register_run_tasks(app: BackstopApp) -> None:

@@ -1,0 +1,187 @@
+"""SPEC section 10 notifications, to a real local HTTP receiver (webhooks, and Apprise's own
+``json://``), sent by a real worker when occurrences settle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+
+import orchestration.notify
+from core.constants import CONTROL_QUEUE, METRICS_NOTIFY_FAILED_KEY, NOTIFY_QUEUE, rds_queue
+from core.runs import OccurrenceState, Trigger
+from core.settings import load_settings
+from orchestration.app import create_app
+from orchestration.heartbeat import live_workers
+from orchestration.ledger import Ledger
+from orchestration.notify import Notifier
+from orchestration.tasks import control_for
+from tests.integration.conftest import WorkerFleet
+from tests.integration.test_orchestration import CONFIG
+from tests.waiting import wait_for
+from workers.engine import create_missing_stores
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Receiver:
+    """An HTTP server on loopback that keeps every POST: (path, JSON body)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.got: list[tuple[str, dict[str, Any]]] = []
+        got = self.got
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                got.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def at(self, path: str, about: str = "") -> list[dict[str, Any]]:
+        """The messages posted to ``path`` that mention ``about`` (an occurrence, an event)."""
+        return [body for p, body in self.got if p == path and about in json.dumps(body)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.close()
+
+
+LATE = free_port()  # nothing listens here until a test starts a receiver on it
+
+
+def notify_config(port: int) -> str:
+    return CONFIG + f"""
+notify:
+  - {{webhook: "http://127.0.0.1:{port}/hook", when: [failover]}}
+  - {{url: "json://127.0.0.1:{port}/failures", when: [failure]}}
+  - {{url: "json://127.0.0.1:{port}/all", when: [success, failover, missed]}}
+  - {{webhook: "http://user:s3cret-pw@127.0.0.1:{LATE}/late", when: [success]}}
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker_url: str, redis_client: redis.Redis,
+          receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerFleet]:
+    monkeypatch.setattr(orchestration.notify, "NOTIFY_RETRY_FIRST_S", 0.5)
+    (tmp_path / "backstop.yaml").write_text(notify_config(receiver.port))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(100_000))
+    settings = load_settings(str(tmp_path / "backstop.yaml"), {"BACKSTOP_BROKER_URL": broker_url})
+    create_missing_stores(settings, ["local"])
+    app = create_app(settings, broker_url)
+    with start_worker(app, queues=[CONTROL_QUEUE, NOTIFY_QUEUE, rds_queue("local")],
+                      pool="threads", concurrency=4, perform_ping_check=False,
+                      hostname="notify@test"):
+        wait_for(lambda: any("local" in w.rds for w in live_workers(redis_client)),
+                 "the worker's heartbeat")
+        yield WorkerFleet(app, Ledger(redis_client), tmp_path)
+
+
+def test_each_target_whose_when_applies_gets_one_message_when_the_occurrence_settles(
+        fleet: WorkerFleet, receiver: Receiver) -> None:
+    # Given an occurrence that fails over (out of space) and succeeds there
+    occurrence = fleet.occur("to-tiny")
+    original, rescue = fleet.settled(occurrence)
+    # Then the failover webhook gets the SPEC object, kind failover
+    [hook] = wait_for(lambda: receiver.at("/hook", occurrence) or None, "the webhook's message")
+    assert (hook["kind"], hook["occurrence"], hook["event"], hook["task"], hook["state"]) == (
+        "failover", occurrence, "to-tiny", "docs", "succeeded")
+    assert [r["run_id"] for r in hook["runs"]] == [original["run_id"], rescue["run_id"]]
+    assert hook["runs"][0]["error"]["reason"] == "out_of_space"
+    # And the Apprise target that wants failovers gets a readable message
+    [apprise] = wait_for(lambda: receiver.at("/all", original["run_id"]) or None,
+                         "the Apprise message")
+    assert apprise["title"] == "Backstop: to-tiny needed its failover (succeeded)"
+    assert original["run_id"] in apprise["message"] and "out_of_space" in apprise["message"]
+    assert rescue["saveset"] in apprise["message"]
+    # And the one that wants failures only gets nothing; nobody gets a second message
+    time.sleep(1.5)
+    assert receiver.at("/failures") == [] and len(receiver.at("/hook", occurrence)) == 1
+    assert len(receiver.at("/all", original["run_id"])) == 1
+
+
+def test_a_redelivered_message_and_a_second_control_worker_send_nothing_twice(
+        fleet: WorkerFleet, receiver: Receiver) -> None:
+    occurrence = fleet.occur("to-tiny")
+    original = fleet.settled(occurrence)[0]
+    wait_for(lambda: receiver.at("/hook", occurrence) or None, "the webhook's message")
+    wait_for(lambda: receiver.at("/all", original["run_id"]) or None, "the Apprise message")
+    # When the notify message is delivered again, to two control workers at once
+    notifiers = [Notifier(fleet.app.settings.config, Ledger(fleet.ledger.client),
+                          fleet.app.send) for _ in range(2)]
+    threads = [threading.Thread(target=n.notify, args=(occurrence,)) for n in notifiers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(1.0)
+    # Then each target still has its one message
+    assert len(receiver.at("/hook", occurrence)) == 1
+    assert len(receiver.at("/all", original["run_id"])) == 1
+
+
+def test_an_unreachable_target_is_tried_again_counted_and_never_shows_its_password(
+        fleet: WorkerFleet, redis_client: redis.Redis,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    # Given a target that is down when the occurrence settles
+    occurrence = fleet.occur("plain")
+    fleet.settled(occurrence)
+    wait_for(lambda: redis_client.hget(METRICS_NOTIFY_FAILED_KEY, json.dumps(["3"])),
+             "a failed attempt to be counted")
+    # When it comes up, Then a retry reaches it, once
+    late = Receiver(LATE)
+    try:
+        [message] = wait_for(lambda: late.at("/late", occurrence) or None,
+                             "the retried message", limit_s=30)
+        assert (message["kind"], message["state"]) == ("success", "succeeded")
+        time.sleep(2)
+        assert len(late.at("/late", occurrence)) == 1
+    finally:
+        late.close()
+    assert float(redis_client.hget(METRICS_NOTIFY_FAILED_KEY, json.dumps(["3"])) or 0) >= 1
+    # And the target's password is in no log line
+    assert "notify[3] (http://user:***@127.0.0.1" in caplog.text
+    assert "s3cret-pw" not in caplog.text
+
+
+def test_a_missed_tick_is_told_to_the_targets_that_want_missed(
+        fleet: WorkerFleet, receiver: Receiver) -> None:
+    control = control_for(fleet.app, fleet.ledger.client)
+    assert control.record_skipped("plain@2026-01-01T00:00:00Z", "plain", Trigger.SCHEDULE,
+                                  OccurrenceState.MISSED)
+    [message] = wait_for(lambda: receiver.at("/all", "plain was missed") or None,
+                         "the missed message")
+    assert message["title"] == "Backstop: plain was missed"
+    assert "missed" in message["message"]
