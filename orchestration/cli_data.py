@@ -29,6 +29,7 @@ from orchestration.broker import broker_url
 from orchestration.catalog import RedisCatalog
 from orchestration.cli_common import (
     EXIT_FAILED,
+    Since,
     config_option,
     json_option,
     print_json,
@@ -36,6 +37,8 @@ from orchestration.cli_common import (
 )
 from orchestration.growth import POOLS_PERIOD, with_days_until_full
 from orchestration.heartbeat import live_workers, served_rds
+from orchestration.ledger import Ledger
+from orchestration.report import fleet_report
 from orchestration.status import connect
 from workers.access import known_token
 from workers.engine import path_store
@@ -231,6 +234,45 @@ def pools(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     Console().print(table)
 
 
+@click.command("report")
+@config_option
+@click.option("--since", type=Since(), default="24h", show_default=True,
+              help="The period's start: a duration back from now or an ISO time.")
+@json_option
+@click.pass_context
+def report(ctx: click.Context, config_file: str | None, since: datetime,
+           as_json: bool) -> None:
+    """What happened since then: per task (occurrences, succeeded, failed over, failed, last
+    success, bytes) and per pool (used, free, days until full at the period's growth)."""
+    data = data_from(ctx, config_file)
+    served = served_rds(data.client)
+    now = datetime.now(UTC)
+    pools_now = with_days_until_full(
+        data.client, pool_report(data.settings.config, data.catalog, data.stores, now,
+                                 lambda rds: rds in served), since, now)
+    found = fleet_report(Ledger(data.client, data.settings.config.history),
+                         data.settings.config, pools_now, since, now)
+    if as_json:
+        print_json(found)
+        return
+    click.echo(f"from {found['since'][:19]} to {found['until'][:19]} (UTC)")
+    tasks = Table("task", "occurrences", "succeeded", "failed over", "failed",
+                  "last success", "bytes")
+    for t in found["tasks"]:
+        tasks.add_row(t["task"], str(t["occurrences"]), str(t["succeeded"]),
+                      str(t["failed_over"]), str(t["failed"]),
+                      (t["last_success"] or "never")[:16].replace("T", " "),
+                      format_size(t["bytes"]))
+    pools_table = Table("pool", "used", "free", "full in")
+    for p in found["pools"]:
+        days = p["days_until_full"]
+        pools_table.add_row(p["name"], format_size(p["used_bytes"]),
+                            format_size(p["free_bytes"]),
+                            "-" if days is None else f"{days:g} days")
+    Console().print(tasks)
+    Console().print(pools_table)
+
+
 @click.command("purge")
 @config_option
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
@@ -297,4 +339,4 @@ def store_init(ctx: click.Context, config_file: str | None, names: tuple[str, ..
         click.echo(f"data store {name}: ready at {store.root}")
 
 
-COMMANDS = [savesets, restore, verify, pools, purge, catalog_group, store_group]
+COMMANDS = [savesets, restore, verify, pools, report, purge, catalog_group, store_group]
