@@ -171,6 +171,8 @@ class Run(Record):
     follow_ups: tuple[FollowUp, ...] = ()
     migration_task: str | None = None
     drill: bool = False
+    # a drill's first run ends StorageUnavailable(drill_reason) before writing (SPEC 10)
+    drill_reason: Reason | None = None
     state: RunState = RunState.QUEUED
     error: RunError | None = None
     saveset: str | None = None
@@ -246,8 +248,9 @@ class Run(Record):
         """What Flower shows as the arguments of the run's task."""
         if self.kind is not RunKind.BACKUP:
             return f"event={self.event} occurrence={self.occurrence} run={self.run_id}"
+        drill = f" drill={self.drill_reason or 'true'}" if self.drill else ""
         return (f"event={self.event} occurrence={self.occurrence} run={self.run_id} "
-                f"level={self.level} pool={self.media_pool}")
+                f"level={self.level} pool={self.media_pool}{drill}")
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

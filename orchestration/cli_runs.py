@@ -11,6 +11,7 @@ from rich.table import Table
 
 from core.config import Level
 from core.config_refs import did_you_mean
+from core.errors import Reason
 from core.runs import OccurrenceState, Run, RunState, Trigger
 from core.units import format_size
 from orchestration.app import create_app
@@ -32,6 +33,13 @@ from orchestration.status import connect
 POLL_S = 0.2
 
 
+wait_options = [
+    click.option("--wait", is_flag=True, help="Wait until the occurrence has ended."),
+    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
+                 help="With --wait: give up after this many seconds (exit 1)."),
+]
+
+
 @click.command("run")
 @config_option
 @click.argument("event")
@@ -39,19 +47,47 @@ POLL_S = 0.2
               help="Run at this level instead of the event's.")
 @click.option("--enforce-full/--no-enforce-full", default=None,
               help="Override the event's Enforce FULL.")
-@click.option("--wait", is_flag=True, help="Wait until the occurrence has ended.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
-              help="With --wait: give up after this many seconds (exit 1).")
+@wait_options[0]
+@wait_options[1]
 @json_option
 @click.pass_context
 def run(ctx: click.Context, config_file: str | None, event: str, level: str | None,
         enforce_full: bool | None, wait: bool, timeout_s: float | None, as_json: bool) -> None:
     """Start an occurrence of EVENT now; with --wait, exit 0 iff it succeeded."""
+    start(ctx, config_file, event, Level(level) if level else None, enforce_full, None,
+          wait, timeout_s, as_json)
+
+
+@click.command("drill")
+@config_option
+@click.argument("event")
+@click.option("--reason", required=True, type=click.Choice([r.value for r in Reason]),
+              help="The storage unavailability to act out.")
+@wait_options[0]
+@wait_options[1]
+@json_option
+@click.pass_context
+def drill(ctx: click.Context, config_file: str | None, event: str, reason: str, wait: bool,
+          timeout_s: float | None, as_json: bool) -> None:
+    """A failover drill: an occurrence of EVENT whose first run ends StorageUnavailable
+    (REASON) before writing, so that the real failover path runs; with --wait, exit 0 iff
+    it succeeded."""
+    start(ctx, config_file, event, None, None, Reason(reason), wait, timeout_s, as_json)
+
+
+def start(ctx: click.Context, config_file: str | None, event: str, level: Level | None,
+          enforce_full: bool | None, drill_reason: Reason | None, wait: bool,
+          timeout_s: float | None, as_json: bool) -> None:
+    """Start an occurrence (``run``, ``drill``), follow it and say how it went."""
     settings = settings_from(ctx, config_file)
-    names = [e.name for e in settings.config.events]
-    if event not in names:
+    found = settings.config.events_by_name.get(event)
+    if found is None:
+        names = list(settings.config.events_by_name)
         raise click.BadParameter(f"unknown event {event!r}{did_you_mean(event, names)}",
                                  param_hint="EVENT")
+    if drill_reason is not None and found.kind != "backup":
+        raise click.BadParameter(f"event {event!r} is a {found.kind} event: only a backup "
+                                 "event fails over", param_hint="EVENT")
     url = broker_url(settings)
     client = connect(url)
     if not any(w.control for w in live_workers(client)):
@@ -59,7 +95,7 @@ def run(ctx: click.Context, config_file: str | None, event: str, level: str | No
                    "`backstop worker --control`)", err=True)
         ctx.exit(EXIT_USAGE)
     app = create_app(settings, url)
-    occurrence = start_adhoc(app.send, event, Level(level) if level else None, enforce_full)
+    occurrence = start_adhoc(app.send, event, level, enforce_full, drill_reason)
     ledger = Ledger(client)
     state = follow(ledger, occurrence, wait, timeout_s, quiet=as_json)
     runs = ledger.runs_of(occurrence)
@@ -167,4 +203,4 @@ def run_row(r: Run) -> tuple[str, ...]:
             level, format_size(r.bytes) if r.bytes is not None else "-")
 
 
-COMMANDS = [run, runs]
+COMMANDS = [run, drill, runs]

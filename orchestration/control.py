@@ -67,11 +67,14 @@ def adhoc_occurrence(event: str) -> str:
 
 
 def start_adhoc(send: Send, event: str, level: Level | None = None,
-                enforce_full: bool | None = None) -> str:
+                enforce_full: bool | None = None, drill: Reason | None = None) -> str:
     """Start an occurrence of ``event`` now, through the same path as the beat (trigger
-    adhoc): `backstop run` and the ``backstop.run`` task of Flower. Returns its id."""
+    adhoc): `backstop run`, `backstop drill` and the ``backstop.run`` task of Flower.
+    Returns its id."""
     occurrence = adhoc_occurrence(event)
     options: dict[str, Any] = {"level": level, "enforce_full": enforce_full}
+    if drill is not None:
+        options["drill"] = drill.value
     send(TASK_DISPATCH, [occurrence, event, Trigger.ADHOC], CONTROL_QUEUE,
          f"event={event} occurrence={occurrence}", **options)
     return occurrence
@@ -97,14 +100,20 @@ class Control:
 
     def occur(self, occurrence: str, event: str, trigger: Trigger, level: Level | None = None,
               enforce_full: bool | None = None, parent: str | None = None,
-              parent_state: OccurrenceState | None = None) -> str | None:
-        """Start an occurrence (beat tick, ad-hoc, follow-up); None if it exists already.
+              parent_state: OccurrenceState | None = None,
+              drill: Reason | None = None) -> str | None:
+        """Start an occurrence (beat tick, ad-hoc, follow-up, drill); None if it exists
+        already.
 
         Raises Unresolvable for an event that is not in the config, having written nothing:
         a bad message must not leave a trace in the ledger.
         """
         run = self.first_run(occurrence, event, trigger, level, enforce_full, parent,
                              parent_state)
+        if drill is not None:
+            if run.kind is not RunKind.BACKUP:
+                raise Unresolvable(f"event {event!r} is not a backup event: nothing to drill")
+            run = run.model_copy(update={"drill": True, "drill_reason": drill})
         if not self.ledger.open_occurrence(occurrence, event, trigger, run, parent):
             return None
         self.send_run(run)
@@ -198,7 +207,8 @@ class Control:
             log.info("run %s: no failover (%s)", run_id, decision.why)
             self.conclude(run, succeeded=False)
             return None
-        failover = Run.for_backup(new_run_id(), run.occurrence, decision.spec)
+        failover = Run.for_backup(new_run_id(), run.occurrence, decision.spec).model_copy(
+            update={"drill": run.drill})
         if not self.ledger.add_failover_run(run_id, failover):
             return None
         log.info("run %s failed over to run %s (%s)", run_id, failover.run_id, decision.why)

@@ -147,12 +147,21 @@ def run_backup(engine_for: Callable[[Run], Engine], ledger: Ledger, channels: Ch
         ledger.update(run_id, drive=drive)
     try:
         with lease_kept(ledger, channels, run_id, holder, drive):
-            end = _back_up(engine_for(run), spec, run_id,
-                           ProgressReport(ledger, run_id, report))
+            end = (drilled(run) if run.drill_reason is not None else
+                   _back_up(engine_for(run), spec, run_id,
+                            ProgressReport(ledger, run_id, report)))
             ended = ledger.finish(run_id, end, holder) == "done"
     finally:
         channels.release(drive, run_id)
     return Outcome(end.state, end if ended else None)
+
+
+def drilled(run: Run) -> RunEnd:
+    """A drill's first run: its storage taken as unavailable for the drill's reason, before
+    anything is written, so that the real failover path runs (SPEC section 10)."""
+    assert run.drill_reason is not None
+    return RunEnd.unavailable(run.drill_reason, f"drill: data store {run.data_store} taken "
+                              f"as {run.drill_reason}; nothing was written")
 
 
 def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: ProgressReport) -> RunEnd:

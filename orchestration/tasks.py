@@ -33,7 +33,7 @@ from core.constants import (
     TASK_VERIFY,
     TASK_WATCHDOG,
 )
-from core.errors import RunFailed, SavesetMissing, StorageUnavailable
+from core.errors import Reason, RunFailed, SavesetMissing, StorageUnavailable
 from core.runs import Run, RunEnd, RunState, Trigger
 from orchestration.broker import patient_client
 from orchestration.catalog import RedisCatalog
@@ -213,10 +213,13 @@ def register_control_tasks(app: BackstopApp) -> None:
 
     @app.task(name=TASK_DISPATCH, shared=False)
     def dispatch(occurrence: str, event: str, trigger: str, level: str | None = None,
-                 enforce_full: bool | None = None, parent: str | None = None) -> str | None:
-        """Start an occurrence: its run goes to its RDS (beat, `backstop run`, follow-ups)."""
+                 enforce_full: bool | None = None, parent: str | None = None,
+                 drill: str | None = None) -> str | None:
+        """Start an occurrence: its run goes to its RDS (beat, `backstop run`, follow-ups,
+        `backstop drill`)."""
         return context(app).control.occur(occurrence, event, Trigger(trigger),
-                                          Level(level) if level else None, enforce_full, parent)
+                                          Level(level) if level else None, enforce_full, parent,
+                                          drill=Reason(drill) if drill else None)
 
     @app.task(name=TASK_RUN, shared=False)
     def run(event: str, level: str | None = None, enforce_full: bool | None = None) -> str:

@@ -1,4 +1,4 @@
-"""SPEC section 10 `backstop report` and days_until_full, on a real fleet's ledger."""
+"""SPEC section 10 `backstop report`, days_until_full and drills, on a real fleet."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import time
 from datetime import timedelta
 
 import redis
+from click.testing import CliRunner
 
 from core.constants import POOL_USED_KEY
 from core.runs import utc_now
+from orchestration.cli import main
 from orchestration.growth import days_until_full, sample_pools
 from tests.integration.test_orchestration import Fleet, fleet  # noqa: F401 - the fixture
 from tests.invariants import cli_json
@@ -65,3 +67,39 @@ def test_days_until_full_follow_the_pool_s_growth(redis_client: redis.Redis) -> 
     assert redis_client.zcard(POOL_USED_KEY.format(pool="daily")) == 2
     sample_pools(redis_client, [pool], now + timedelta(minutes=11))
     assert redis_client.zcard(POOL_USED_KEY.format(pool="daily")) == 3
+
+
+def test_a_drill_runs_the_real_failover_path_and_its_runs_say_drill(
+        fleet: Fleet) -> None:  # noqa: F811 - the imported fixture
+    config = fleet.root / "backstop.yaml"
+    env = {"BACKSTOP_BROKER_URL": fleet.app.conf.broker_url}
+    # When the operator drills the event whose pool has one medium, as if it had no free one
+    done = cli_json(config, "drill", "to-one-medium", "--reason", "no_free_media", "--wait",
+                    env=env)
+    # Then its first run ended no_free_media before writing, and the failover event ran
+    assert done["succeeded"] is True
+    original, rescue = done["runs"]
+    assert (original["state"], original["error"]["reason"], original["saveset"]) == (
+        "storage_unavailable", "no_free_media", None)
+    assert original["error"]["message"].startswith("drill:")
+    assert (rescue["event"], rescue["trigger"], rescue["state"]) == (
+        "to-spare", "failover", "succeeded")
+    assert original["drill"] is True and rescue["drill"] is True
+    assert original["failover_run"] == rescue["run_id"]
+    # And nothing was written to the drilled pool
+    assert [s for s in cli_json(config, "savesets", env=env) if s["pool"] == "one-medium"] == []
+    # And an ordinary run is no drill
+    plain = cli_json(config, "run", "plain", "--wait", env=env)
+    assert plain["runs"][0]["drill"] is False
+
+
+def test_a_drill_of_what_cannot_fail_over_is_refused(
+        fleet: Fleet) -> None:  # noqa: F811 - the imported fixture
+    config = str(fleet.root / "backstop.yaml")
+    env = {"BACKSTOP_BROKER_URL": fleet.app.conf.broker_url}
+    runner = CliRunner()
+    done = runner.invoke(main, ["drill", "note", "--reason", "out_of_space", "-c", config],
+                         env=env)
+    assert done.exit_code == 2 and "is a command event" in done.output
+    done = runner.invoke(main, ["drill", "plain", "--reason", "gone", "-c", config], env=env)
+    assert done.exit_code == 2 and "'gone' is not one of" in done.output
