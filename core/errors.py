@@ -73,8 +73,8 @@ class StorageUnavailable(StorageError):
     """A data store or media pool cannot take a saveset now; the only error that fails over."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(reason, message)
         self.reason = Reason(reason)
+        super().__init__(self.reason.value, message)  # plain words in reprs (Flower)
         self.message = message
 
     def __str__(self) -> str:

@@ -25,6 +25,7 @@ def test_a_message_is_never_redelivered_while_its_backup_may_still_run() -> None
     assert conf["broker_transport_options"]["visibility_timeout"] > 2 * 3600
 
 
-def test_queues_are_the_control_queue_and_one_per_rds() -> None:
+def test_queues_are_the_control_and_notify_queues_and_one_per_rds() -> None:
     conf = celery_config(parse_config(MINIMAL_CONFIG), "redis://127.0.0.1:1/0")
-    assert [q.name for q in conf["task_queues"]] == ["backstop.control", "backstop.rds.local"]
+    assert [q.name for q in conf["task_queues"]] == [
+        "backstop.control", "backstop.notify", "backstop.rds.local"]
