@@ -7,7 +7,7 @@ Fills a real (embedded) Redis with ended runs written by the ledger's own writer
 over the history window, one in 20 failed over (its run ended storage_unavailable, then a
 failover run), and measures, side by side with a bare Redis baseline in the same run:
   memory per ended run (every key of it: record, indexes, occurrence)  target <= 1.5 KB
-  runs --limit 50, runs --task T --limit 50 (the ledger's query)        target <= 0.5 s
+  runs --limit 50, runs --task T --limit 50 (the query, and the command) target <= 0.5 s
   report --since 24h (the per-task part, from the ledger)              target <= 2 s
 The baseline is the cost of reading the same 50 records with one HGETALL each, pipelined.
 """
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -128,6 +130,12 @@ def timed(repeat: int, work: Callable[[], Any]) -> tuple[float, Any]:
     return statistics.median(times), last
 
 
+def url_of(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    password = f":{kwargs['password']}@" if kwargs.get("password") else ""
+    return f"redis://{password}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1_000_000)
@@ -173,6 +181,18 @@ def measure(client: redis.Redis, args: argparse.Namespace) -> dict[str, Any]:
 
     r["bare_s"], _ = timed(args.repeat, bare)
     config = parse_config(CONFIG)
+    config_file = args.workdir / "backstop.yaml"
+    config_file.write_text(CONFIG)
+    env = dict(os.environ, BACKSTOP_BROKER_URL=url_of(client))
+
+    def command(*argv: str) -> Callable[[], Any]:
+        return lambda: subprocess.run([sys.executable, "-m", "orchestration.cli", *argv,
+                                       "-c", str(config_file), "--json"], env=env,
+                                      check=True, capture_output=True)
+
+    r["cli_recent_s"], _ = timed(args.repeat, command("runs", "--limit", "50"))
+    r["cli_task_s"], _ = timed(args.repeat, command("runs", "--task", "task-042",
+                                                   "--limit", "50"))
     r["report_s"], lines = timed(args.repeat, lambda: task_lines(ledger, config, since,
                                                                  utc_now()))
     r["report_occurrences"] = sum(line.occurrences for line in lines)
@@ -190,6 +210,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{'bare Redis: 50 HGETALL, pipelined':34} {r['bare_s'] * 1000:8.1f} ms")
     line("runs --limit 50", r["recent_s"], 0.5)
     line("runs --task T --limit 50", r["task_s"], 0.5)
+    line("backstop runs --limit 50 (command)", r["cli_recent_s"], 0.5)
+    line("backstop runs --task T --limit 50", r["cli_task_s"], 0.5)
     line("runs --state storage_unavailable", r["state_s"], 0.5)
     print(f"{'runs --since 24h (all of them)':34} {r['since_s'] * 1000:8.1f} ms  "
           f"({r['day_runs']:,} runs)")

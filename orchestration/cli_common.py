@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -22,7 +23,21 @@ EXIT_USAGE = 2
 
 
 class BackstopGroup(click.Group):
-    """Turns Backstop's errors into a clear message and the exit code of SPEC section 7."""
+    """Turns Backstop's errors into a clear message and the exit code of SPEC section 7.
+
+    Commands of ``lazy`` (name -> ``module:attribute``) are imported when they run, so that
+    a quick command (``runs``, ``status``) does not pay for Celery and the data plane."""
+
+    lazy: ClassVar[dict[str, str]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, attribute = self.lazy[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -14,7 +14,6 @@ from core.config_refs import did_you_mean
 from core.errors import Reason
 from core.runs import OccurrenceState, Run, RunState, Trigger
 from core.units import format_size
-from orchestration.app import create_app
 from orchestration.broker import broker_url
 from orchestration.cli_common import (
     EXIT_FAILED,
@@ -25,8 +24,6 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.control import start_adhoc
-from orchestration.heartbeat import live_workers
 from orchestration.ledger import Ledger
 from orchestration.status import connect
 
@@ -79,6 +76,10 @@ def start(ctx: click.Context, config_file: str | None, event: str, level: Level 
           enforce_full: bool | None, drill_reason: Reason | None, wait: bool,
           timeout_s: float | None, as_json: bool) -> None:
     """Start an occurrence (``run``, ``drill``), follow it and say how it went."""
+    from orchestration.app import create_app  # Celery: only for the commands that send
+    from orchestration.control import start_adhoc
+    from orchestration.heartbeat import live_workers
+
     settings = settings_from(ctx, config_file)
     found = settings.config.events_by_name.get(event)
     if found is None:

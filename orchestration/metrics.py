@@ -77,10 +77,9 @@ def counts_of_end(run: Run, end: RunEnd, now: datetime) -> list[Count]:
 
 
 def add_counts(pipe: Pipeline, counts: list[Count]) -> None:
-    """Apply ``counts`` in a pipeline (for runs recorded as already ended: no maxima)."""
+    """Apply ``counts`` in a pipeline (a transaction's: runs recorded as already ended)."""
     for count in counts:
-        assert not count.at_least, count
-        pipe.hincrbyfloat(count.key, json.dumps(count.labels), count.value)
+        pipe.eval(APPLY_COUNTS_LUA.replace("first", "1"), 0, *count.args())
 
 
 # Applies Count.args quadruples from ARGV[first] on (in a ledger script).

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from kombu.utils.url import maybe_sanitize_url
 
 from core.config import Config
@@ -33,6 +32,8 @@ def connect(url: str) -> redis.Redis:
 
 def queue_depth(client: redis.Redis, queue: str) -> int:
     """Messages waiting in ``queue``; kombu keeps one Redis list per priority step."""
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
     keys = [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
     pipe = client.pipeline(transaction=False)
     for key in keys:
