@@ -7,6 +7,7 @@ anything but :class:`ConfigError` for bad input, whatever the file holds.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,13 +27,20 @@ _ALL_MODELS: list[type[BaseModel]] = [Config, *SECTIONS.values(), *EVENT_KINDS.v
 
 def load_config(path: Path) -> Config:
     """Parse and fully validate ``path``; raise ConfigError listing every problem."""
+    return read_config(path)[0]
+
+
+def read_config(path: Path) -> tuple[Config, str]:
+    """The config of ``path`` and its hash (SPEC section 13: sha256 of the file's bytes,
+    first 12 hex digits), of the same bytes."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), ["config file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read config file: {exc}"]) from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path)), hashlib.sha256(data).hexdigest()[:12]
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

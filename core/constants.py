@@ -55,6 +55,7 @@ RUN_TASKS = (TASK_BACKUP, TASK_VERIFY, TASK_COMMAND)
 
 # Hash: worker node name -> JSON {name, rds, control, pid, host, at}; written by each
 # worker's heartbeat step, removed on clean shutdown.
+BEATS_KEY = "backstop:beats"  # Hash: beat name -> JSON heartbeat of a beat process
 HEARTBEATS_KEY = "backstop:heartbeats"
 # String: node name of the beat process that currently schedules; expires unless renewed.
 BEAT_LEADER_KEY = "backstop:beat:leader"

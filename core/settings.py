@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Config
-from core.config_load import load_config
+from core.config_load import read_config
 
 DEFAULT_CONFIG = "backstop.yaml"
 CONFIG_ENV = "BACKSTOP_CONFIG"
@@ -31,6 +31,8 @@ class Settings:
     broker_url: str | None
     # The fleet's data token given by the environment; None: read it from its file.
     data_token: str | None = None
+    # sha256 of the config file's bytes, first 12 hex digits (heartbeats, status)
+    config_hash: str = ""
 
     @property
     def base_dir(self) -> Path:
@@ -57,7 +59,7 @@ def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
 
 def load_settings(option: str | None, environ: Mapping[str, str]) -> Settings:
     path = config_path(option, environ)
-    config = load_config(path)
+    config, config_hash = read_config(path)
     return Settings(config_path=path, config=config,
                     broker_url=environ.get(BROKER_ENV) or config.broker_url,
-                    data_token=environ.get(DATA_TOKEN_ENV) or None)
+                    data_token=environ.get(DATA_TOKEN_ENV) or None, config_hash=config_hash)

@@ -9,6 +9,7 @@ the planner turns due ticks into occurrences, and sends the watchdog.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from core.constants import (
     BEAT_LEADER_KEY,
     BEAT_LOCK_TTL_S,
     BEAT_STANDBY_POLL_S,
+    BEATS_KEY,
     CONTROL_QUEUE,
     TASK_DISPATCH,
     TASK_WATCHDOG,
@@ -32,6 +34,7 @@ from core.constants import (
 )
 from core.runs import OccurrenceState, Trigger
 from orchestration.control import Control
+from orchestration.heartbeat import write_beat_heartbeat
 from orchestration.leader import LeaderLease
 from orchestration.schedules import (
     TickAction,
@@ -132,6 +135,7 @@ class LeaderScheduler(Scheduler):
                                            socket_connect_timeout=5)
         self.lease = LeaderLease(self.client, BEAT_LEADER_KEY, beat_name(), BEAT_LOCK_TTL_S)
         self.leading = False
+        self.config_hash: str = app.settings.config_hash
         self.planner = Planner(app.settings.config, self.client,
                                control_for(app, self.client))
         kwargs["max_interval"] = LEADER_MAX_INTERVAL_S
@@ -142,6 +146,7 @@ class LeaderScheduler(Scheduler):
             leading = self.lease.hold()
             if leading and not self.leading:
                 self.planner.load()
+            write_beat_heartbeat(self.client, self.lease.holder, leading, self.config_hash)
         except redis.RedisError as exc:
             log.warning("beat: broker unreachable, not scheduling: %s", exc)
             leading = False
@@ -159,6 +164,8 @@ class LeaderScheduler(Scheduler):
         return min(wait, LEADER_MAX_INTERVAL_S)
 
     def close(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.client.hdel(BEATS_KEY, self.lease.holder)
         if self.leading:
             try:
                 self.lease.release()

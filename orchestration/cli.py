@@ -112,10 +112,17 @@ def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
 
 def print_status(report: dict[str, Any]) -> None:
     console = Console()
-    workers = Table("worker", "rds", "clients", "control", title="Workers")
+    if report["config_mismatch"]:
+        console.print(f"[bold red]warning:[/] not every process runs the same config: "
+                      f"{', '.join(report['config_mismatch'])} differ from the others "
+                      "(see config hash); restart them with the fleet's config")
+    workers = Table("worker", "rds", "clients", "control", "config", title="Workers")
     for w in report["workers"]:
         workers.add_row(w["name"], ", ".join(w["rds"]) or "-", ", ".join(w["clients"]) or "-",
-                        "yes" if w["control"] else "no")
+                        "yes" if w["control"] else "no", w["config_hash"] or "-")
+    for b in report["beats"]:
+        workers.add_row(b["name"], "-", "-", "beat" + (" (leader)" if b["leader"] else ""),
+                        b["config_hash"] or "-")
     console.print(workers)
     rds = Table("rds", "live", "interfaces", title="RDS")
     for r in report["rds"]:

@@ -20,6 +20,7 @@ import redis
 from celery import bootsteps
 
 from core.constants import (
+    BEATS_KEY,
     CLIENT_QUEUE_PREFIX,
     CONTROL_QUEUE,
     HEARTBEAT_FORGET_S,
@@ -41,6 +42,7 @@ class WorkerBeat:
     host: str
     at: float
     clients: list[str] = field(default_factory=list)
+    config_hash: str = ""  # of the config it runs (SPEC section 13)
 
     def age_s(self, now: float) -> float:
         return now - self.at
@@ -56,11 +58,33 @@ def served(queues: list[str], prefix: str) -> list[str]:
     return sorted(q.removeprefix(prefix) for q in queues if q.startswith(prefix))
 
 
-def write_heartbeat(client: redis.Redis, name: str, queues: list[str]) -> None:
+def write_heartbeat(client: redis.Redis, name: str, queues: list[str],
+                    config_hash: str = "") -> None:
     beat = {"name": name, "rds": served(queues, RDS_QUEUE_PREFIX),
             "clients": served(queues, CLIENT_QUEUE_PREFIX), "control": CONTROL_QUEUE in queues,
-            "pid": os.getpid(), "host": socket.gethostname(), "at": server_time(client)}
+            "pid": os.getpid(), "host": socket.gethostname(), "at": server_time(client),
+            "config_hash": config_hash}
     client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
+
+
+def write_beat_heartbeat(client: redis.Redis, name: str, leading: bool,
+                         config_hash: str) -> None:
+    """A beat's heartbeat (in its own hash: a beat is no worker)."""
+    beat = {"name": name, "leader": leading, "pid": os.getpid(),
+            "host": socket.gethostname(), "at": server_time(client),
+            "config_hash": config_hash}
+    client.hset(BEATS_KEY, name, json.dumps(beat))
+
+
+def live_beats(client: redis.Redis) -> list[dict[str, Any]]:
+    """The beats whose heartbeat is fresh."""
+    now = server_time(client)
+    found = [json.loads(value) for value in client.hgetall(BEATS_KEY).values()]
+    stale = [b["name"] for b in found if now - b["at"] > HEARTBEAT_FORGET_S]
+    if stale:
+        client.hdel(BEATS_KEY, *stale)
+    return sorted((b for b in found if now - b["at"] <= HEARTBEAT_TTL_S),
+                  key=lambda b: b["name"])
 
 
 def read_heartbeats(client: redis.Redis) -> tuple[list[WorkerBeat], float]:
@@ -114,11 +138,13 @@ class HeartbeatStep(bootsteps.StartStopStep):
                                            socket_connect_timeout=2)
         queues = sorted((parent.app.amqp.queues.consume_from or {}).keys())
         name = parent.hostname
+        settings = getattr(parent.app, "settings", None)
+        config_hash = settings.config_hash if settings is not None else ""
 
         def beat() -> None:
             try:
                 assert self.client is not None
-                write_heartbeat(self.client, name, queues)
+                write_heartbeat(self.client, name, queues, config_hash)
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
 

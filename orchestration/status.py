@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import redis
@@ -16,7 +17,7 @@ from core.constants import (
     rds_queue,
 )
 from core.errors import BrokerUnreachable
-from orchestration.heartbeat import live_workers
+from orchestration.heartbeat import live_beats, live_workers
 from orchestration.leader import current_leader
 
 
@@ -52,10 +53,16 @@ def fleet_status(client: redis.Redis, config: Config,
               *(rds_queue(r.name) for r in config.rds),
               *(client_queue(c.name) for c in config.clients)]
     probed = reachable or {}
+    beats = live_beats(client)
+    hashes = {w.name: w.config_hash for w in workers} | {b["name"]: b["config_hash"]
+                                                         for b in beats}
     return {
         "workers": [{"name": w.name, "rds": w.rds, "clients": w.clients, "control": w.control,
-                     "pid": w.pid, "host": w.host}
+                     "pid": w.pid, "host": w.host, "config_hash": w.config_hash}
                     for w in sorted(workers, key=lambda w: w.name)],
+        "beats": [{"name": b["name"], "leader": b["leader"], "pid": b["pid"],
+                   "host": b["host"], "config_hash": b["config_hash"]} for b in beats],
+        "config_mismatch": mismatched(hashes),
         "rds": [{"name": r.name, "live": r.name in served,
                  "interfaces": [{"name": i.name, "address": i.address,
                                  "port": config.port_of(i),
@@ -65,3 +72,13 @@ def fleet_status(client: redis.Redis, config: Config,
         "queues": [{"name": q, "depth": queue_depth(client, q)} for q in queues],
         "beat_leader": current_leader(client, BEAT_LEADER_KEY),
     }
+
+
+def mismatched(hashes: dict[str, str]) -> list[str]:
+    """The processes whose config hash differs from the majority's (SPEC section 13); on a
+    tie, the hash that sorts first counts as the majority's."""
+    counts = Counter(hashes.values())
+    if len(counts) <= 1:
+        return []
+    majority = min(counts, key=lambda h: (-counts[h], h))
+    return sorted(name for name, found in hashes.items() if found != majority)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
+from typing import Any
 
 import redis
 from celery.contrib.testing.worker import start_worker
+from click.testing import CliRunner
 
 from core.constants import CONTROL_QUEUE, HEARTBEAT_TTL_S, HEARTBEATS_KEY, rds_queue
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from orchestration.app import create_app
-from orchestration.heartbeat import read_heartbeats, server_time
+from orchestration.cli import main
+from orchestration.heartbeat import read_heartbeats, server_time, write_beat_heartbeat
 from orchestration.status import fleet_status
 from tests.waiting import wait_for
 
@@ -81,3 +87,40 @@ def test_queue_depth_counts_waiting_messages_of_every_priority(
         app.send_task("backstop.example", queue=queue, priority=priority, ignore_result=True)
     depths = {q["name"]: q["depth"] for q in fleet_status(redis_client, settings.config)["queues"]}
     assert depths == {CONTROL_QUEUE: 0, queue: 4}
+
+
+def test_status_names_the_processes_that_run_another_config(
+        settings: Settings, broker_url: str, redis_client: redis.Redis) -> None:
+    # Given two workers and a beat on the fleet's config, and a worker on an edited copy
+    edited = settings.config_path.with_name("edited.yaml")
+    edited.write_bytes(settings.config_path.read_bytes() + b"# changed on one host\n")
+    other = load_settings(str(edited), {"BACKSTOP_BROKER_URL": broker_url})
+    assert len(settings.config_hash) == 12 and other.config_hash != settings.config_hash
+    assert settings.config_hash == hashlib.sha256(
+        settings.config_path.read_bytes()).hexdigest()[:12]
+    write_beat_heartbeat(redis_client, "beat.1@host", True, settings.config_hash)
+    with start_worker(create_app(settings, broker_url), queues=[CONTROL_QUEUE],
+                      perform_ping_check=False, hostname="a@host"), \
+            start_worker(create_app(settings, broker_url), queues=[rds_queue("local")],
+                         perform_ping_check=False, hostname="b@host"), \
+            start_worker(create_app(other, broker_url), queues=[rds_queue("local")],
+                         perform_ping_check=False, hostname="odd@host"):
+        def all_three() -> dict[str, Any] | None:
+            found = fleet_status(redis_client, settings.config)
+            return found if len(found["workers"]) == 3 else None
+
+        report = wait_for(all_three, "three heartbeats")
+        # Then every worker and the beat say which config they run, and the odd one is named
+        hashes = {w["name"]: w["config_hash"] for w in report["workers"]}
+        assert hashes == {"a@host": settings.config_hash, "b@host": settings.config_hash,
+                          "odd@host": other.config_hash}
+        assert report["beats"] == [{"name": "beat.1@host", "leader": True, "pid": os.getpid(),
+                                    "host": socket.gethostname(),
+                                    "config_hash": settings.config_hash}]
+        assert report["config_mismatch"] == ["odd@host"]
+        # And the text status warns
+        shown = CliRunner().invoke(main, ["status", "-c", str(settings.config_path)],
+                                   env={"BACKSTOP_BROKER_URL": broker_url})
+        assert "warning:" in shown.output and "odd@host" in shown.output
+    # And when all agree, nothing is named
+    assert fleet_status(redis_client, settings.config)["config_mismatch"] == []
