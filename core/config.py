@@ -337,6 +337,12 @@ class Config(Model):
 
     state_dir: Path = Path(".backstop")
     broker_url: str | None = None
+    # With a broker_url of Sentinels (SPEC section 13): the master's name, the Sentinels'
+    # own password if they have one, and how long a ledger or catalog write waits for a
+    # replica to have it.
+    broker_master_name: str | None = None
+    broker_sentinel_password: str | None = None
+    broker_wait_ms: int = Field(default=1000, ge=0, le=60_000)
     timezone: str = "UTC"
     # Hard time limit of one backup run; the broker's visibility timeout is derived from it.
     backup_time_limit: Duration = timedelta(hours=6)
@@ -358,6 +364,13 @@ class Config(Model):
     @classmethod
     def _valid_timezone(cls, value: str) -> str:
         return check_timezone(value)
+
+    @model_validator(mode="after")
+    def _sentinels_need_a_master(self) -> Config:
+        if (self.broker_url or "").startswith("sentinel://") and not self.broker_master_name:
+            raise ValueError("broker_url names Sentinels: broker_master_name must say which "
+                             "master they watch")
+        return self
 
     @field_validator("history")
     @classmethod

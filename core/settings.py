@@ -18,6 +18,7 @@ DEFAULT_CONFIG = "backstop.yaml"
 CONFIG_ENV = "BACKSTOP_CONFIG"
 BROKER_ENV = "BACKSTOP_BROKER_URL"
 DATA_TOKEN_ENV = "BACKSTOP_DATA_TOKEN"
+SENTINEL_PASSWORD_ENV = "BACKSTOP_SENTINEL_PASSWORD"
 # The fleet's data token, in state_dir, when data_path.token_file names no other file.
 DATA_TOKEN_FILE = "data-token"
 
@@ -33,6 +34,8 @@ class Settings:
     data_token: str | None = None
     # sha256 of the config file's bytes, first 12 hex digits (heartbeats, status)
     config_hash: str = ""
+    # The Sentinels' own password (env wins over the config's broker_sentinel_password)
+    sentinel_password: str | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -62,4 +65,6 @@ def load_settings(option: str | None, environ: Mapping[str, str]) -> Settings:
     config, config_hash = read_config(path)
     return Settings(config_path=path, config=config,
                     broker_url=environ.get(BROKER_ENV) or config.broker_url,
-                    data_token=environ.get(DATA_TOKEN_ENV) or None, config_hash=config_hash)
+                    data_token=environ.get(DATA_TOKEN_ENV) or None, config_hash=config_hash,
+                    sentinel_password=(environ.get(SENTINEL_PASSWORD_ENV)
+                                       or config.broker_sentinel_password))

@@ -33,6 +33,7 @@ from core.constants import (
     WATCHDOG_INTERVAL_S,
 )
 from core.runs import OccurrenceState, Trigger
+from orchestration.broker import redis_client
 from orchestration.control import Control
 from orchestration.heartbeat import write_beat_heartbeat
 from orchestration.leader import LeaderLease
@@ -131,8 +132,8 @@ class LeaderScheduler(Scheduler):
     """A Celery beat scheduler that schedules only while it holds the leader lease."""
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
-        self.client = redis.Redis.from_url(app.conf.broker_url, socket_timeout=5,
-                                           socket_connect_timeout=5)
+        self.client = redis_client(app.settings, app.conf.broker_url, socket_timeout=5,
+                                   socket_connect_timeout=5)
         self.lease = LeaderLease(self.client, BEAT_LEADER_KEY, beat_name(), BEAT_LOCK_TTL_S)
         self.leading = False
         self.config_hash: str = app.settings.config_hash

@@ -17,23 +17,68 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
+from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from core.errors import BackstopError, BrokerUnreachable
 from core.settings import Settings
 from orchestration.process import spawn, stop_group
 
 BROKER_FILE = "broker.json"
+SENTINEL_PORT = 26379
 
 
-def patient_client(url: str, **options: Any) -> redis.Redis:
-    """A client whose commands ride out a broker restart of about half a minute (retrying
-    with backoff) instead of failing at once."""
+@dataclass(frozen=True)
+class SentinelAddress:
+    """A broker URL of Sentinels (SPEC section 13): ``sentinel://[:PASSWORD@]HOST:PORT``
+    joined by ``;``. As in kombu, PASSWORD is the Redis/Valkey servers' password."""
+
+    nodes: tuple[tuple[str, int], ...]
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelAddress:
+        nodes, password = [], None
+        for part in filter(None, (p.strip() for p in url.split(";"))):
+            found = urlsplit(part)
+            if found.scheme != "sentinel" or not found.hostname:
+                raise BrokerUnreachable(f"bad Sentinel address {maybe_sanitize_url(part)!r}: "
+                                        "expected sentinel://[:PASSWORD@]HOST:PORT")
+            nodes.append((found.hostname, found.port or SENTINEL_PORT))
+            password = password or (unquote(found.password) if found.password else None)
+        return cls(tuple(nodes), password)
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
+def redis_client(settings: Settings, url: str, **options: Any) -> redis.Redis:
+    """A client of the broker at ``url``: of the master the Sentinels name when ``url`` is
+    theirs (it follows a promotion by itself: a connection that finds the master gone or
+    read-only asks the Sentinels again), else of that server."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    address = SentinelAddress.parse(url)
+    timeouts = {k: v for k, v in options.items()
+                if k in ("socket_timeout", "socket_connect_timeout")}
+    sentinels = Sentinel(list(address.nodes), password=address.password,
+                         sentinel_kwargs={"password": settings.sentinel_password, **timeouts},
+                         **options)
+    assert settings.config.broker_master_name is not None
+    return sentinels.master_for(settings.config.broker_master_name)
+
+
+def patient_client(settings: Settings, url: str, **options: Any) -> redis.Redis:
+    """A client whose commands ride out a broker restart, or a Sentinel promotion, of about
+    half a minute (retrying with backoff) instead of failing at once."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.5, cap=4), retries=10)
-    return redis.Redis.from_url(url, retry=retry, **options)
+    return redis_client(settings, url, retry=retry, **options)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -16,7 +16,6 @@ from rich.table import Table
 from core.config import SECTIONS, Config
 from core.config_warnings import failover_warnings
 from core.errors import ConfigError
-from orchestration.broker import broker_url
 from orchestration.cli_common import (
     EXIT_USAGE,
     BackstopGroup,
@@ -100,7 +99,7 @@ def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     from workers.remote import probe_interfaces
 
     settings = settings_from(ctx, config_file)
-    client = connect(broker_url(settings))
+    client = connect(settings)
     report = fleet_status(client, settings.config,
                           probe_interfaces(settings, known_token(settings)))
     client.close()

@@ -52,7 +52,7 @@ class Data:
     """What the data commands share: settings, the catalog, the stores."""
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = connect(broker_url(settings))
+        self.client = connect(settings)
         self.catalog = RedisCatalog(self.client)
         self.stores = reachable_stores(settings, known_token(settings))
 

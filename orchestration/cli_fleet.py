@@ -107,7 +107,7 @@ def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
 def metrics(ctx: click.Context, config_file: str | None, address: str, port: int) -> None:
     """Prometheus exporter for the fleet: /metrics, computed from the broker."""
     settings = settings_from(ctx, config_file)
-    client = connect(broker_url(settings))
+    client = connect(settings)
     try:
         serve_metrics(settings, client, known_token(settings), address, port)
     except OSError as exc:

@@ -90,7 +90,7 @@ def start(ctx: click.Context, config_file: str | None, event: str, level: Level 
         raise click.BadParameter(f"event {event!r} is a {found.kind} event: only a backup "
                                  "event fails over", param_hint="EVENT")
     url = broker_url(settings)
-    client = connect(url)
+    client = connect(settings, url)
     if not any(w.control for w in live_workers(client)):
         click.echo("backstop: no live control worker to start it (run `backstop up`, or "
                    "`backstop worker --control`)", err=True)
@@ -151,7 +151,7 @@ def runs(ctx: click.Context, config_file: str | None, event: str | None, task: s
          as_json: bool) -> None:
     """The run ledger, newest first."""
     settings = settings_from(ctx, config_file)
-    ledger = Ledger(connect(broker_url(settings)), settings.config.history)
+    ledger = Ledger(connect(settings), settings.config.history)
     wanted = RunState(state) if state else None
     if occurrence:
         found = [r for r in reversed(ledger.runs_of(occurrence))

@@ -29,6 +29,7 @@ from core.constants import (
     HEARTBEATS_KEY,
     RDS_QUEUE_PREFIX,
 )
+from orchestration.broker import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,8 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self.client: redis.Redis | None = None
 
     def start(self, parent: Any) -> None:
-        self.client = redis.Redis.from_url(parent.app.conf.broker_url, socket_timeout=2,
-                                           socket_connect_timeout=2)
+        self.client = redis_client(parent.app.settings, parent.app.conf.broker_url,
+                                   socket_timeout=2, socket_connect_timeout=2)
         queues = sorted((parent.app.amqp.queues.consume_from or {}).keys())
         name = parent.hostname
         settings = getattr(parent.app, "settings", None)

@@ -17,14 +17,18 @@ from core.constants import (
     rds_queue,
 )
 from core.errors import BrokerUnreachable
+from core.settings import Settings
+from orchestration.broker import broker_url, redis_client
 from orchestration.heartbeat import live_beats, live_workers
 from orchestration.leader import current_leader
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for ``url`` that has answered PING; BrokerUnreachable (password masked) if not."""
+def connect(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A client of the fleet's broker (``url``, else the one the settings name) that has
+    answered PING; BrokerUnreachable (password masked) if not."""
+    url = url or broker_url(settings)
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        client = redis_client(settings, url, socket_connect_timeout=3, socket_timeout=10)
         client.ping()
     except (redis.RedisError, ValueError) as exc:
         raise BrokerUnreachable(f"cannot reach broker {maybe_sanitize_url(url)}: {exc}") from None

@@ -85,7 +85,7 @@ def context(app: BackstopApp) -> Context:
     cached: Context | None = getattr(app, "_backstop_context", None)
     if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
         return cached
-    client = patient_client(app.conf.broker_url, socket_timeout=30)
+    client = patient_client(app.settings, app.conf.broker_url, socket_timeout=30)
     catalog = RedisCatalog(client)
     control = control_for(app, client, catalog)
     made = Context(app, client, control.ledger, Engine(app.settings, catalog), catalog,

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from core.constants import CONTROL_QUEUE, rds_queue
+from core.settings import load_settings
 from orchestration.broker import patient_client
 from orchestration.cli import main
 from orchestration.ledger import Ledger
@@ -144,7 +145,7 @@ def start(config: Path, event: str, wait: bool = False) -> str:
 
 def ledger_of(root: Path) -> Ledger:
     url = json.loads((root / ".backstop" / "broker.json").read_text())["url"]
-    return Ledger(patient_client(url))
+    return Ledger(patient_client(load_settings(str(root / "backstop.yaml"), {}), url))
 
 
 def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repeats_nothing(
