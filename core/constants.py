@@ -155,6 +155,10 @@ METRICS_BYTES_KEY = "backstop:metrics:backup_bytes_total"
 METRICS_DURATION_KEY = "backstop:metrics:run_duration_seconds"
 METRICS_LAST_SUCCESS_KEY = "backstop:metrics:last_success_timestamp_seconds"
 METRICS_NOTIFY_FAILED_KEY = "backstop:metrics:notifications_failed_total"
+# String: writes no replica confirmed within broker_wait_ms (orchestration/replicas.py).
+METRICS_REPLICATION_LAG_KEY = "backstop:metrics:replication_lag_total"
+# String: written (INCR) just before each WAIT, so that WAIT covers every earlier write.
+REPLICATION_BARRIER_KEY = "backstop:replication:barrier"
 # Sorted set per pool: "epoch:used_bytes" samples, at most one per POOL_SAMPLE_EVERY_S,
 # kept POOL_SAMPLES_KEPT_S (a pool's growth: days_until_full).
 POOL_USED_KEY = "backstop:pool:{pool}:used"

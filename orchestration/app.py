@@ -11,7 +11,7 @@ from orchestration.tasks import register_tasks
 def create_app(settings: Settings, broker_url: str) -> BackstopApp:
     app = BackstopApp("backstop", set_as_current=False)
     app.settings = settings
-    app.conf.update(celery_config(settings.config, broker_url))
+    app.conf.update(celery_config(settings.config, broker_url, settings.sentinel_password))
     app.steps["consumer"].add(HeartbeatStep)
     register_tasks(app)
     return app

@@ -24,12 +24,14 @@ from core.constants import (
     CATALOG_TASK_KEY,
 )
 from core.model import Saveset
+from orchestration.replicas import Replicas
 from workers.levels import BASE_LEVELS, LevelFacts, PastSaveset
 
 
 class RedisCatalog:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, replicas: Replicas | None = None) -> None:
         self.client = client
+        self.replicas = replicas  # entries wait for a replica (SPEC section 13)
 
     def add(self, saveset: Saveset, manifest: bytes) -> None:
         score = saveset.created_at.timestamp()
@@ -42,6 +44,8 @@ class RedisCatalog:
             pipe.set(CATALOG_MANIFEST_KEY.format(id=saveset.id), manifest)
             pipe.sadd(CATALOG_CACHED_KEY.format(task=saveset.task), saveset.id)
         pipe.execute()
+        if self.replicas is not None:
+            self.replicas.wait(f"catalog {saveset.id}")
         self._drop_stale_manifests(saveset.task)
 
     def remove(self, saveset: Saveset) -> None:

@@ -53,10 +53,14 @@ class BackstopApp(Celery):
                        argsrepr=readable, ignore_result=True, countdown=countdown)
 
 
-def celery_config(config: Config, broker_url: str) -> dict[str, Any]:
+def celery_config(config: Config, broker_url: str,
+                  sentinel_password: str | None = None) -> dict[str, Any]:
     backup_limit_s = int(config.backup_time_limit.total_seconds())
     visibility_s = backup_limit_s + int(VISIBILITY_MARGIN.total_seconds())
-    transport = {"visibility_timeout": visibility_s, "health_check_interval": 10}
+    transport: dict[str, Any] = {"visibility_timeout": visibility_s, "health_check_interval": 10}
+    if broker_url.startswith("sentinel://"):  # kombu's and Celery's own Sentinel support
+        transport |= {"master_name": config.broker_master_name,
+                      "sentinel_kwargs": {"password": sentinel_password}}
     return {
         "broker_url": broker_url,
         "result_backend": broker_url,

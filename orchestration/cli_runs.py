@@ -79,6 +79,7 @@ def start(ctx: click.Context, config_file: str | None, event: str, level: Level 
     from orchestration.app import create_app  # Celery: only for the commands that send
     from orchestration.control import start_adhoc
     from orchestration.heartbeat import live_workers
+    from orchestration.replicas import Replicas
 
     settings = settings_from(ctx, config_file)
     found = settings.config.events_by_name.get(event)
@@ -97,6 +98,8 @@ def start(ctx: click.Context, config_file: str | None, event: str, level: Level 
         ctx.exit(EXIT_USAGE)
     app = create_app(settings, url)
     occurrence = start_adhoc(app.send, event, level, enforce_full, drill_reason)
+    # accepted: on a replica too, before it is reported (SPEC section 13)
+    Replicas(client, settings.config.broker_wait_ms).wait(f"start {occurrence}")
     ledger = Ledger(client)
     state = follow(ledger, occurrence, wait, timeout_s, quiet=as_json)
     runs = ledger.runs_of(occurrence)

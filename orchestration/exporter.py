@@ -30,6 +30,7 @@ from core.constants import (
     METRICS_FAILOVERS_KEY,
     METRICS_LAST_SUCCESS_KEY,
     METRICS_NOTIFY_FAILED_KEY,
+    METRICS_REPLICATION_LAG_KEY,
     METRICS_RUNS_KEY,
     METRICS_UNAVAILABLE_KEY,
 )
@@ -78,6 +79,11 @@ class FleetCollector(Collector):
                 family.add_metric(labels, value)
             yield family
         yield duration_histogram(durations)
+        lag = CounterMetricFamily("backstop_replication_lag",
+                                  "Acknowledged writes no replica confirmed within "
+                                  "broker_wait_ms")
+        lag.add_metric([], float(self.client.get(METRICS_REPLICATION_LAG_KEY) or 0))
+        yield lag
         gauge = GaugeMetricFamily("backstop_last_success_timestamp_seconds",
                                   HELP["backstop_last_success"], labels=["task"])
         for labels, value in sorted(last_success.items()):

