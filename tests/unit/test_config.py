@@ -42,7 +42,7 @@ def test_the_spec_example_loads_with_every_entity() -> None:
     assert isinstance(config.event_named("docs-verify"), VerifyEvent)
 
 
-@pytest.mark.parametrize("example", sorted((REPO / "deploy" / "examples").glob("*.yaml")),
+@pytest.mark.parametrize("example", sorted((REPO / "deploy" / "examples").rglob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_example_config_is_valid(example: Path) -> None:
     config = load_config(example)
