@@ -1,12 +1,15 @@
 """SPEC section 13 end to end: `backstop up` on a Sentinel-managed Valkey (a master, two
 replicas, three Sentinels), the master SIGKILLed in the middle of a burst of occurrences.
 Every accepted occurrence succeeds exactly once, the schedule keeps ticking, and no process
-of the fleet is restarted."""
+of the fleet is restarted. And the leading beat killed together with the master."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -108,3 +111,41 @@ def test_up_on_sentinels_loses_nothing_when_the_master_dies_mid_burst(
     assert {p.pid for p in up.processes()} >= parts
     assert "restarting in" not in up.output()
     assert up.stop() == 0
+
+
+def test_the_leading_beat_and_the_master_killed_together_the_schedule_goes_on(
+        tmp_path: Path, cluster: SentinelCluster, start_up: Callable[..., Up]) -> None:
+    config = ha_config(tmp_path, cluster)
+    up = start_up(config, "--no-flower")
+    up.wait_live()
+    # Given a standby beat next to up's
+    standby = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "beat", "-c",
+                                str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: len((up.status() or {}).get("beats", [])) == 2 or None,
+                 "two beats to report")
+        status = up.status()
+        assert status is not None
+        [leader] = [b for b in status["beats"] if b["leader"]]
+        # When the leading beat and the master are SIGKILLed together
+        os.kill(leader["pid"], signal.SIGKILL)
+        old = cluster.master()
+        old.kill()
+        killed_at = datetime.now(UTC)
+        cluster.wait_promoted(old)
+        # Then the standby leads, and scheduled runs succeed again
+        wait_for(lambda: [r for r in runs_of(config) if r["event"] == "ticking"
+                          and datetime.fromisoformat(str(r["queued_at"])) > killed_at
+                          and r["state"] == "succeeded"] or None,
+                 "a scheduled run after the beat and the master died", limit_s=120, every_s=2)
+        # (the standby, or up's beat that up restarted: one leader, not the dead one)
+        leaders = wait_for(lambda: [b for b in (up.status() or {}).get("beats", [])
+                                    if b["leader"]] or None, "a leading beat", limit_s=60)
+        assert len(leaders) == 1 and leaders[0]["pid"] != leader["pid"]
+        # And every tick ran once: the audit finds no duplicate and nothing lost
+        found = audit(config, restore_at_most=3)
+        assert found.problems == [], found.problems
+    finally:
+        standby.send_signal(signal.SIGTERM)
+        standby.wait(timeout=30)
