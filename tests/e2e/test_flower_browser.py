@@ -125,3 +125,56 @@ def test_flower_shows_a_failover_chain_as_it_happened(
     assert chromium(f"--screenshot={shot}", "--window-size=1280,1400",
                     f"{flower}/task/{tasks['failed']['id']}").returncode == 0
     assert shot.stat().st_size > 10_000
+
+
+def test_an_occurrence_started_through_flower_s_api_runs_and_a_bad_one_fails_there(
+        quickstart: Path, start_up: Callable[..., Up], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWER_UNAUTHENTICATED_API", "true")
+    up = start_up(quickstart)
+    up.wait_live()
+    port = up.process.args[up.process.args.index("--flower-port") + 1]  # type: ignore[index]
+    flower = f"http://127.0.0.1:{port}"
+
+    def apply(kwargs: dict[str, Any]) -> str:
+        request = urllib.request.Request(
+            f"{flower}/api/task/async-apply/backstop.run", method="POST",
+            data=json.dumps({"kwargs": kwargs}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return str(json.loads(answer.read())["task-id"])
+
+    def info(task_id: str) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{flower}/api/task/info/{task_id}", timeout=5) as r:
+                found: dict[str, Any] = json.loads(r.read())
+        except OSError:
+            return None
+        return found if found.get("state") in ("SUCCESS", "FAILURE") else None
+
+    # When an operator starts the event through Flower's API, with a level of its own
+    started = apply({"event": "demo-often", "level": "FULL"})
+    done = wait_for(lambda: info(started), "the backstop.run task", limit_s=60)
+    assert done["state"] == "SUCCESS"
+    occurrence = json.loads(done["result"].replace("'", '"'))
+
+    # Then that occurrence runs as `backstop run` would start it: ad hoc, at that level
+    def settled() -> list[dict[str, Any]] | None:
+        runs = json.loads(backstop("runs", "--occurrence", occurrence, "--json",
+                                   config=quickstart).stdout)
+        return runs if runs and runs[0]["state"] not in ("queued", "running") else None
+
+    [run] = wait_for(settled, "the occurrence to end", limit_s=60)
+    assert (run["trigger"], run["level"], run["state"]) == ("adhoc", "FULL", "succeeded")
+
+    # And an unknown event fails that task with a message naming it, and starts nothing
+    def adhoc_runs() -> int:
+        runs = json.loads(backstop("runs", "--json", config=quickstart).stdout)
+        return sum(r["trigger"] == "adhoc" for r in runs)
+
+    before = adhoc_runs()
+    bad = apply({"event": "demo-oftn"})
+    failed = wait_for(lambda: info(bad), "the bad backstop.run task", limit_s=60)
+    assert failed["state"] == "FAILURE"
+    assert "unknown event 'demo-oftn'" in failed["exception"], failed
+    assert "did you mean 'demo-often'" in failed["exception"]
+    assert adhoc_runs() == before
