@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 import click
+import redis
 
 from core.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
 from core.runs import utc_now
@@ -48,6 +50,20 @@ class BackstopGroup(click.Group):
         except BackstopError as exc:
             click.echo(f"backstop: {exc}", err=True)
             ctx.exit(EXIT_FAILED)
+        except Exception as exc:
+            if not is_broker_error(exc):
+                raise
+            click.echo(f"backstop: the broker did not answer ({exc}); nothing was started "
+                       "or changed by this command unless it said so", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+def is_broker_error(exc: BaseException) -> bool:
+    """A lost or unreachable broker, as redis-py or kombu report it (kombu is checked only
+    where it is loaded: a command that did not import it cannot have met its errors)."""
+    kombu = sys.modules.get("kombu.exceptions")
+    return isinstance(exc, redis.RedisError) or (
+        kombu is not None and isinstance(exc, kombu.OperationalError))
 
 
 def config_option(command: F) -> F:
