@@ -53,8 +53,9 @@ class BackstopGroup(click.Group):
         except Exception as exc:
             if not is_broker_error(exc):
                 raise
-            click.echo(f"backstop: the broker did not answer ({exc}); nothing was started "
-                       "or changed by this command unless it said so", err=True)
+            click.echo(f"backstop: the broker did not answer ({exc}); this command may not "
+                       "have finished: look with `backstop runs` or `backstop status` before "
+                       "trying again", err=True)
             ctx.exit(EXIT_USAGE)
 
 
