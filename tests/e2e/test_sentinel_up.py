@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,13 +25,6 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.e2e
 
 BURST = 16
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    started = SentinelCluster(tmp_path / "valkey").start()
-    yield started
-    started.stop()
 
 
 def ha_config(root: Path, cluster: SentinelCluster) -> Path:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,6 @@ from tests.integration.test_orchestration import CONFIG
 from tests.sentinels import MASTER_NAME, SENTINEL_PASSWORD, SentinelCluster
 from tests.waiting import wait_for
 from workers.engine import create_missing_stores
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    started = SentinelCluster(tmp_path / "valkey").start()
-    yield started
-    started.stop()
 
 
 def sentinel_settings(root: Path, cluster: SentinelCluster) -> Settings:
