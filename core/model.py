@@ -88,7 +88,10 @@ class Entry:
 
     ``digest`` is the BLAKE3 of a file's content; ``holder`` the saveset whose archive holds
     it: this saveset's own id for a file it stores, the base's holder for an unchanged file.
-    Both are empty for directories and symlinks.
+    Both are empty for directories and symlinks. ``uid``/``gid`` are the numeric owner and
+    group (-1: not recorded, manifests of Backstop before 0.4), ``user``/``group`` their
+    names when the scanning host knew them (for display); ``ctime_ns`` the inode's change
+    time (0: not recorded).
     """
 
     path: str
@@ -100,12 +103,21 @@ class Entry:
     digest: str = ""
     holder: str = ""
     target: str = ""
+    uid: int = -1
+    gid: int = -1
+    ctime_ns: int = 0
+    user: str = ""
+    group: str = ""
 
     def same_content_as(self, other: Entry) -> bool:
-        """Change detection of SPEC section 2: size, mtime and inode."""
+        """Change detection of SPEC sections 2 and 12: size, mtime and inode, and the
+        inode's ctime where both know it (a change of owner, mode or extended attributes
+        alone changes only that)."""
         return (self.kind == other.kind and self.size == other.size
                 and self.mtime_ns == other.mtime_ns and self.inode == other.inode
-                and self.target == other.target)
+                and self.target == other.target
+                and (not self.ctime_ns or not other.ctime_ns
+                     or self.ctime_ns == other.ctime_ns))
 
 
 @dataclass

@@ -144,6 +144,8 @@ def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
     else:
         click.echo(f"restored {result.files} files ({format_size(result.bytes)}) of "
                    f"{result.saveset} to {result.target}")
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
 
 
 def restore_on_client(data: Data, client: str, saveset: Saveset, target: Path) -> RestoreResult:

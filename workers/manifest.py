@@ -1,17 +1,21 @@
 """Scanning a backup source, and manifests on disk.
 
 A manifest lists every path of the source when the saveset was taken (with size, mtime,
-inode, mode, BLAKE3 digest and the saveset holding its content) and every path deleted since its
-base. It is stored as zstd-compressed JSON lines: a header object, then one compact array
-per path: ``[kind, path, size, mtime_ns, inode, mode, digest, holder, target]``, or
-``["x", path]`` for a deletion.
+inode, mode, BLAKE3 digest and the saveset holding its content, owner and group, the inode's
+ctime) and every path deleted since its base. It is stored as zstd-compressed JSON lines: a
+header object, then one compact array per path: ``[kind, path, size, mtime_ns, inode, mode,
+digest, holder, target, uid, gid, ctime_ns, user, group]``, or ``["x", path]`` for a
+deletion. Manifests of format 1 (without the last five) are read too.
 """
 
 from __future__ import annotations
 
+import functools
+import grp
 import io
 import json
 import os
+import pwd
 import stat
 import sys
 from collections.abc import Iterator
@@ -25,7 +29,8 @@ from core.errors import CorruptSaveset, SourceError
 from core.model import DIR, FILE, SYMLINK, Entry, Manifest
 from workers.digest import ALGORITHM
 
-FORMAT = "backstop-manifest/1"
+FORMAT = "backstop-manifest/2"
+FORMATS = ("backstop-manifest/1", FORMAT)  # what decode reads
 DELETED = "x"
 
 
@@ -86,7 +91,25 @@ def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> E
     target = os.readlink(item.path) if kind == SYMLINK else ""
     return Entry(path=path, kind=kind, size=st.st_size if kind == FILE else 0,
                  mtime_ns=st.st_mtime_ns, inode=st.st_ino, mode=stat.S_IMODE(st.st_mode),
-                 target=target)
+                 target=target, uid=st.st_uid, gid=st.st_gid, ctime_ns=st.st_ctime_ns,
+                 user=user_name(st.st_uid), group=group_name(st.st_gid))
+
+
+@functools.cache
+def user_name(uid: int) -> str:
+    """The name of ``uid`` on this host ("" when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@functools.cache
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
 
 
 def encode(manifest: Manifest) -> bytes:
@@ -97,7 +120,8 @@ def encode(manifest: Manifest) -> bytes:
                             "digest": ALGORITHM}))
         for e in manifest.entries.values():
             writer.write(_line([e.kind, e.path, e.size, e.mtime_ns, e.inode, e.mode,
-                                e.digest, e.holder, e.target]))
+                                e.digest, e.holder, e.target, e.uid, e.gid, e.ctime_ns,
+                                e.user, e.group]))
         for path in manifest.deleted:
             writer.write(_line([DELETED, path]))
     return out.getvalue()
@@ -113,7 +137,7 @@ def decode(data: BinaryIO | bytes, saveset_id: str) -> Manifest:
     try:
         lines = _lines(source)
         header = json.loads(next(lines))
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if not isinstance(header, dict) or header.get("format") not in FORMATS:
             raise ValueError("not a Backstop manifest")
         if header.get("saveset") != saveset_id:
             raise ValueError(f"it belongs to saveset {header.get('saveset')!r}")
@@ -137,9 +161,11 @@ def _add(manifest: Manifest, row: Any) -> None:
     if row[0] == DELETED:
         manifest.deleted.append(row[1])
         return
-    kind, path, size, mtime_ns, inode, mode, sha, holder, target = row
-    if kind not in (FILE, DIR, SYMLINK) or not all(
-            isinstance(n, int) for n in (size, mtime_ns, inode, mode)):
+    kind, path, size, mtime_ns, inode, mode, sha, holder, target = row[:9]
+    uid, gid, ctime_ns, user, group = row[9:] if len(row) == 14 else (-1, -1, 0, "", "")
+    if kind not in (FILE, DIR, SYMLINK) or len(row) not in (9, 14) or not all(
+            isinstance(n, int) for n in (size, mtime_ns, inode, mode, uid, gid, ctime_ns)):
         raise ValueError(f"bad manifest row {row!r:.80}")
     manifest.entries[path] = Entry(path, kind, size, mtime_ns, inode, mode, str(sha),
-                                   sys.intern(str(holder)), str(target))
+                                   sys.intern(str(holder)), str(target), uid, gid, ctime_ns,
+                                   sys.intern(str(user)), sys.intern(str(group)))

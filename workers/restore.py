@@ -36,6 +36,8 @@ class RestoreResult:
     files: int
     bytes: int
     target: str
+    # what could not be given back as it was (e.g. owners, when not restoring as root)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,15 +94,16 @@ class Restorer:
         work = target / f".backstop-restore-{saveset.id}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
+        owners = Owners()
         try:
-            files, size = self._rebuild(manifest, work, progress)
+            files, size = self._rebuild(manifest, work, progress, owners)
             merge_into(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return RestoreResult(saveset.id, files, size, str(target))
+        return RestoreResult(saveset.id, files, size, str(target), owners.warnings())
 
-    def _rebuild(self, manifest: Manifest, work: Path,
-                 progress: Progress | None) -> tuple[int, int]:
+    def _rebuild(self, manifest: Manifest, work: Path, progress: Progress | None,
+                 owners: Owners) -> tuple[int, int]:
         entries = sorted(manifest.entries.values(), key=lambda e: e.path)
         for entry in entries:
             if entry.kind == DIR:
@@ -114,20 +117,22 @@ class Restorer:
         done = [0, 0]
         for holder_id, files in wanted.items():
             holder = self.holder(holder_id, manifest.saveset_id)
-            self._extract(holder, files, work, done, total, progress)
+            self._extract(holder, files, work, done, total, progress, owners)
         for entry in entries:
             if entry.kind == SYMLINK:
                 os.symlink(entry.target, work / entry.path)
+                owners.give(work / entry.path, entry)
                 os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns),
                          follow_symlinks=False)
         for entry in reversed(entries):
             if entry.kind == DIR:
+                owners.give(work / entry.path, entry)
                 os.chmod(work / entry.path, entry.mode)
                 os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns))
         return done[0], done[1]
 
     def _extract(self, holder: Saveset, files: dict[str, Entry], work: Path, done: list[int],
-                 total: tuple[int, int], progress: Progress | None) -> None:
+                 total: tuple[int, int], progress: Progress | None, owners: Owners) -> None:
         missing = dict(files)
         root = str(work)
         with self.stores[holder.data_store].read(holder.key, ARCHIVE) as data, \
@@ -137,7 +142,7 @@ class Restorer:
                 entry = missing.pop(member.name, None)
                 if entry is None:
                     continue  # content of a file changed or deleted later
-                write_file(os.path.join(root, entry.path), entry, content, holder.id)
+                write_file(os.path.join(root, entry.path), entry, content, holder.id, owners)
                 done[0] += 1
                 done[1] += entry.size
                 if progress is not None:
@@ -192,7 +197,8 @@ def _digest(content: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str) -> None:
+def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str,
+               owners: Owners | None = None) -> None:
     """Create ``path`` (never through a link), check its digest, set mode and mtime."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -209,10 +215,41 @@ def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str) -> 
                 view = view[os.write(fd, view):]
         if digest.hexdigest() != entry.digest:
             raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its digest")
+        if owners is not None:  # before the mode: a change of owner clears set-id bits
+            owners.give(fd, entry)
         os.fchmod(fd, entry.mode)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
     finally:
         os.close(fd)
+
+
+class Owners:
+    """Gives restored paths their recorded owner and group, by number (``tar
+    --numeric-owner``), where the restoring process may (root, with CAP_CHOWN); keeps the
+    paths it may not give away, for the restore's warnings."""
+
+    def __init__(self) -> None:
+        self.refused: list[Entry] = []
+
+    def give(self, where: Path | int, entry: Entry) -> None:
+        if entry.uid < 0:  # a manifest that did not record owners
+            return
+        try:
+            if isinstance(where, int):
+                os.fchown(where, entry.uid, entry.gid)
+            else:
+                os.chown(where, entry.uid, entry.gid, follow_symlinks=False)
+        except PermissionError:
+            self.refused.append(entry)
+
+    def warnings(self) -> list[str]:
+        if not self.refused:
+            return []
+        first = self.refused[0]
+        return [f"owners not restored: this process may not give files away (not root, or "
+                f"without CAP_CHOWN), so {len(self.refused)} path(s) belong to uid "
+                f"{os.geteuid()} instead of their own (e.g. {first.path}: "
+                f"{first.user or first.uid}:{first.group or first.gid})"]
 
 
 def merge_into(source: Path, target: Path) -> None:

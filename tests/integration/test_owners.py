@@ -1,0 +1,100 @@
+"""SPEC section 12, owners: a saveset keeps numeric owners and groups (and their names for
+display), a change of owner alone is noticed by INC, a restore as root gives them back, and
+a restore that may not give files away says what it could not give back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from core.config import Level
+from tests.integration.conftest import Setup
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+def owners(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_uid, p.lstat().st_gid)
+            for p in sorted(root.rglob("*")) if not p.name.startswith(".backstop")}
+
+
+def owned_tree(src: Path) -> None:
+    (src / "www").mkdir()
+    (src / "www" / "index.html").write_text("<h1>hi</h1>")
+    (src / "home.txt").write_text("mine")
+    os.symlink("www/index.html", src / "link")
+    os.chown(src / "www", 1234, 5678)
+    os.chown(src / "www" / "index.html", 1234, 5678)
+    os.chown(src / "home.txt", 0, 0)
+    os.lchown(src / "link", 4321, 8765)
+
+
+def test_owners_round_trip_as_root_and_a_change_of_owner_alone_is_backed_up(
+        setup: Setup, tmp_path: Path) -> None:
+    owned_tree(setup.source)
+    before = owners(setup.source)
+    full = setup.backup(Level.FULL).saveset
+    # a restore as root gives every owner back, by number
+    setup.restorer.restore(full, tmp_path / "r1")
+    assert owners(tmp_path / "r1") == before
+    # When only the owner of a file changes (content and mtime as they were)
+    setup.clock.now += timedelta(hours=1)
+    os.chown(setup.source / "home.txt", 1000, 1000)
+    inc = setup.backup(Level.INC).saveset
+    # Then INC records it, and its restore has the new owner
+    assert inc.files == 1
+    setup.restorer.restore(inc, tmp_path / "r2")
+    assert owners(tmp_path / "r2")["home.txt"] == (1000, 1000)
+    assert owners(tmp_path / "r2")["www/index.html"] == (1234, 5678)
+    # And the manifest keeps the names too, for display
+    manifest = setup.restorer.manifest(inc)
+    assert manifest.entries["home.txt"].user in ("", "root") or \
+        manifest.entries["home.txt"].uid == 1000
+    assert manifest.entries["www"].uid == 1234 and manifest.entries["link"].gid == 8765
+
+
+RESTORE = """
+import json, sys
+from pathlib import Path
+import redis
+from core.settings import load_settings
+from orchestration.catalog import RedisCatalog
+from workers.engine import Engine
+from workers.restore import Restorer
+settings = load_settings(sys.argv[1], {"BACKSTOP_BROKER_URL": sys.argv[2]})
+catalog = RedisCatalog(redis.Redis.from_url(sys.argv[2]))
+restorer = Restorer(catalog, Engine(settings, catalog).stores)
+result = restorer.restore(catalog.get(sys.argv[3]), Path(sys.argv[4]))
+print(json.dumps(result.warnings))
+"""
+
+
+def test_a_restore_that_may_not_give_files_away_keeps_the_rest_and_says_so(
+        setup: Setup, broker_url: str, tmp_path: Path) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    owned_tree(setup.source)
+    full = setup.backup(Level.FULL).saveset
+    # When the restore runs without the right to give files away (as a user, or root in a
+    # container without CAP_CHOWN)
+    target = tmp_path / "restricted"
+    done = subprocess.run([setpriv, "--bounding-set=-chown", "--inh-caps=-chown", "--",
+                           sys.executable, "-c", RESTORE, str(setup.settings.config_path),
+                           broker_url, full.id, str(target)],
+                          capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    # Then every file comes back, owned by the restoring user, and the restore says so
+    [warning] = json.loads(done.stdout)
+    assert warning.startswith("owners not restored: this process may not give files away")
+    assert "3 path(s)" in warning  # www, www/index.html and link; home.txt is root's
+    assert (target / "www" / "index.html").read_text() == "<h1>hi</h1>"
+    assert set(owners(target).values()) == {(0, 0)}
