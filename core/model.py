@@ -91,7 +91,7 @@ class Entry:
     Both are empty for directories and symlinks. ``uid``/``gid`` are the numeric owner and
     group (-1: not recorded, manifests of Backstop before 0.4), ``user``/``group`` their
     names when the scanning host knew them (for display); ``ctime_ns`` the inode's change
-    time (0: not recorded).
+    time (0: not recorded); ``xattrs`` its extended attributes.
     """
 
     path: str
@@ -108,6 +108,8 @@ class Entry:
     ctime_ns: int = 0
     user: str = ""
     group: str = ""
+    # extended attributes, POSIX ACLs (system.posix_acl_*) among them: (name, value) pairs
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
     def same_content_as(self, other: Entry) -> bool:
         """Change detection of SPEC sections 2 and 12: size, mtime and inode, and the

@@ -4,12 +4,15 @@ A manifest lists every path of the source when the saveset was taken (with size,
 inode, mode, BLAKE3 digest and the saveset holding its content, owner and group, the inode's
 ctime) and every path deleted since its base. It is stored as zstd-compressed JSON lines: a
 header object, then one compact array per path: ``[kind, path, size, mtime_ns, inode, mode,
-digest, holder, target, uid, gid, ctime_ns, user, group]``, or ``["x", path]`` for a
-deletion. Manifests of format 1 (without the last five) are read too.
+digest, holder, target, uid, gid, ctime_ns, user, group, xattrs]`` (xattrs: an object of
+name to base64 value), or ``["x", path]`` for a deletion. Manifests of format 1 (without
+the last six) are read too.
 """
 
 from __future__ import annotations
 
+import base64
+import errno
 import functools
 import grp
 import io
@@ -92,7 +95,22 @@ def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> E
     return Entry(path=path, kind=kind, size=st.st_size if kind == FILE else 0,
                  mtime_ns=st.st_mtime_ns, inode=st.st_ino, mode=stat.S_IMODE(st.st_mode),
                  target=target, uid=st.st_uid, gid=st.st_gid, ctime_ns=st.st_ctime_ns,
-                 user=user_name(st.st_uid), group=group_name(st.st_gid))
+                 user=user_name(st.st_uid), group=group_name(st.st_gid),
+                 xattrs=read_xattrs(item.path))
+
+
+def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+    """The extended attributes of ``path`` itself (never of a symlink's target), sorted; none
+    where the file system has none, or the file went meanwhile."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+        return tuple(sorted((name, os.getxattr(path, name, follow_symlinks=False))
+                            for name in names))
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.ENOENT, errno.ENODATA):
+            return ()
+        raise SourceError(f"cannot read extended attributes of {path}: "
+                          f"{exc.strerror or exc}") from exc
 
 
 @functools.cache
@@ -121,7 +139,8 @@ def encode(manifest: Manifest) -> bytes:
         for e in manifest.entries.values():
             writer.write(_line([e.kind, e.path, e.size, e.mtime_ns, e.inode, e.mode,
                                 e.digest, e.holder, e.target, e.uid, e.gid, e.ctime_ns,
-                                e.user, e.group]))
+                                e.user, e.group,
+                                {k: base64.b64encode(v).decode() for k, v in e.xattrs}]))
         for path in manifest.deleted:
             writer.write(_line([DELETED, path]))
     return out.getvalue()
@@ -162,10 +181,12 @@ def _add(manifest: Manifest, row: Any) -> None:
         manifest.deleted.append(row[1])
         return
     kind, path, size, mtime_ns, inode, mode, sha, holder, target = row[:9]
-    uid, gid, ctime_ns, user, group = row[9:] if len(row) == 14 else (-1, -1, 0, "", "")
-    if kind not in (FILE, DIR, SYMLINK) or len(row) not in (9, 14) or not all(
+    uid, gid, ctime_ns, user, group, xattrs = (row[9:] if len(row) == 15
+                                               else (-1, -1, 0, "", "", {}))
+    if kind not in (FILE, DIR, SYMLINK) or len(row) not in (9, 15) or not all(
             isinstance(n, int) for n in (size, mtime_ns, inode, mode, uid, gid, ctime_ns)):
         raise ValueError(f"bad manifest row {row!r:.80}")
-    manifest.entries[path] = Entry(path, kind, size, mtime_ns, inode, mode, str(sha),
-                                   sys.intern(str(holder)), str(target), uid, gid, ctime_ns,
-                                   sys.intern(str(user)), sys.intern(str(group)))
+    manifest.entries[path] = Entry(
+        path, kind, size, mtime_ns, inode, mode, str(sha), sys.intern(str(holder)),
+        str(target), uid, gid, ctime_ns, sys.intern(str(user)), sys.intern(str(group)),
+        tuple((str(k), base64.b64decode(v)) for k, v in dict(xattrs).items()))

@@ -94,16 +94,16 @@ class Restorer:
         work = target / f".backstop-restore-{saveset.id}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        owners = Owners()
+        metadata = Metadata()
         try:
-            files, size = self._rebuild(manifest, work, progress, owners)
+            files, size = self._rebuild(manifest, work, progress, metadata)
             merge_into(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return RestoreResult(saveset.id, files, size, str(target), owners.warnings())
+        return RestoreResult(saveset.id, files, size, str(target), metadata.warnings())
 
     def _rebuild(self, manifest: Manifest, work: Path, progress: Progress | None,
-                 owners: Owners) -> tuple[int, int]:
+                 metadata: Metadata) -> tuple[int, int]:
         entries = sorted(manifest.entries.values(), key=lambda e: e.path)
         for entry in entries:
             if entry.kind == DIR:
@@ -117,22 +117,25 @@ class Restorer:
         done = [0, 0]
         for holder_id, files in wanted.items():
             holder = self.holder(holder_id, manifest.saveset_id)
-            self._extract(holder, files, work, done, total, progress, owners)
+            self._extract(holder, files, work, done, total, progress, metadata)
         for entry in entries:
             if entry.kind == SYMLINK:
                 os.symlink(entry.target, work / entry.path)
-                owners.give(work / entry.path, entry)
+                metadata.owner(work / entry.path, entry)
+                metadata.xattrs(work / entry.path, entry)
                 os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns),
                          follow_symlinks=False)
         for entry in reversed(entries):
             if entry.kind == DIR:
-                owners.give(work / entry.path, entry)
+                metadata.owner(work / entry.path, entry)
                 os.chmod(work / entry.path, entry.mode)
+                metadata.xattrs(work / entry.path, entry)
                 os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns))
         return done[0], done[1]
 
     def _extract(self, holder: Saveset, files: dict[str, Entry], work: Path, done: list[int],
-                 total: tuple[int, int], progress: Progress | None, owners: Owners) -> None:
+                 total: tuple[int, int], progress: Progress | None,
+                 metadata: Metadata) -> None:
         missing = dict(files)
         root = str(work)
         with self.stores[holder.data_store].read(holder.key, ARCHIVE) as data, \
@@ -142,7 +145,8 @@ class Restorer:
                 entry = missing.pop(member.name, None)
                 if entry is None:
                     continue  # content of a file changed or deleted later
-                write_file(os.path.join(root, entry.path), entry, content, holder.id, owners)
+                write_file(os.path.join(root, entry.path), entry, content, holder.id,
+                           metadata)
                 done[0] += 1
                 done[1] += entry.size
                 if progress is not None:
@@ -198,7 +202,7 @@ def _digest(content: IO[bytes]) -> str:
 
 
 def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str,
-               owners: Owners | None = None) -> None:
+               metadata: Metadata | None = None) -> None:
     """Create ``path`` (never through a link), check its digest, set mode and mtime."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -215,23 +219,27 @@ def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str,
                 view = view[os.write(fd, view):]
         if digest.hexdigest() != entry.digest:
             raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its digest")
-        if owners is not None:  # before the mode: a change of owner clears set-id bits
-            owners.give(fd, entry)
+        if metadata is not None:
+            metadata.owner(fd, entry)
         os.fchmod(fd, entry.mode)
+        if metadata is not None:
+            metadata.xattrs(fd, entry)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
     finally:
         os.close(fd)
 
 
-class Owners:
+class Metadata:
     """Gives restored paths their recorded owner and group, by number (``tar
-    --numeric-owner``), where the restoring process may (root, with CAP_CHOWN); keeps the
-    paths it may not give away, for the restore's warnings."""
+    --numeric-owner``), and their extended attributes (POSIX ACLs among them), where the
+    restoring process may; keeps what it could not give back, for the restore's warnings."""
 
     def __init__(self) -> None:
-        self.refused: list[Entry] = []
+        self.owners_refused: list[Entry] = []
+        self.xattrs_refused: list[tuple[Entry, str]] = []
 
-    def give(self, where: Path | int, entry: Entry) -> None:
+    def owner(self, where: Path | int, entry: Entry) -> None:
+        """Before the mode: a change of owner clears set-id bits."""
         if entry.uid < 0:  # a manifest that did not record owners
             return
         try:
@@ -240,16 +248,36 @@ class Owners:
             else:
                 os.chown(where, entry.uid, entry.gid, follow_symlinks=False)
         except PermissionError:
-            self.refused.append(entry)
+            self.owners_refused.append(entry)
+
+    def xattrs(self, where: Path | int, entry: Entry) -> None:
+        """After owner and mode: an ACL and the mode's group bits are one."""
+        for name, value in entry.xattrs:
+            if entry.kind == SYMLINK and name.startswith("user."):
+                continue  # Linux keeps no user attributes on symlinks
+            try:
+                if isinstance(where, int):
+                    os.setxattr(where, name, value)
+                else:
+                    os.setxattr(where, name, value, follow_symlinks=False)
+            except OSError as exc:
+                self.xattrs_refused.append((entry, f"{name}: {exc.strerror or exc}"))
 
     def warnings(self) -> list[str]:
-        if not self.refused:
-            return []
-        first = self.refused[0]
-        return [f"owners not restored: this process may not give files away (not root, or "
-                f"without CAP_CHOWN), so {len(self.refused)} path(s) belong to uid "
+        found = []
+        if self.owners_refused:
+            first = self.owners_refused[0]
+            found.append(
+                f"owners not restored: this process may not give files away (not root, or "
+                f"without CAP_CHOWN), so {len(self.owners_refused)} path(s) belong to uid "
                 f"{os.geteuid()} instead of their own (e.g. {first.path}: "
-                f"{first.user or first.uid}:{first.group or first.gid})"]
+                f"{first.user or first.uid}:{first.group or first.gid})")
+        if self.xattrs_refused:
+            entry, why = self.xattrs_refused[0]
+            found.append(f"extended attributes not restored on "
+                         f"{len({e.path for e, _ in self.xattrs_refused})} path(s) (e.g. "
+                         f"{entry.path}: {why})")
+        return found
 
 
 def merge_into(source: Path, target: Path) -> None:

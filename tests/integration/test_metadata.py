@@ -1,6 +1,7 @@
-"""SPEC section 12, owners: a saveset keeps numeric owners and groups (and their names for
-display), a change of owner alone is noticed by INC, a restore as root gives them back, and
-a restore that may not give files away says what it could not give back."""
+"""SPEC section 12, owners and extended attributes: a saveset keeps numeric owners and
+groups (and their names for display) and extended attributes with POSIX ACLs; a change of
+them alone is noticed by INC; a restore as root gives them back, and a restore that may not
+give files away says what it could not give back."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from core.config import Level
 from tests.integration.conftest import Setup
+from tests.system_tools import require
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 
@@ -98,3 +100,36 @@ def test_a_restore_that_may_not_give_files_away_keeps_the_rest_and_says_so(
     assert "3 path(s)" in warning  # www, www/index.html and link; home.txt is root's
     assert (target / "www" / "index.html").read_text() == "<h1>hi</h1>"
     assert set(owners(target).values()) == {(0, 0)}
+
+
+def xattrs(root: Path) -> dict[str, dict[str, bytes]]:
+    found = {}
+    for p in sorted(root.rglob("*")):
+        if p.name.startswith(".backstop") or p.is_symlink():
+            continue
+        found[str(p.relative_to(root))] = {n: os.getxattr(p, n) for n in os.listxattr(p)}
+    return found
+
+
+def test_extended_attributes_and_acls_round_trip_and_a_change_of_them_alone_is_backed_up(
+        setup: Setup, tmp_path: Path) -> None:
+    setfacl = require("setfacl", "acl")
+    src = setup.source
+    owned_tree(src)
+    os.setxattr(src / "home.txt", "user.origin", b"scanner \x00\xff bytes")
+    os.setxattr(src / "www", "user.project", b"site")
+    subprocess.run([setfacl, "-m", "u:1234:rw,g:5678:r", str(src / "home.txt")], check=True)
+    subprocess.run([setfacl, "-d", "-m", "u:1234:rwx", str(src / "www")], check=True)
+    before = xattrs(src)
+    assert "system.posix_acl_access" in before["home.txt"]
+    assert "system.posix_acl_default" in before["www"]
+    full = setup.backup(Level.FULL).saveset
+    setup.restorer.restore(full, tmp_path / "r1")
+    assert xattrs(tmp_path / "r1") == before
+    # When only an attribute changes, INC records it and its restore has it
+    setup.clock.now += timedelta(hours=1)
+    os.setxattr(src / "www" / "index.html", "user.reviewed", b"yes")
+    inc = setup.backup(Level.INC).saveset
+    assert inc.files == 1
+    setup.restorer.restore(inc, tmp_path / "r2")
+    assert xattrs(tmp_path / "r2") == xattrs(src)
