@@ -80,6 +80,9 @@ class Saveset:
 
 # Entry types of a manifest.
 FILE, DIR, SYMLINK = "f", "d", "l"
+# a fifo; character and block devices; a further name of a file stored under another path
+FIFO, CHAR_DEVICE, BLOCK_DEVICE, HARDLINK = "p", "c", "b", "h"
+KINDS = (FILE, DIR, SYMLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE, HARDLINK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +91,12 @@ class Entry:
 
     ``digest`` is the BLAKE3 of a file's content; ``holder`` the saveset whose archive holds
     it: this saveset's own id for a file it stores, the base's holder for an unchanged file.
-    Both are empty for directories and symlinks. ``uid``/``gid`` are the numeric owner and
-    group (-1: not recorded, manifests of Backstop before 0.4), ``user``/``group`` their
-    names when the scanning host knew them (for display); ``ctime_ns`` the inode's change
-    time (0: not recorded); ``xattrs`` its extended attributes.
+    Both are empty for everything but files. A hard link's ``target`` is the path under
+    which its file's content is stored (the first of its names). ``uid``/``gid`` are the
+    numeric owner and group (-1: not recorded, manifests of Backstop before 0.4),
+    ``user``/``group`` their names when the scanning host knew them (for display);
+    ``ctime_ns`` the inode's change time (0: not recorded); ``xattrs`` its extended
+    attributes.
     """
 
     path: str
@@ -110,6 +115,7 @@ class Entry:
     group: str = ""
     # extended attributes, POSIX ACLs (system.posix_acl_*) among them: (name, value) pairs
     xattrs: tuple[tuple[str, bytes], ...] = ()
+    rdev: int = 0  # a device node's device number
 
     def same_content_as(self, other: Entry) -> bool:
         """Change detection of SPEC sections 2 and 12: size, mtime and inode, and the

@@ -21,6 +21,7 @@ from typing import IO, BinaryIO
 import zstandard
 
 from core.errors import CorruptSaveset, SourceError
+from core.model import BLOCK_DEVICE, CHAR_DEVICE, FIFO, HARDLINK, Entry
 from workers.digest import new_digest
 
 BLOCK = 512
@@ -93,6 +94,18 @@ class ArchiveWriter:
         if padding:
             self.stream.write(bytes(padding))
         return digest.hexdigest()
+
+    def add_header(self, entry: Entry) -> None:
+        """A member without content, so that ``tar -x`` alone recreates it too: a hard link
+        (to a file earlier in this archive), a fifo, a device node."""
+        info = tarfile.TarInfo(entry.path)
+        info.type = {HARDLINK: tarfile.LNKTYPE, FIFO: tarfile.FIFOTYPE,
+                     CHAR_DEVICE: tarfile.CHRTYPE, BLOCK_DEVICE: tarfile.BLKTYPE}[entry.kind]
+        info.linkname = entry.target if entry.kind == HARDLINK else ""
+        info.mode, info.mtime = entry.mode, entry.mtime_ns // 1_000_000_000
+        info.uid, info.gid = max(entry.uid, 0), max(entry.gid, 0)
+        info.devmajor, info.devminor = os.major(entry.rdev), os.minor(entry.rdev)
+        self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
     def close(self) -> tuple[int, str]:
         """End the tar and the zstd frame; return the archive's size and digest."""

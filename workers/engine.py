@@ -20,7 +20,17 @@ from pathlib import Path
 
 from core.config import DataStore, Level, MediaPool, Task
 from core.errors import CorruptSaveset, StorageError, StorageUnavailable
-from core.model import FILE, Entry, Manifest, Saveset, SavesetKey
+from core.model import (
+    BLOCK_DEVICE,
+    CHAR_DEVICE,
+    FIFO,
+    FILE,
+    HARDLINK,
+    Entry,
+    Manifest,
+    Saveset,
+    SavesetKey,
+)
 from core.settings import Settings
 from workers import manifest as manifests
 from workers.archive import ArchiveWriter, tar_size
@@ -283,6 +293,9 @@ def read_committed(store: Store, key: SavesetKey) -> tuple[Saveset, bytes]:
         return saveset, manifest.read()
 
 
+# Kinds that go into an archive as a header without content (for tar -x alone).
+HEADER_ONLY = (HARDLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
+
 def archive_files(writer: ArchiveWriter, source: Path, manifest: Manifest,
                   to_store: list[Entry], progress: Progress | None) -> list[Entry]:
     """Stream each file into the archive; its manifest entry gets the hash and real size."""
@@ -292,12 +305,16 @@ def archive_files(writer: ArchiveWriter, source: Path, manifest: Manifest,
     for number, entry in enumerate(to_store, 1):
         size, digest, st = writer.add(entry.path, source / entry.path)
         kept = replace(entry, size=size, digest=digest, mtime_ns=st.st_mtime_ns,
-                       inode=st.st_ino, holder=manifest.saveset_id)
+                       inode=st.st_ino, ctime_ns=st.st_ctime_ns, holder=manifest.saveset_id)
         manifest.entries[entry.path] = kept
         stored.append(kept)
         done_bytes += size
         if progress is not None:
             progress(number, done_bytes, len(to_store), total_bytes)
+    names = {e.path for e in stored}
+    for entry in manifest.entries.values():  # for tar -x alone: links, fifos, devices
+        if entry.kind in HEADER_ONLY and (entry.kind != HARDLINK or entry.target in names):
+            writer.add_header(entry)
     return stored
 
 

@@ -4,9 +4,11 @@ A manifest lists every path of the source when the saveset was taken (with size,
 inode, mode, BLAKE3 digest and the saveset holding its content, owner and group, the inode's
 ctime) and every path deleted since its base. It is stored as zstd-compressed JSON lines: a
 header object, then one compact array per path: ``[kind, path, size, mtime_ns, inode, mode,
-digest, holder, target, uid, gid, ctime_ns, user, group, xattrs]`` (xattrs: an object of
-name to base64 value), or ``["x", path]`` for a deletion. Manifests of format 1 (without
-the last six) are read too.
+digest, holder, target, uid, gid, ctime_ns, user, group, xattrs, rdev]`` (xattrs: an object
+of name to base64 value), or ``["x", path]`` for a deletion. Kinds: ``f`` file, ``d``
+directory, ``l`` symlink, ``p`` fifo, ``c``/``b`` character/block device, ``h`` a hard
+link to the file stored under ``target``. Manifests of format 1 (without the last seven)
+are read too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pwd
 import stat
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,7 +32,18 @@ import pathspec
 import zstandard
 
 from core.errors import CorruptSaveset, SourceError
-from core.model import DIR, FILE, SYMLINK, Entry, Manifest
+from core.model import (
+    BLOCK_DEVICE,
+    CHAR_DEVICE,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    KINDS,
+    SYMLINK,
+    Entry,
+    Manifest,
+)
 from workers.digest import ALGORITHM
 
 FORMAT = "backstop-manifest/2"
@@ -42,15 +56,18 @@ def excludes(patterns: list[str]) -> pathspec.GitIgnoreSpec:
 
 
 def scan(source: Path, patterns: list[str]) -> list[Entry]:
-    """Every directory, file and symlink under ``source`` not excluded, depth first, sorted.
+    """Every directory, file, symlink, fifo and device node under ``source`` not excluded,
+    depth first, sorted. A file with several names is a file under the first of them and a
+    hard link (to that path) under the others.
 
-    Paths are relative to the source, with ``/``. Sockets, FIFOs and devices are skipped.
+    Paths are relative to the source, with ``/``. Sockets are skipped.
     Raises SourceError when the source or a directory in it cannot be read.
     """
     if not source.is_dir():
         raise SourceError(f"source {source} is missing or not a directory")
     spec = excludes(patterns)
     found: list[Entry] = []
+    first_names: dict[tuple[int, int], str] = {}  # (device, inode) -> path of its content
     stack = [("", source)]
     while stack:
         rel, directory = stack.pop()
@@ -58,6 +75,8 @@ def scan(source: Path, patterns: list[str]) -> list[Entry]:
         for item in _listdir(directory):
             path = f"{rel}/{item.name}" if rel else item.name
             entry = _entry(item, path, spec)
+            if entry is not None and entry.kind == FILE:
+                entry = _linked(item, entry, first_names)
             if entry is not None:
                 found.append(entry)
                 if entry.kind == DIR:
@@ -87,8 +106,12 @@ def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> E
         kind, probe = FILE, path
     elif stat.S_ISLNK(st.st_mode):
         kind, probe = SYMLINK, path
+    elif stat.S_ISFIFO(st.st_mode):
+        kind, probe = FIFO, path
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        kind, probe = (CHAR_DEVICE if stat.S_ISCHR(st.st_mode) else BLOCK_DEVICE), path
     else:
-        return None
+        return None  # a socket: nothing to keep
     if spec.match_file(probe):
         return None
     target = os.readlink(item.path) if kind == SYMLINK else ""
@@ -96,7 +119,20 @@ def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> E
                  mtime_ns=st.st_mtime_ns, inode=st.st_ino, mode=stat.S_IMODE(st.st_mode),
                  target=target, uid=st.st_uid, gid=st.st_gid, ctime_ns=st.st_ctime_ns,
                  user=user_name(st.st_uid), group=group_name(st.st_gid),
-                 xattrs=read_xattrs(item.path))
+                 xattrs=read_xattrs(item.path),
+                 rdev=st.st_rdev if kind in (CHAR_DEVICE, BLOCK_DEVICE) else 0)
+
+
+def _linked(item: os.DirEntry[str], entry: Entry,
+            first_names: dict[tuple[int, int], str]) -> Entry:
+    """A further name of a file already seen becomes a hard link to its first name."""
+    st = item.stat(follow_symlinks=False)
+    if st.st_nlink < 2:
+        return entry
+    first = first_names.setdefault((st.st_dev, st.st_ino), entry.path)
+    if first == entry.path:
+        return entry
+    return replace(entry, kind=HARDLINK, size=0, target=first, xattrs=())
 
 
 def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
@@ -140,7 +176,8 @@ def encode(manifest: Manifest) -> bytes:
             writer.write(_line([e.kind, e.path, e.size, e.mtime_ns, e.inode, e.mode,
                                 e.digest, e.holder, e.target, e.uid, e.gid, e.ctime_ns,
                                 e.user, e.group,
-                                {k: base64.b64encode(v).decode() for k, v in e.xattrs}]))
+                                {k: base64.b64encode(v).decode() for k, v in e.xattrs},
+                                e.rdev]))
         for path in manifest.deleted:
             writer.write(_line([DELETED, path]))
     return out.getvalue()
@@ -181,12 +218,13 @@ def _add(manifest: Manifest, row: Any) -> None:
         manifest.deleted.append(row[1])
         return
     kind, path, size, mtime_ns, inode, mode, sha, holder, target = row[:9]
-    uid, gid, ctime_ns, user, group, xattrs = (row[9:] if len(row) == 15
-                                               else (-1, -1, 0, "", "", {}))
-    if kind not in (FILE, DIR, SYMLINK) or len(row) not in (9, 15) or not all(
-            isinstance(n, int) for n in (size, mtime_ns, inode, mode, uid, gid, ctime_ns)):
+    uid, gid, ctime_ns, user, group, xattrs, rdev = (row[9:] if len(row) == 16
+                                                     else (-1, -1, 0, "", "", {}, 0))
+    if kind not in KINDS or len(row) not in (9, 16) or not all(
+            isinstance(n, int) for n in (size, mtime_ns, inode, mode, uid, gid, ctime_ns,
+                                         rdev)):
         raise ValueError(f"bad manifest row {row!r:.80}")
     manifest.entries[path] = Entry(
         path, kind, size, mtime_ns, inode, mode, str(sha), sys.intern(str(holder)),
         str(target), uid, gid, ctime_ns, sys.intern(str(user)), sys.intern(str(group)),
-        tuple((str(k), base64.b64decode(v)) for k, v in dict(xattrs).items()))
+        tuple((str(k), base64.b64decode(v)) for k, v in dict(xattrs).items()), rdev)

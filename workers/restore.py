@@ -21,7 +21,18 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from core.errors import CorruptSaveset, RestoreRefused
-from core.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset
+from core.model import (
+    BLOCK_DEVICE,
+    CHAR_DEVICE,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    Entry,
+    Manifest,
+    Saveset,
+)
 from workers import manifest as manifests
 from workers.archive import CHUNK, corruption_of, read_members
 from workers.catalog import Catalog
@@ -58,9 +69,15 @@ def safe_relpath(path: str, saveset_id: str) -> PurePosixPath:
 
 
 def check_paths(manifest: Manifest) -> None:
-    """Every path is relative and inside; no path lies under a symlink or a file."""
+    """Every path is relative and inside; no path lies under a symlink or a file; a hard
+    link names a file of the saveset."""
     for entry in manifest.entries.values():
         rel = safe_relpath(entry.path, manifest.saveset_id)
+        if entry.kind == HARDLINK:
+            linked = manifest.entries.get(str(safe_relpath(entry.target, manifest.saveset_id)))
+            if linked is None or linked.kind != FILE:
+                raise RestoreRefused(manifest.saveset_id, f"hard link {entry.path!r} names "
+                                     f"{entry.target!r}, which is no file of the saveset")
         for parent in list(rel.parents)[:-1]:
             above = manifest.entries.get(str(parent))
             if above is not None and above.kind != DIR:
@@ -104,22 +121,19 @@ class Restorer:
 
     def _rebuild(self, manifest: Manifest, work: Path, progress: Progress | None,
                  metadata: Metadata) -> tuple[int, int]:
+        """Directories, then file contents (by holder), then hard links, fifos and device
+        nodes, then symlinks; directories' metadata last (deepest first)."""
         entries = sorted(manifest.entries.values(), key=lambda e: e.path)
         for entry in entries:
             if entry.kind == DIR:
                 (work / entry.path).mkdir(parents=True, exist_ok=True)
-        wanted: dict[str, dict[str, Entry]] = defaultdict(dict)
+        done = self._contents(manifest, entries, work, progress, metadata)
         for entry in entries:
-            if entry.kind == FILE:
-                wanted[entry.holder][entry.path] = entry
-        total = (sum(len(w) for w in wanted.values()),
-                 sum(e.size for w in wanted.values() for e in w.values()))
-        done = [0, 0]
-        for holder_id, files in wanted.items():
-            holder = self.holder(holder_id, manifest.saveset_id)
-            self._extract(holder, files, work, done, total, progress, metadata)
-        for entry in entries:
-            if entry.kind == SYMLINK:
+            if entry.kind == HARDLINK:
+                os.link(work / entry.target, work / entry.path)
+            elif entry.kind in (FIFO, CHAR_DEVICE, BLOCK_DEVICE):
+                self._special(work / entry.path, entry, metadata)
+            elif entry.kind == SYMLINK:
                 os.symlink(entry.target, work / entry.path)
                 metadata.owner(work / entry.path, entry)
                 metadata.xattrs(work / entry.path, entry)
@@ -132,6 +146,38 @@ class Restorer:
                 metadata.xattrs(work / entry.path, entry)
                 os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns))
         return done[0], done[1]
+
+    def _contents(self, manifest: Manifest, entries: list[Entry], work: Path,
+                  progress: Progress | None, metadata: Metadata) -> list[int]:
+        """Every file's content, read from the archive of its holder; [files, bytes]."""
+        wanted: dict[str, dict[str, Entry]] = defaultdict(dict)
+        for entry in entries:
+            if entry.kind == FILE:
+                wanted[entry.holder][entry.path] = entry
+        total = (sum(len(w) for w in wanted.values()),
+                 sum(e.size for w in wanted.values() for e in w.values()))
+        done = [0, 0]
+        for holder_id, files in wanted.items():
+            holder = self.holder(holder_id, manifest.saveset_id)
+            self._extract(holder, files, work, done, total, progress, metadata)
+        return done
+
+    @staticmethod
+    def _special(path: Path, entry: Entry, metadata: Metadata) -> None:
+        """A fifo, or a device node where the restoring process may make one (root)."""
+        if entry.kind == FIFO:
+            os.mkfifo(path)
+        else:
+            kind = stat.S_IFCHR if entry.kind == CHAR_DEVICE else stat.S_IFBLK
+            try:
+                os.mknod(path, kind | 0o600, entry.rdev)
+            except PermissionError:
+                metadata.devices_refused.append(entry)
+                return
+        metadata.owner(path, entry)
+        os.chmod(path, entry.mode)
+        metadata.xattrs(path, entry)
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _extract(self, holder: Saveset, files: dict[str, Entry], work: Path, done: list[int],
                  total: tuple[int, int], progress: Progress | None,
@@ -237,6 +283,7 @@ class Metadata:
     def __init__(self) -> None:
         self.owners_refused: list[Entry] = []
         self.xattrs_refused: list[tuple[Entry, str]] = []
+        self.devices_refused: list[Entry] = []
 
     def owner(self, where: Path | int, entry: Entry) -> None:
         """Before the mode: a change of owner clears set-id bits."""
@@ -277,6 +324,10 @@ class Metadata:
             found.append(f"extended attributes not restored on "
                          f"{len({e.path for e, _ in self.xattrs_refused})} path(s) (e.g. "
                          f"{entry.path}: {why})")
+        if self.devices_refused:
+            found.append(f"device nodes not recreated: this process may not make them (not "
+                         f"root): {', '.join(e.path for e in self.devices_refused[:5])}"
+                         + (" ..." if len(self.devices_refused) > 5 else ""))
         return found
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from datetime import timedelta
@@ -133,3 +134,54 @@ def test_extended_attributes_and_acls_round_trip_and_a_change_of_them_alone_is_b
     assert inc.files == 1
     setup.restorer.restore(inc, tmp_path / "r2")
     assert xattrs(tmp_path / "r2") == xattrs(src)
+
+
+def test_hard_links_fifos_and_devices_round_trip_and_tar_alone_restores_them(
+        setup: Setup, tmp_path: Path) -> None:
+    src = setup.source
+    (src / "a.txt").write_bytes(os.urandom(50_000))
+    os.link(src / "a.txt", src / "b.txt")
+    (src / "d").mkdir()
+    os.link(src / "a.txt", src / "d" / "c.txt")
+    os.mkfifo(src / "pipe", 0o640)
+    os.mknod(src / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    full = setup.backup(Level.FULL).saveset
+    # the content of the three names is stored once
+    assert full.files == 1
+    manifest = setup.restorer.manifest(full)
+    assert {p: e.kind for p, e in manifest.entries.items() if e.kind != "d"} == {
+        "a.txt": "f", "b.txt": "h", "d/c.txt": "h", "pipe": "p", "null": "c"}
+    # a restore gives back one file with three names, the fifo and the device
+    target = tmp_path / "r"
+    setup.restorer.restore(full, target)
+    inodes = {(target / n).stat().st_ino for n in ("a.txt", "b.txt", "d/c.txt")}
+    assert len(inodes) == 1 and (target / "a.txt").stat().st_nlink == 3
+    assert (target / "b.txt").read_bytes() == (src / "a.txt").read_bytes()
+    assert stat.S_ISFIFO((target / "pipe").lstat().st_mode)
+    assert stat.S_IMODE((target / "pipe").lstat().st_mode) == 0o640
+    assert stat.S_ISCHR((target / "null").lstat().st_mode)
+    assert (target / "null").lstat().st_rdev == os.makedev(1, 3)
+    # And tar alone, from the archive, makes the same
+    zstd = require("zstd", "zstd")
+    archive = next(setup.root.rglob("archive.tar.zst"))
+    by_tar = tmp_path / "by-tar"
+    by_tar.mkdir()
+    unpacked = subprocess.run(["tar", "-x", "-C", str(by_tar)], input=subprocess.run(
+        [zstd, "-dc", str(archive)], capture_output=True, check=True).stdout, check=False)
+    assert unpacked.returncode == 0
+    assert (by_tar / "b.txt").stat().st_ino == (by_tar / "a.txt").stat().st_ino
+    assert stat.S_ISFIFO((by_tar / "pipe").lstat().st_mode)
+    assert (by_tar / "null").lstat().st_rdev == os.makedev(1, 3)
+
+
+def test_a_crafted_hard_link_out_of_the_saveset_is_refused(setup: Setup) -> None:
+    from core.errors import RestoreRefused
+    from core.model import HARDLINK, Entry, Manifest
+    from workers.restore import check_paths
+
+    manifest = Manifest("s1", {"x": Entry("x", HARDLINK, 0, 0, 1, 0o644, target="../../etc")})
+    with pytest.raises(RestoreRefused):
+        check_paths(manifest)
+    manifest = Manifest("s1", {"x": Entry("x", HARDLINK, 0, 0, 1, 0o644, target="nothing")})
+    with pytest.raises(RestoreRefused, match="no file of the saveset"):
+        check_paths(manifest)
