@@ -147,7 +147,8 @@ BackstopGroup.lazy = {
     **{name: f"orchestration.cli_fleet:{name}"
        for name in ("up", "metrics", "worker", "serve", "beat", "flower")},
     **{name: f"orchestration.cli_data:{name}"
-       for name in ("savesets", "restore", "verify", "pools", "report", "purge")},
+       for name in ("savesets", "restore", "verify", "pools", "report", "purge", "ls",
+                    "find", "diff")},
     "catalog": "orchestration.cli_data:catalog_group",
     "store": "orchestration.cli_data:store_group",
     **{name: f"orchestration.cli_runs:{name}" for name in ("run", "drill", "runs")},

@@ -21,7 +21,7 @@ from rich.table import Table
 from core.config_refs import did_you_mean
 from core.constants import TASK_RESTORE, client_queue
 from core.errors import BackstopError
-from core.model import Saveset
+from core.model import Manifest, Saveset
 from core.settings import Settings
 from core.units import format_size
 from orchestration.app import create_app
@@ -40,6 +40,8 @@ from orchestration.heartbeat import live_workers, served_rds
 from orchestration.ledger import Ledger
 from orchestration.report import fleet_report
 from orchestration.status import connect
+from workers import browse
+from workers import manifest as manifests
 from workers.access import known_token
 from workers.engine import path_store
 from workers.maintenance import pool_report, rebuild
@@ -112,6 +114,87 @@ def savesets(ctx: click.Context, config_file: str | None, task: str | None, pool
                       s.created_at.strftime("%Y-%m-%d %H:%M:%S"), str(s.files),
                       format_size(s.bytes), s.based_on or "-")
     Console().print(table)
+
+
+def manifest_of(data: Data, saveset: Saveset) -> Manifest:
+    """A saveset's manifest: the catalog's copy where it keeps one, else from its store
+    (checked against its recorded hash)."""
+    cached = data.catalog.manifest(saveset.id)
+    if cached is not None:
+        return manifests.decode(cached, saveset.id)
+    return Restorer(data.catalog, data.stores).manifest(saveset)
+
+
+@click.command("ls")
+@config_option
+@click.argument("saveset_id", metavar="SAVESET")
+@click.argument("path", required=False)
+@json_option
+@click.pass_context
+def ls(ctx: click.Context, config_file: str | None, saveset_id: str, path: str | None,
+       as_json: bool) -> None:
+    """Everything under PATH (default: all) as of SAVESET, from its manifest alone."""
+    data = data_from(ctx, config_file)
+    saveset = data.saveset(saveset_id)
+    try:
+        found = browse.ls(manifest_of(data, saveset), path)
+    except browse.NotInSaveset:
+        raise click.BadParameter(f"saveset {saveset.id} holds no path {path!r}",
+                                 param_hint="PATH") from None
+    if as_json:
+        print_json(found)
+        return
+    table = Table("type", "mode", "owner", "size", "modified (UTC)", "path", box=None)
+    for line in found:
+        owner = f"{line['user'] or line['uid']}:{line['group'] or line['gid']}"
+        name = line["path"] + (f" -> {line['target']}" if "target" in line else "")
+        table.add_row(line["type"], f"{line['mode']:04o}", owner, format_size(line["size"]),
+                      line["mtime"][:19].replace("T", " "), name)
+    Console().print(table)
+
+
+@click.command("find")
+@config_option
+@click.argument("pattern")
+@click.option("--task", default=None, help="Only savesets of TASK.")
+@json_option
+@click.pass_context
+def find(ctx: click.Context, config_file: str | None, pattern: str, task: str | None,
+         as_json: bool) -> None:
+    """Paths matching a gitignore-style PATTERN in every saveset, newest first."""
+    data = data_from(ctx, config_file)
+    found = browse.find(pattern, ((s, manifest_of(data, s)) for s in data.catalog.all(task)))
+    if as_json:
+        print_json(found)
+        return
+    table = Table("saveset", "created (UTC)", "size", "path", box=None)
+    for line in found:
+        table.add_row(line["saveset"], line["created_at"][:19].replace("T", " "),
+                      format_size(line["size"]), line["path"])
+    Console().print(table)
+
+
+@click.command("diff")
+@config_option
+@click.argument("first", metavar="A")
+@click.argument("second", metavar="B")
+@json_option
+@click.pass_context
+def diff(ctx: click.Context, config_file: str | None, first: str, second: str,
+         as_json: bool) -> None:
+    """What changed from saveset A to saveset B (of one task): added, removed, changed."""
+    data = data_from(ctx, config_file)
+    a, b = data.saveset(first), data.saveset(second)
+    if a.task != b.task:
+        raise click.BadParameter(f"{a.id} is of task {a.task} and {b.id} of task {b.task}: "
+                                 "compare two savesets of one task", param_hint="A B")
+    found = browse.diff(manifest_of(data, a), manifest_of(data, b))
+    if as_json:
+        print_json(found)
+        return
+    for mark, key in (("+", "added"), ("-", "removed"), ("M", "changed")):
+        for path in found[key]:
+            click.echo(f"{mark} {path}")
 
 
 @click.command("restore")
