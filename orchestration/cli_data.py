@@ -206,22 +206,25 @@ def diff(ctx: click.Context, config_file: str | None, first: str, second: str,
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--client", default=None, metavar="NAME",
               help="Write the files on this client, by its worker (DIR is on the client).")
+@click.option("--include", multiple=True, metavar="PATTERN",
+              help="Only paths matching this gitignore-style pattern (repeatable; a directory "
+                   "with its contents).")
 @json_option
 @click.pass_context
 def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
             task: str | None, at: str | None, target: Path, client: str | None,
-            as_json: bool) -> None:
+            include: tuple[str, ...], as_json: bool) -> None:
     """Rebuild the source as of a saveset, under DIR (never outside it)."""
     if (saveset_id is None) == (task is None):
         raise click.UsageError("give --saveset ID or --task T")
     data = data_from(ctx, config_file)
     chosen = data.saveset(saveset_id) if saveset_id else newest(data.catalog, task or "", at)
     if client is not None:
-        result = restore_on_client(data, client, chosen, target)
+        result = restore_on_client(data, client, chosen, target, list(include))
     else:
         with progress_bar(f"restoring {chosen.id}", as_json) as update:
-            result = Restorer(data.catalog, data.stores).restore(chosen, target.absolute(),
-                                                                 update)
+            result = Restorer(data.catalog, data.stores).restore(
+                chosen, target.absolute(), update, include=list(include))
     if as_json:
         print_json(asdict(result))
     else:
@@ -231,7 +234,8 @@ def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
             click.echo(f"warning: {warning}", err=True)
 
 
-def restore_on_client(data: Data, client: str, saveset: Saveset, target: Path) -> RestoreResult:
+def restore_on_client(data: Data, client: str, saveset: Saveset, target: Path,
+                      include: list[str]) -> RestoreResult:
     """Have the worker of ``client`` restore ``saveset`` into ``target`` on that host."""
     known = [c.name for c in data.settings.config.clients]
     if client not in known:
@@ -241,7 +245,7 @@ def restore_on_client(data: Data, client: str, saveset: Saveset, target: Path) -
         raise BackstopError(f"no live worker serves client {client}: start `backstop worker "
                             f"--client {client}` there")
     app = create_app(data.settings, broker_url(data.settings))
-    sent = app.send_task(TASK_RESTORE, args=[saveset.id, str(target), client],
+    sent = app.send_task(TASK_RESTORE, args=[saveset.id, str(target), client, include],
                          queue=client_queue(client),
                          argsrepr=f"saveset={saveset.id} client={client} to={target}")
     try:

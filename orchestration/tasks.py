@@ -162,14 +162,15 @@ def adhoc_request(config: Config, event: str, level: str | None,
     return event, Level(level) if level else None, enforce_full
 
 
-def restore_here(ctx: Context, saveset_id: str, target: str, client: str) -> dict[str, Any]:
+def restore_here(ctx: Context, saveset_id: str, target: str, client: str,
+                 include: list[str] | None = None) -> dict[str, Any]:
     """Restore a saveset on this host (client ``client``), reading it through the data
     services with the client's token."""
     saveset = ctx.catalog.get(saveset_id)
     if saveset is None:
         raise SavesetMissing("catalog", saveset_id)
     restorer = Restorer(ctx.catalog, ctx.remote_stores(client))
-    return asdict(restorer.restore(saveset, Path(target).absolute()))
+    return asdict(restorer.restore(saveset, Path(target).absolute(), include=include))
 
 
 def migrate_run(ctx: Context, run_id: str) -> dict[str, Any]:
@@ -276,9 +277,10 @@ def register_run_tasks(app: BackstopApp) -> None:
 
     @app.task(name=TASK_RESTORE, shared=False, soft_time_limit=backup_limit,
               time_limit=backup_limit + 60)
-    def restore(saveset_id: str, target: str, client: str) -> dict[str, Any]:
+    def restore(saveset_id: str, target: str, client: str,
+                include: list[str] | None = None) -> dict[str, Any]:
         """``backstop restore --client``: rebuild a saveset under ``target`` on this client."""
-        return restore_here(context(app), saveset_id, target, client)
+        return restore_here(context(app), saveset_id, target, client, include)
 
     @app.task(name=TASK_MIGRATE, shared=False)
     def migrate(run_id: str) -> dict[str, Any]:

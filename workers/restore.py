@@ -16,9 +16,11 @@ import shutil
 import stat
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+
+import pathspec
 
 from core.errors import CorruptSaveset, RestoreRefused
 from core.model import (
@@ -68,6 +70,23 @@ def safe_relpath(path: str, saveset_id: str) -> PurePosixPath:
     return pure
 
 
+def selected(manifest: Manifest, patterns: list[str]) -> Manifest:
+    """The part of ``manifest`` that ``patterns`` match, with the directories above it; a
+    hard link whose file is left out becomes a file of that content."""
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    kept = {p: e for p, e in manifest.entries.items()
+            if spec.match_file(p + "/" if e.kind == DIR else p)}
+    for path in list(kept):
+        for parent in PurePosixPath(path).parents:
+            if str(parent) != "." and str(parent) in manifest.entries:
+                kept.setdefault(str(parent), manifest.entries[str(parent)])
+    for path, entry in kept.items():
+        if entry.kind == HARDLINK and entry.target not in kept:
+            content = manifest.entries[entry.target]
+            kept[path] = replace(content, path=path, target=entry.target)
+    return Manifest(manifest.saveset_id, kept)
+
+
 def check_paths(manifest: Manifest) -> None:
     """Every path is relative and inside; no path lies under a symlink or a file; a hard
     link names a file of the saveset."""
@@ -103,10 +122,14 @@ class Restorer:
             raise CorruptSaveset(needed_by, f"it needs saveset {saveset_id}, which is gone")
         return found
 
-    def restore(self, saveset: Saveset, target: Path,
-                progress: Progress | None = None) -> RestoreResult:
+    def restore(self, saveset: Saveset, target: Path, progress: Progress | None = None,
+                include: list[str] | None = None) -> RestoreResult:
+        """Rebuild ``saveset`` under ``target``; with ``include`` (gitignore-style patterns),
+        only the matching paths (a directory with its contents) and their parents."""
         manifest = self.manifest(saveset)
         check_paths(manifest)
+        if include:
+            manifest = selected(manifest, include)
         target.mkdir(parents=True, exist_ok=True)
         work = target / f".backstop-restore-{saveset.id}"
         shutil.rmtree(work, ignore_errors=True)
@@ -149,11 +172,13 @@ class Restorer:
 
     def _contents(self, manifest: Manifest, entries: list[Entry], work: Path,
                   progress: Progress | None, metadata: Metadata) -> list[int]:
-        """Every file's content, read from the archive of its holder; [files, bytes]."""
+        """Every file's content, read from the archive of its holder; [files, bytes]. A file
+        is found in the archive under its path, or, for a hard link restored alone as a
+        file, under the path its content is stored under (its ``target``)."""
         wanted: dict[str, dict[str, Entry]] = defaultdict(dict)
         for entry in entries:
             if entry.kind == FILE:
-                wanted[entry.holder][entry.path] = entry
+                wanted[entry.holder][entry.target or entry.path] = entry
         total = (sum(len(w) for w in wanted.values()),
                  sum(e.size for w in wanted.values() for e in w.values()))
         done = [0, 0]

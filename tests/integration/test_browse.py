@@ -84,3 +84,23 @@ def test_diff_of_two_tasks_is_refused(setup: Setup, broker_url: str, tmp_path: P
                                      str(setup.settings.config_path)],
                               env={"BACKSTOP_BROKER_URL": broker_url})
     assert done.exit_code == 2 and "compare two savesets of one task" in done.output
+
+
+def test_restore_include_brings_back_only_the_matching_paths(
+        setup: Setup, broker_url: str, tmp_path: Path) -> None:
+    _, inc = chain(setup)
+    os.link(setup.source / "docs" / "a.txt", setup.source / "hard.txt")
+    setup.clock.now += timedelta(hours=1)
+    with_link = setup.backup(Level.INC).saveset.id
+    config, env = setup.settings.config_path, {"BACKSTOP_BROKER_URL": broker_url}
+    done = cli_json(config, "restore", "--saveset", inc, "--to", str(tmp_path / "one"),
+                    "--include", "docs/new.txt", env=env)
+    assert done["files"] == 1
+    assert sorted(str(p.relative_to(tmp_path / "one"))
+                  for p in (tmp_path / "one").rglob("*")) == ["docs", "docs/new.txt"]
+    # a directory comes with its contents; a hard link alone comes back as its file
+    cli_json(config, "restore", "--saveset", with_link, "--to", str(tmp_path / "two"),
+             "--include", "deep/", "--include", "hard.txt", env=env)
+    assert sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*")
+                  ) == ["docs", "docs/deep", "hard.txt"]
+    assert (tmp_path / "two" / "hard.txt").read_text() == "alpha, changed"
