@@ -185,3 +185,17 @@ def test_a_crafted_hard_link_out_of_the_saveset_is_refused(setup: Setup) -> None
     manifest = Manifest("s1", {"x": Entry("x", HARDLINK, 0, 0, 1, 0o644, target="nothing")})
     with pytest.raises(RestoreRefused, match="no file of the saveset"):
         check_paths(manifest)
+
+
+def test_names_are_bytes_and_round_trip(setup: Setup, tmp_path: Path) -> None:
+    src = os.fsencode(setup.source)
+    names = [b"\xff\xfe not utf-8.txt", b"line\nbreak", b"x" * 255, "caf\u00e9".encode()]
+    for name in names:
+        with open(os.path.join(src, name), "wb") as out:
+            out.write(name)
+    full = setup.backup(Level.FULL).saveset
+    target = os.fsencode(tmp_path / "r")
+    setup.restorer.restore(full, Path(os.fsdecode(target)))
+    for name in names:
+        with open(os.path.join(target, name), "rb") as back:
+            assert back.read() == name
