@@ -192,6 +192,8 @@ class Run(Record):
     parent: str | None = None
     parent_state: OccurrenceState | None = None
     migration: MigrationOutcome | None = None
+    # what the run noticed that its operator should know (e.g. a file changed while read)
+    warnings: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -285,11 +287,14 @@ class RunEnd:
     files: int | None = None
     bytes: int | None = None
     pid: int | None = None
+    warnings: tuple[str, ...] | None = None
 
     @classmethod
-    def succeeded(cls, saveset: Saveset, pid: int | None = None) -> RunEnd:
+    def succeeded(cls, saveset: Saveset, pid: int | None = None,
+                  warnings: tuple[str, ...] = ()) -> RunEnd:
         return cls(RunState.SUCCEEDED, saveset=saveset.id, effective_level=saveset.level,
-                   files=saveset.files, bytes=saveset.bytes, pid=pid)
+                   files=saveset.files, bytes=saveset.bytes, pid=pid,
+                   warnings=warnings or None)
 
     @classmethod
     def failed(cls, kind: ErrorKind, message: str) -> RunEnd:

@@ -179,4 +179,4 @@ def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: ProgressRepor
     except Exception as exc:
         log.exception("run %s failed", run_id)
         return RunEnd.failed(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
-    return RunEnd.succeeded(result.saveset, pid=os.getpid())
+    return RunEnd.succeeded(result.saveset, pid=os.getpid(), warnings=result.warnings)

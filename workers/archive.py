@@ -55,6 +55,8 @@ class ArchiveWriter:
                                               write_checksum=True)
         self.stream = compressor.stream_writer(self.sink, closefd=False)  # type: ignore[arg-type]
         self.buffer = bytearray(CHUNK)
+        # files that changed while they were read (their stored copy may mix versions)
+        self.changed: list[str] = []
 
     def add(self, name: str, path: Path) -> tuple[int, str, os.stat_result]:
         """Store the file at ``path`` as ``name``; return its size, digest and stat."""
@@ -71,6 +73,10 @@ class ArchiveWriter:
             info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
             self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
             digest = self._copy(fd, st.st_size, path)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                self.changed.append(name)
         finally:
             os.close(fd)
         return st.st_size, digest, st

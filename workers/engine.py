@@ -64,6 +64,7 @@ class BackupRequest:
 class BackupResult:
     saveset: Saveset
     decision: LevelDecision
+    warnings: tuple[str, ...] = ()  # e.g. files that changed while they were read
 
 
 def new_saveset_id(task: str, now: datetime) -> str:
@@ -142,15 +143,17 @@ class Engine:
             decision = LevelDecision(request.level, Level.FULL, None,
                                      f"manifest of base {decision.base} unreadable")
         try:
-            saveset = self._write(request, decision, saveset_id, now, entries, base, progress,
-                                  self.settings.resolve(task.source))
+            saveset, changed = self._write(request, decision, saveset_id, now, entries, base,
+                                           progress, self.settings.resolve(task.source))
         except BaseException:
             if decision.effective is Level.FULL:
                 self.catalog.record_full_attempt(task.name, False, now, request.run_id)
             raise
         if decision.effective is Level.FULL:
             self.catalog.record_full_attempt(task.name, True, now, request.run_id)
-        return BackupResult(saveset, decision)
+        return BackupResult(saveset, decision, tuple(
+            f"{path}: changed while it was read; its stored copy may mix old and new content"
+            for path in changed))
 
     def base_manifest(self, base_id: str | None) -> Manifest | None:
         """The base's manifest: from the catalog's cache, else from its store."""
@@ -166,7 +169,9 @@ class Engine:
 
     def _write(self, request: BackupRequest, decision: LevelDecision, saveset_id: str,
                now: datetime, entries: list[Entry], base: Manifest | None,
-               progress: Progress | None, source: Path) -> Saveset:
+               progress: Progress | None, source: Path) -> tuple[Saveset, list[str]]:
+        """Stage, write and commit the saveset; return it, and the files that changed while
+        they were read."""
         pool = self.pool(request.media_pool)
         store = self.stores[pool.data_store]
         manifest, to_store = plan(saveset_id, entries, base)
@@ -198,7 +203,7 @@ class Engine:
             staging.abort()
             raise
         self.catalog.add(saveset, encoded)
-        return saveset
+        return saveset, writer.changed
 
     def adopt(self, store_name: str, saveset_id: str) -> Saveset | None:
         """A saveset committed to its store but not cataloged (its writer died in between):

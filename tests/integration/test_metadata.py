@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -199,3 +200,28 @@ def test_names_are_bytes_and_round_trip(setup: Setup, tmp_path: Path) -> None:
     for name in names:
         with open(os.path.join(target, name), "rb") as back:
             assert back.read() == name
+
+
+def test_a_file_that_changes_while_it_is_read_is_reported(setup: Setup) -> None:
+    busy = setup.source / "busy.log"
+    busy.write_bytes(os.urandom(64 << 20))
+    (setup.source / "calm.txt").write_text("still")
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        with open(busy, "r+b") as out:
+            while not stop.is_set():
+                out.seek(0)
+                out.write(os.urandom(4096))
+                out.flush()
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        result = setup.backup(Level.FULL)
+    finally:
+        stop.set()
+        writer.join()
+    # Then the run knows which file may be torn, and only that one
+    assert result.warnings == (
+        "busy.log: changed while it was read; its stored copy may mix old and new content",)
