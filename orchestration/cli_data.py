@@ -116,13 +116,12 @@ def savesets(ctx: click.Context, config_file: str | None, task: str | None, pool
     Console().print(table)
 
 
-def manifest_of(data: Data, saveset: Saveset) -> Manifest:
-    """A saveset's manifest: the catalog's copy where it keeps one, else from its store
-    (checked against its recorded hash)."""
-    cached = data.catalog.manifest(saveset.id)
-    if cached is not None:
-        return manifests.decode(cached, saveset.id)
-    return Restorer(data.catalog, data.stores).manifest(saveset)
+def manifest_of(data: Data, saveset: Saveset, under: str | None = None) -> Manifest:
+    """A saveset's manifest (only the part at and under ``under``, if given): the catalog's
+    copy where it keeps one, else from its store (checked against its recorded hash)."""
+    raw = (data.catalog.manifest(saveset.id)
+           or Restorer(data.catalog, data.stores).manifest_bytes(saveset))
+    return manifests.read_under(raw, saveset.id, (under or "").strip("/"))
 
 
 @click.command("ls")
@@ -137,7 +136,7 @@ def ls(ctx: click.Context, config_file: str | None, saveset_id: str, path: str |
     data = data_from(ctx, config_file)
     saveset = data.saveset(saveset_id)
     try:
-        found = browse.ls(manifest_of(data, saveset), path)
+        found = browse.ls(manifest_of(data, saveset, path), path)
     except browse.NotInSaveset:
         raise click.BadParameter(f"saveset {saveset.id} holds no path {path!r}",
                                  param_hint="PATH") from None

@@ -192,11 +192,7 @@ def decode(data: BinaryIO | bytes, saveset_id: str) -> Manifest:
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         lines = _lines(source)
-        header = json.loads(next(lines))
-        if not isinstance(header, dict) or header.get("format") not in FORMATS:
-            raise ValueError("not a Backstop manifest")
-        if header.get("saveset") != saveset_id:
-            raise ValueError(f"it belongs to saveset {header.get('saveset')!r}")
+        _check_header(json.loads(next(lines)), saveset_id)
         manifest = Manifest(saveset_id)
         for line in lines:
             _add(manifest, json.loads(line))
@@ -204,6 +200,36 @@ def decode(data: BinaryIO | bytes, saveset_id: str) -> Manifest:
     except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
         raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc or type(exc).__name__}") \
             from exc
+
+
+def read_under(data: BinaryIO | bytes, saveset_id: str, prefix: str) -> Manifest:
+    """The part of a manifest at and under ``prefix`` (a path of the source), read without
+    parsing the rows of other paths: a row's path starts at a fixed place, so a byte
+    comparison skips the rest (``ls`` of one directory of a huge saveset)."""
+    if not prefix:
+        return decode(data, saveset_id)
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    quoted = json.dumps(prefix)[:-1].encode()  # '"docs/deep' as rows spell it
+    start = len(b'["f",')
+    try:
+        lines = _lines(source)
+        _check_header(json.loads(next(lines)), saveset_id)
+        manifest = Manifest(saveset_id)
+        for line in lines:
+            if (line[start:start + len(quoted)] == quoted
+                    and line[start + len(quoted):start + len(quoted) + 1] in (b'"', b"/")):
+                _add(manifest, json.loads(line))
+        return manifest
+    except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
+        raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc or type(exc).__name__}") \
+            from exc
+
+
+def _check_header(header: Any, saveset_id: str) -> None:
+    if not isinstance(header, dict) or header.get("format") not in FORMATS:
+        raise ValueError("not a Backstop manifest")
+    if header.get("saveset") != saveset_id:
+        raise ValueError(f"it belongs to saveset {header.get('saveset')!r}")
 
 
 def _lines(source: BinaryIO) -> Iterator[bytes]:

@@ -110,11 +110,15 @@ class Restorer:
         self.stores = stores
 
     def manifest(self, saveset: Saveset) -> Manifest:
+        return manifests.decode(self.manifest_bytes(saveset), saveset.id)
+
+    def manifest_bytes(self, saveset: Saveset) -> bytes:
+        """The saveset's manifest as stored, checked against its recorded hash."""
         with self.stores[saveset.data_store].read(saveset.key, MANIFEST) as data:
             raw = data.read()
         if digest_of(raw) != saveset.manifest_digest:
             raise CorruptSaveset(saveset.id, "manifest does not match its recorded hash")
-        return manifests.decode(raw, saveset.id)
+        return raw
 
     def holder(self, saveset_id: str, needed_by: str) -> Saveset:
         found = self.catalog.get(saveset_id)
