@@ -53,7 +53,7 @@ def main() -> None:
     print(f"building a manifest of {args.files:,} files ...", file=sys.stderr)
     data = build(args.files)
     middle = f"d{args.files // 2000:04}"
-    one = median_s(args.repeat, lambda: manifests.read_under(data, "bench", middle))
+    one = median_s(args.repeat, lambda: manifests.decode(data, "bench", middle))
     every = median_s(args.repeat, lambda: manifests.decode(data, "bench"))
     print(f"\nmanifest of {args.files:,} files: {len(data) / 1e6:.1f} MB stored; "
           f"median of {args.repeat}")

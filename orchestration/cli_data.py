@@ -121,7 +121,7 @@ def manifest_of(data: Data, saveset: Saveset, under: str | None = None) -> Manif
     copy where it keeps one, else from its store (checked against its recorded hash)."""
     raw = (data.catalog.manifest(saveset.id)
            or Restorer(data.catalog, data.stores).manifest_bytes(saveset))
-    return manifests.read_under(raw, saveset.id, (under or "").strip("/"))
+    return manifests.decode(raw, saveset.id, (under or "").strip("/"))
 
 
 @click.command("ls")

@@ -187,37 +187,22 @@ def _line(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
 
-def decode(data: BinaryIO | bytes, saveset_id: str) -> Manifest:
-    """Read a manifest back; CorruptSaveset if it is damaged or not a manifest of this saveset."""
+def decode(data: BinaryIO | bytes, saveset_id: str, under: str = "") -> Manifest:
+    """Read a manifest back (with ``under``, a path of the source: only the part at and
+    under it); CorruptSaveset if it is damaged or not a manifest of this saveset.
+
+    The part under a path is read without parsing the other rows: a row's path starts at a
+    fixed place, so a byte comparison skips them (``ls`` of one directory of a huge saveset).
+    """
     source = io.BytesIO(data) if isinstance(data, bytes) else data
+    quoted = json.dumps(under)[:-1].encode()  # '"docs/deep' as rows spell it
+    start, end = len(b'["f",'), len(b'["f",') + len(quoted)
     try:
         lines = _lines(source)
         _check_header(json.loads(next(lines)), saveset_id)
         manifest = Manifest(saveset_id)
         for line in lines:
-            _add(manifest, json.loads(line))
-        return manifest
-    except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
-        raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc or type(exc).__name__}") \
-            from exc
-
-
-def read_under(data: BinaryIO | bytes, saveset_id: str, prefix: str) -> Manifest:
-    """The part of a manifest at and under ``prefix`` (a path of the source), read without
-    parsing the rows of other paths: a row's path starts at a fixed place, so a byte
-    comparison skips the rest (``ls`` of one directory of a huge saveset)."""
-    if not prefix:
-        return decode(data, saveset_id)
-    source = io.BytesIO(data) if isinstance(data, bytes) else data
-    quoted = json.dumps(prefix)[:-1].encode()  # '"docs/deep' as rows spell it
-    start = len(b'["f",')
-    try:
-        lines = _lines(source)
-        _check_header(json.loads(next(lines)), saveset_id)
-        manifest = Manifest(saveset_id)
-        for line in lines:
-            if (line[start:start + len(quoted)] == quoted
-                    and line[start + len(quoted):start + len(quoted) + 1] in (b'"', b"/")):
+            if not under or (line[start:end] == quoted and line[end:end + 1] in (b'"', b"/")):
                 _add(manifest, json.loads(line))
         return manifest
     except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
