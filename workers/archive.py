@@ -8,6 +8,7 @@ read once: hashed and compressed from the same buffer.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import stat
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import zstandard
 
@@ -68,11 +69,15 @@ class ArchiveWriter:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(f"{path} changed into something other than a file")
+            regions = data_regions(fd, st)
             info = tarfile.TarInfo(name)
             info.size, info.mtime = st.st_size, int(st.st_mtime)
             info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-            self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-            digest = self._copy(fd, st.st_size, path)
+            if regions is None:
+                self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                digest = self._copy(fd, st.st_size, path)
+            else:
+                digest = self._copy_sparse(fd, info, regions, path)
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
                     st.st_size, st.st_mtime_ns, st.st_ctime_ns):
@@ -80,6 +85,51 @@ class ArchiveWriter:
         finally:
             os.close(fd)
         return st.st_size, digest, st
+
+    def _copy_sparse(self, fd: int, info: tarfile.TarInfo, regions: list[tuple[int, int]],
+                     path: Path) -> str:
+        """A sparse file as GNU tar's sparse format 1.0 (a PAX member whose data begins with
+        the map of its data regions): holes take no room, and tar -x makes them holes
+        again. The digest is of the whole content, holes read as zeros."""
+        if not regions or sum(regions[-1]) < info.size:  # ends in a hole: say where it ends
+            regions = [*regions, (info.size, 0)]           # (as GNU tar does, and needs)
+        sparse_map = f"{len(regions)}\n" + "".join(f"{o}\n{n}\n" for o, n in regions)
+        mapped = sparse_map.encode() + bytes(-len(sparse_map) % BLOCK)
+        real_size, name = info.size, info.name
+        head, _, tail = name.rpartition("/")
+        info.name = f"{head}/GNUSparseFile.0/{tail}" if head else f"GNUSparseFile.0/{tail}"
+        info.size = len(mapped) + sum(n for _, n in regions)
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": name, "GNU.sparse.realsize": str(real_size)}
+        self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self.stream.write(mapped)
+        digest, done = new_digest(), 0
+        for offset, length in regions:
+            hash_zeros(digest, offset - done)
+            os.lseek(fd, offset, os.SEEK_SET)
+            digest_part = self._copy_region(fd, length, path)
+            digest.update(digest_part)
+            done = offset + length
+        hash_zeros(digest, real_size - done)
+        padding = -info.size % BLOCK
+        if padding:
+            self.stream.write(bytes(padding))
+        return digest.hexdigest()
+
+    def _copy_region(self, fd: int, length: int, path: Path) -> bytes:
+        """``length`` bytes of ``fd`` from where it stands, into the archive; returned for
+        the caller's digest (regions are small next to their holes)."""
+        data = bytearray()
+        while len(data) < length:
+            try:
+                got = os.read(fd, min(CHUNK, length - len(data)))
+            except OSError as exc:
+                raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            if not got:  # the file shrank since fstat: keep the archive well-formed
+                got = bytes(length - len(data))
+            data += got
+        self.stream.write(data)
+        return bytes(data)
 
     def _copy(self, fd: int, size: int, path: Path) -> str:
         digest = new_digest()
@@ -118,6 +168,35 @@ class ArchiveWriter:
         self.stream.write(bytes(2 * BLOCK))
         self.stream.flush(zstandard.FLUSH_FRAME)
         return self.sink.bytes, self.sink.digest.hexdigest()
+
+
+# Below this a file is stored whole: the map and its header cost more than the holes save.
+SPARSE_FROM = 64 << 10
+
+
+def data_regions(fd: int, st: os.stat_result) -> list[tuple[int, int]] | None:
+    """(offset, length) of the data of a file whose holes are worth keeping, else None."""
+    if st.st_size < SPARSE_FROM or st.st_blocks * 512 >= st.st_size:
+        return None
+    regions, offset = [], 0
+    try:
+        while offset < st.st_size:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), st.st_size)
+            regions.append((start, end - start))
+            offset = end
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # no SEEK_DATA here: store it whole
+            return None
+        # ENXIO: no data after offset, only a hole to the end
+    return regions if sum(n for _, n in regions) < st.st_size else None
+
+
+def hash_zeros(digest: Any, length: int) -> None:
+    zeros = bytes(min(length, CHUNK))
+    while length > 0:
+        digest.update(zeros[:min(length, CHUNK)])
+        length -= CHUNK
 
 
 def tar_size(file_sizes: list[int]) -> int:
@@ -226,6 +305,36 @@ class MemberContent:
         return data
 
 
+class SparseContent(MemberContent):
+    """The content of a sparse member: ``read`` gives it whole (holes as zeros), and
+    ``regions`` only its data, where it lies, for writing holes back as holes."""
+
+    def __init__(self, stream: ReadAhead, sparse: list[tuple[int, int]], size: int) -> None:
+        super().__init__(stream, sum(n for _, n in sparse))
+        self.sparse, self.size, self.position = list(sparse), size, 0
+
+    def regions(self) -> Iterator[tuple[int, bytes]]:
+        for offset, length in self.sparse:
+            yield offset, MemberContent.read(self, length)
+
+    def read(self, size: int = -1) -> bytes:
+        """Sequential reading of the whole content (verify)."""
+        left = self.size - self.position
+        size = left if size < 0 else min(size, left)
+        out = bytearray()
+        while len(out) < size:
+            here = self.position + len(out)
+            region = next(((o, n) for o, n in self.sparse if o + n > here), None)
+            if region is None or region[0] > here:  # a hole up to the next region, or the end
+                gap = (region[0] if region else self.size) - here
+                out += bytes(min(gap, size - len(out)))
+            else:
+                take = min(region[0] + region[1] - here, size - len(out))
+                out += MemberContent.read(self, take)
+        self.position += len(out)
+        return bytes(out)
+
+
 def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
     """Each regular file of an archive with a reader for its content, in archive order.
 
@@ -242,7 +351,10 @@ def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]
                 archive.members.clear()  # keep no list of every header of a huge archive
                 if member.isreg():
                     ahead.seek(member.offset_data)
-                    yield member, MemberContent(ahead, member.size)  # type: ignore[misc]
+                    if member.sparse:
+                        yield member, SparseContent(ahead, member.sparse, member.size)  # type: ignore[misc]
+                    else:
+                        yield member, MemberContent(ahead, member.size)  # type: ignore[misc]
     finally:
         ahead.close()
 

@@ -36,7 +36,7 @@ from core.model import (
     Saveset,
 )
 from workers import manifest as manifests
-from workers.archive import CHUNK, corruption_of, read_members
+from workers.archive import CHUNK, SparseContent, corruption_of, hash_zeros, read_members
 from workers.catalog import Catalog
 from workers.digest import digest_of, new_digest
 from workers.engine import Progress
@@ -287,6 +287,8 @@ def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str,
         fd = os.open(path, flags, 0o600)
     digest = new_digest()
     try:
+        if isinstance(content, SparseContent):
+            _write_sparse(fd, content, digest)
         while chunk := content.read(CHUNK):
             digest.update(chunk)
             view = memoryview(chunk)
@@ -302,6 +304,22 @@ def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str,
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
     finally:
         os.close(fd)
+
+
+def _write_sparse(fd: int, content: SparseContent, digest: Any) -> None:
+    """Only the data regions, where they lie; the holes stay holes (the digest reads them
+    as zeros)."""
+    done = 0
+    for offset, data in content.regions():
+        hash_zeros(digest, offset - done)
+        digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
+        done = offset + len(data)
+    hash_zeros(digest, content.size - done)
+    os.ftruncate(fd, content.size)
+    content.position = content.size  # nothing left for read()
 
 
 class Metadata:

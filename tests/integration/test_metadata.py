@@ -225,3 +225,35 @@ def test_a_file_that_changes_while_it_is_read_is_reported(setup: Setup) -> None:
     # Then the run knows which file may be torn, and only that one
     assert result.warnings == (
         "busy.log: changed while it was read; its stored copy may mix old and new content",)
+
+
+def test_a_sparse_file_keeps_its_holes_in_the_archive_and_on_restore(
+        setup: Setup, tmp_path: Path) -> None:
+    sparse = setup.source / "disk.img"
+    with open(sparse, "wb") as out:
+        out.write(os.urandom(8192))
+        out.seek(100 << 20)
+        out.write(os.urandom(8192))
+        out.truncate(200 << 20)  # a hole to the end
+    if sparse.stat().st_blocks * 512 > 1 << 20:
+        pytest.skip("this file system does not keep holes")
+    (setup.source / "plain.txt").write_text("not sparse")
+    full = setup.backup(Level.FULL).saveset
+    # the archive holds the data, not the 200 MiB
+    assert full.archive_bytes < 1 << 20
+    target = tmp_path / "r"
+    setup.restorer.restore(full, target)
+    back = target / "disk.img"
+    assert back.stat().st_size == 200 << 20
+    assert back.stat().st_blocks * 512 <= 4 * sparse.stat().st_blocks * 512
+    assert back.read_bytes() == sparse.read_bytes()
+    assert setup.restorer.verify(full).ok
+    # And tar alone makes it sparse too
+    zstd = require("zstd", "zstd")
+    archive = next(setup.root.rglob("archive.tar.zst"))
+    by_tar = tmp_path / "by-tar"
+    by_tar.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(by_tar)], check=True, input=subprocess.run(
+        [zstd, "-dc", str(archive)], capture_output=True, check=True).stdout)
+    assert (by_tar / "disk.img").read_bytes() == sparse.read_bytes()
+    assert (by_tar / "disk.img").stat().st_blocks * 512 < 1 << 20
