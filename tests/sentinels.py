@@ -52,8 +52,10 @@ class SentinelCluster:
         master = self._server(None)
         self.servers = [master, *(self._server(master.port) for _ in range(self.replicas))]
         self.watchers = [self._sentinel(master.port) for _ in range(self.sentinels)]
-        wait_for(lambda: master.client().info("replication")["connected_slaves"]
-                 == self.replicas, "the replicas to follow the master")
+        wait_for(lambda: all(r.client().info("replication").get("master_link_status") == "up"
+                             for r in self.servers[1:])
+                 and self._online(master) == self.replicas,
+                 "the replicas to have synced with the master")
         wait_for(lambda: all(self._sentinels_agree(w) for w in self.watchers),
                  "every Sentinel to know the replicas and the other Sentinels")
         return self
@@ -121,6 +123,14 @@ class SentinelCluster:
         node = Node(port, self._spawn(f"sentinel-{port}", conf, "--sentinel"))
         wait_for(lambda: _pings(node.client(SENTINEL_PASSWORD)), f"Sentinel on {port}")
         return node
+
+    @staticmethod
+    def _online(master: Node) -> int:
+        """Replicas past their initial sync (they acknowledge writes: WAIT counts them)."""
+        info = master.client().info("replication")
+        return sum(1 for key, value in info.items()
+                   if key.startswith("slave") and isinstance(value, dict)
+                   and value.get("state") == "online")
 
     def _sentinels_agree(self, watcher: Node) -> bool:
         found = watcher.client(SENTINEL_PASSWORD).sentinel_master(MASTER_NAME)
