@@ -101,18 +101,15 @@ def records(n: int) -> Any:
 def fill(ledger: Ledger, n: int) -> None:
     """The ledger's own writer (as open_occurrence, add_failover_run and finish leave it),
     pipelined so that a million runs go in within minutes."""
-    from core.constants import OCCURRENCE_FAILOVER_KEY, OCCURRENCE_KEY, RUNS_BY_STATE_KEY
-    from orchestration.ledger import FIRST_RUN, STATE_INDEXED
+    from core.constants import OCCURRENCE_FAILOVER_KEY, OCCURRENCE_KEY
+    from orchestration.ledger import FIRST_RUN
 
     pipe = ledger.client.pipeline(transaction=False)
     for count, (occurrence, runs) in enumerate(records(n), 1):
         pipe.hset(OCCURRENCE_KEY.format(occ=occurrence.occurrence),
                   mapping={**occurrence.encode(), FIRST_RUN: json.dumps(runs[0].run_id)})
-        for run in runs:
+        for run in runs:  # ended runs: their state's index too, as finish leaves it
             ledger._add_run(pipe, run)
-            if run.state in STATE_INDEXED:
-                pipe.zadd(RUNS_BY_STATE_KEY.format(state=run.state.value),
-                          {run.run_id: run.queued_at.timestamp()})
         if len(runs) > 1:
             pipe.set(OCCURRENCE_FAILOVER_KEY.format(occ=occurrence.occurrence), runs[1].run_id)
         if count % BATCH == 0:

@@ -24,7 +24,7 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.ledger import Ledger
+from orchestration.ledger import Ledger, matches
 from orchestration.status import connect
 
 POLL_S = 0.2
@@ -158,9 +158,7 @@ def runs(ctx: click.Context, config_file: str | None, event: str | None, task: s
     wanted = RunState(state) if state else None
     if occurrence:
         found = [r for r in reversed(ledger.runs_of(occurrence))
-                 if (event is None or event in (r.event, r.origin_event))
-                 and (task is None or r.task == task) and (wanted is None or r.state is wanted)
-                 and (since is None or r.queued_at >= since)][:limit]
+                 if matches(r, event, task, wanted, since)][:limit]
     else:
         found = ledger.query(event=event, task=task, state=wanted, since=since, limit=limit)
     if as_json:

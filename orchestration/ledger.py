@@ -223,18 +223,11 @@ class Ledger:
 
     def _add_run(self, pipe: Pipeline, run: Run) -> None:
         pipe.hset(RUN_KEY.format(run=run.run_id), mapping=run.encoded())
-        score = run.queued_at.timestamp()
-        pipe.zadd(RUNS_INDEX_KEY, {run.run_id: score})
-        for event in {run.event, run.origin_event}:
-            pipe.zadd(RUNS_BY_EVENT_KEY.format(event=event), {run.run_id: score})
-        if run.task:
-            pipe.zadd(RUNS_BY_TASK_KEY.format(task=run.task), {run.run_id: score})
+        for index in _indexes(run):
+            pipe.zadd(index, {run.run_id: run.queued_at.timestamp()})
         if run.state in ACTIVE:
             pipe.sadd(RUNS_UNFINISHED_KEY, run.run_id)
         else:  # recorded ended (missed, suppressed)
-            if run.state in STATE_INDEXED:
-                pipe.zadd(RUNS_BY_STATE_KEY.format(state=run.state.value),
-                          {run.run_id: score})
             add_counts(pipe, counts_of_end(run, RunEnd(run.state, run.error), run.queued_at))
 
     def run(self, run_id: str) -> Run | None:
@@ -301,7 +294,7 @@ class Ledger:
         index (the narrowest the filters allow) page by page."""
         if state in ACTIVE:
             ids = [_text(i) for i in self.client.smembers(RUNS_UNFINISHED_KEY)]
-            found = [r for r in self._records(ids) if _matches(r, event, task, state, since)]
+            found = [r for r in self._records(ids) if matches(r, event, task, state, since)]
             return sorted(found, key=lambda r: r.queued_at, reverse=True)[:limit]
         index = (RUNS_BY_STATE_KEY.format(state=state.value) if state in STATE_INDEXED
                  else RUNS_BY_TASK_KEY.format(task=task) if task
@@ -313,7 +306,7 @@ class Ledger:
         while len(found) < limit:
             ids = [_text(i) for i in self.client.zrevrangebyscore(index, "+inf", low,
                                                                   start=offset, num=page)]
-            found += [r for r in self._records(ids) if _matches(r, event, task, state, since)]
+            found += [r for r in self._records(ids) if matches(r, event, task, state, since)]
             if len(ids) < page:
                 break
             offset += page
@@ -373,12 +366,8 @@ class Ledger:
             pipe.zrem(RUNS_INDEX_KEY, *gone)
         for run in ended:
             pipe.delete(RUN_KEY.format(run=run.run_id))
-            pipe.zrem(RUNS_INDEX_KEY, run.run_id)
-            pipe.zrem(RUNS_BY_STATE_KEY.format(state=run.state.value), run.run_id)
-            for event in {run.event, run.origin_event}:
-                pipe.zrem(RUNS_BY_EVENT_KEY.format(event=event), run.run_id)
-            if run.task:
-                pipe.zrem(RUNS_BY_TASK_KEY.format(task=run.task), run.run_id)
+            for index in _indexes(run):
+                pipe.zrem(index, run.run_id)
         for occurrence, is_open in zip(occurrences, still_open, strict=True):
             if not is_open:
                 pipe.delete(OCCURRENCE_KEY.format(occ=occurrence),
@@ -388,8 +377,22 @@ class Ledger:
         return len(ids) - (len(runs) - len(ended))
 
 
-def _matches(run: Run, event: str | None, task: str | None, state: RunState | None,
-             since: datetime | None) -> bool:
+def _indexes(run: Run) -> list[str]:
+    """The sorted sets that list ``run`` (by queue time): all runs, its events, its task, its
+    state when that state has an index (an active run enters its state's when it ends)."""
+    found = [RUNS_INDEX_KEY,
+             *(RUNS_BY_EVENT_KEY.format(event=e) for e in {run.event, run.origin_event})]
+    if run.task:
+        found.append(RUNS_BY_TASK_KEY.format(task=run.task))
+    if run.state in STATE_INDEXED:
+        found.append(RUNS_BY_STATE_KEY.format(state=run.state.value))
+    return found
+
+
+def matches(run: Run, event: str | None = None, task: str | None = None,
+            state: RunState | None = None, since: datetime | None = None) -> bool:
+    """Whether ``run`` used or was triggered by ``event``, is of ``task``, in ``state`` and
+    queued at or after ``since`` (each when given)."""
     return ((event is None or event in (run.event, run.origin_event))
             and (task is None or run.task == task)
             and (state is None or run.state is state)

@@ -79,10 +79,10 @@ def counts_of_end(run: Run, end: RunEnd, now: datetime) -> list[Count]:
 def add_counts(pipe: Pipeline, counts: list[Count]) -> None:
     """Apply ``counts`` in a pipeline (a transaction's: runs recorded as already ended)."""
     for count in counts:
-        pipe.eval(APPLY_COUNTS_LUA.replace("first", "1"), 0, *count.args())
+        pipe.eval("local first = 1\n" + APPLY_COUNTS_LUA, 0, *count.args())
 
 
-# Applies Count.args quadruples from ARGV[first] on (in a ledger script).
+# Applies Count.args quadruples from ARGV[first] on; the script it is part of sets ``first``.
 APPLY_COUNTS_LUA = """
 for i = first, #ARGV, 4 do
   local key, field, value = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

@@ -168,10 +168,7 @@ class Restorer:
                          follow_symlinks=False)
         for entry in reversed(entries):
             if entry.kind == DIR:
-                metadata.owner(work / entry.path, entry)
-                os.chmod(work / entry.path, entry.mode)
-                metadata.xattrs(work / entry.path, entry)
-                os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns))
+                metadata.apply(work / entry.path, entry)
         return done[0], done[1]
 
     def _contents(self, manifest: Manifest, entries: list[Entry], work: Path,
@@ -203,10 +200,7 @@ class Restorer:
             except PermissionError:
                 metadata.devices_refused.append(entry)
                 return
-        metadata.owner(path, entry)
-        os.chmod(path, entry.mode)
-        metadata.xattrs(path, entry)
-        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+        metadata.apply(path, entry)
 
     def _extract(self, holder: Saveset, files: dict[str, Entry], work: Path, done: list[int],
                  total: tuple[int, int], progress: Progress | None,
@@ -277,7 +271,7 @@ def _digest(content: IO[bytes]) -> str:
 
 
 def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str,
-               metadata: Metadata | None = None) -> None:
+               metadata: Metadata) -> None:
     """Create ``path`` (never through a link), check its digest, set mode and mtime."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -296,12 +290,7 @@ def write_file(path: str, entry: Entry, content: IO[bytes], saveset_id: str,
                 view = view[os.write(fd, view):]
         if digest.hexdigest() != entry.digest:
             raise CorruptSaveset(saveset_id, f"{entry.path}: content does not match its digest")
-        if metadata is not None:
-            metadata.owner(fd, entry)
-        os.fchmod(fd, entry.mode)
-        if metadata is not None:
-            metadata.xattrs(fd, entry)
-        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        metadata.apply(fd, entry)
     finally:
         os.close(fd)
 
@@ -331,6 +320,14 @@ class Metadata:
         self.owners_refused: list[Entry] = []
         self.xattrs_refused: list[tuple[Entry, str]] = []
         self.devices_refused: list[Entry] = []
+
+    def apply(self, where: Path | int, entry: Entry) -> None:
+        """Owner, mode, attributes and mtime of a file (its descriptor), directory, fifo or
+        device node, in the order they must come."""
+        self.owner(where, entry)
+        os.chmod(where, entry.mode)
+        self.xattrs(where, entry)
+        os.utime(where, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def owner(self, where: Path | int, entry: Entry) -> None:
         """Before the mode: a change of owner clears set-id bits."""
