@@ -96,7 +96,9 @@ class Entry:
     numeric owner and group (-1: not recorded, manifests of Backstop before 0.4),
     ``user``/``group`` their names when the scanning host knew them (for display);
     ``ctime_ns`` the inode's change time (0: not recorded); ``xattrs`` its extended
-    attributes.
+    attributes. ``frame`` is the compressed offset, in its holder's archive, of the zstd
+    frame in which the file's member starts, and ``skip`` how many uncompressed bytes of
+    that frame come before the member (``frame`` -1: not recorded, read from the start).
     """
 
     path: str
@@ -116,6 +118,8 @@ class Entry:
     # extended attributes, POSIX ACLs (system.posix_acl_*) among them: (name, value) pairs
     xattrs: tuple[tuple[str, bytes], ...] = ()
     rdev: int = 0  # a device node's device number
+    frame: int = -1
+    skip: int = 0
 
     def same_content_as(self, other: Entry) -> bool:
         """Change detection of SPEC sections 2 and 12: size, mtime and inode, and the

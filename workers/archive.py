@@ -1,9 +1,15 @@
-"""Saveset archives: a POSIX (PAX) tar of file contents, compressed with multi-threaded zstd.
+"""Saveset archives: a POSIX (PAX) tar of file contents, compressed with zstd.
 
 Only regular files' contents go into the archive; directories, symlinks, modes and exact
 mtimes live in the manifest. The archive stays a plain ``.tar.zst`` so that
 ``zstd -d < archive.tar.zst | tar -x`` recovers the files without Backstop. Each file is
 read once: hashed and compressed from the same buffer.
+
+The tar stream is cut into independent zstd frames of ``FRAME_BYTES`` each (a sequence of
+frames is one plain zstd stream to any zstd reader). The manifest records, for each file,
+the compressed offset of the frame its member starts in and how far into that frame it
+starts, so a restore of a few files decompresses only their frames, wherever they lie in
+the archive. The frames are compressed in parallel, one per core.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import queue
 import stat
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -28,6 +36,9 @@ from workers.digest import new_digest
 BLOCK = 512
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
+# Uncompressed bytes of one zstd frame: what a restore of one file decompresses at most
+# before its member begins.
+FRAME_BYTES = 8 << 20
 
 
 class HashingSink:
@@ -47,20 +58,98 @@ class HashingSink:
         self.out.flush()
 
 
-class ArchiveWriter:
-    """Streams files into ``out`` as tar+zstd; ``close`` finishes the archive, not ``out``."""
+class FrameSink:
+    """Cuts the tar stream into zstd frames of ``FRAME_BYTES``, compresses them in parallel
+    threads (zstd releases the GIL) and writes them to ``out`` in order."""
 
-    def __init__(self, out: BinaryIO, threads: int = -1) -> None:
+    def __init__(self, out: BinaryIO, threads: int) -> None:
         self.sink = HashingSink(out)
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads,
-                                              write_checksum=True)
-        self.stream = compressor.stream_writer(self.sink, closefd=False)  # type: ignore[arg-type]
-        self.buffer = bytearray(CHUNK)
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="compress")
+        self.local = threading.local()
+        self.pending: deque[Future[bytes]] = deque()
+        self.frame, self.fill = bytearray(FRAME_BYTES), 0
+        self.frames = 0  # frames handed to the pool so far
+        self.offsets: list[int] = []  # compressed offset of each frame written
+
+    def position(self) -> tuple[int, int]:
+        """Where the next byte goes: (frame number, uncompressed offset in that frame)."""
+        return self.frames, self.fill
+
+    def free(self) -> memoryview:
+        """The unused rest of the current frame, to read into; ``advance`` says how much."""
+        return memoryview(self.frame)[self.fill:]
+
+    def advance(self, size: int) -> None:
+        self.fill += size
+        if self.fill == FRAME_BYTES:
+            self._cut()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), FRAME_BYTES - self.fill)
+            self.frame[self.fill:self.fill + take] = view[:take]
+            view = view[take:]
+            self.advance(take)
+
+    def _compress(self, data: memoryview) -> bytes:
+        compressor = getattr(self.local, "compressor", None)
+        if compressor is None:
+            compressor = self.local.compressor = zstandard.ZstdCompressor(
+                level=ZSTD_LEVEL, write_checksum=True)
+        return compressor.compress(data)
+
+    def _cut(self) -> None:
+        self.pending.append(self.pool.submit(self._compress,
+                                             memoryview(self.frame)[:self.fill]))
+        self.frames += 1
+        self.frame, self.fill = bytearray(FRAME_BYTES), 0
+        self._drain(self.threads)
+
+    def _drain(self, keep: int) -> None:
+        """Write finished frames, in order, until at most ``keep`` are pending."""
+        while len(self.pending) > keep:
+            compressed = self.pending.popleft().result()
+            self.offsets.append(self.sink.bytes)
+            self.sink.write(compressed)
+
+    def close(self) -> None:
+        """The last frame, and every frame still compressing, into ``out``."""
+        try:
+            if self.fill:
+                self._cut()
+            self._drain(0)
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+
+
+class ArchiveWriter:
+    """Streams files into ``out`` as tar+zstd; ``close`` finishes the archive, not ``out``.
+
+    Use it as a context manager (or call ``close``): it runs compression threads.
+    """
+
+    def __init__(self, out: BinaryIO, threads: int | None = None) -> None:
+        self.stream = FrameSink(out, threads or os.cpu_count() or 1)
         # files that changed while they were read (their stored copy may mix versions)
         self.changed: list[str] = []
+        self.closed = False
 
-    def add(self, name: str, path: Path) -> tuple[int, str, os.stat_result]:
-        """Store the file at ``path`` as ``name``; return its size, digest and stat."""
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.closed:
+            self.stream.pool.shutdown(cancel_futures=True)
+
+    def frame_offset(self, frame: int) -> int:
+        """The compressed offset of frame number ``frame`` (once the archive is closed)."""
+        return self.stream.offsets[frame]
+
+    def add(self, name: str, path: Path) -> tuple[int, str, os.stat_result, tuple[int, int]]:
+        """Store the file at ``path`` as ``name``; return its size, digest, stat, and where
+        its member starts: (frame number, offset in that frame; see ``frame_offset``)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
@@ -73,6 +162,7 @@ class ArchiveWriter:
             info = tarfile.TarInfo(name)
             info.size, info.mtime = st.st_size, int(st.st_mtime)
             info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+            at = self.stream.position()
             if regions is None:
                 self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
                 digest = self._copy(fd, st.st_size, path)
@@ -84,7 +174,7 @@ class ArchiveWriter:
                 self.changed.append(name)
         finally:
             os.close(fd)
-        return st.st_size, digest, st
+        return st.st_size, digest, st, at
 
     def _copy_sparse(self, fd: int, info: tarfile.TarInfo, regions: list[tuple[int, int]],
                      path: Path) -> str:
@@ -132,19 +222,20 @@ class ArchiveWriter:
         return bytes(data)
 
     def _copy(self, fd: int, size: int, path: Path) -> str:
+        """The content, read straight into the frame being filled, hashed from there."""
         digest = new_digest()
-        view = memoryview(self.buffer)
         remaining = size
         while remaining:
+            view = self.stream.free()[:min(CHUNK, remaining)]
             try:
-                got = os.readv(fd, [view[: min(CHUNK, remaining)]])
+                got = os.readv(fd, [view])
             except OSError as exc:
                 raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
             if not got:  # the file shrank since fstat: keep the archive well-formed
-                view[: min(CHUNK, remaining)] = bytes(min(CHUNK, remaining))
-                got = min(CHUNK, remaining)
+                view[:] = bytes(len(view))
+                got = len(view)
             digest.update(view[:got])
-            self.stream.write(view[:got])
+            self.stream.advance(got)
             remaining -= got
         padding = -size % BLOCK
         if padding:
@@ -164,10 +255,11 @@ class ArchiveWriter:
         self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
     def close(self) -> tuple[int, str]:
-        """End the tar and the zstd frame; return the archive's size and digest."""
+        """End the tar and its last zstd frame; return the archive's size and digest."""
         self.stream.write(bytes(2 * BLOCK))
-        self.stream.flush(zstandard.FLUSH_FRAME)
-        return self.sink.bytes, self.sink.digest.hexdigest()
+        self.stream.close()
+        self.closed = True
+        return self.stream.sink.bytes, self.stream.sink.digest.hexdigest()
 
 
 # Below this a file is stored whole: the map and its header cost more than the holes save.
@@ -335,14 +427,20 @@ class SparseContent(MemberContent):
         return bytes(out)
 
 
-def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
-    """Each regular file of an archive with a reader for its content, in archive order.
+Members = Generator[tuple[tarfile.TarInfo, IO[bytes]], None, None]
+
+
+def read_members(source: BinaryIO, skip: int = 0) -> Members:
+    """Each regular file of an archive with a reader for its content, in archive order;
+    with ``skip``, of the archive from that many uncompressed bytes on (``source`` then
+    starts at a frame boundary, and a member at ``skip``).
 
     Damage shows up while reading, in the caller's loop: wrap it in ``corruption_of``.
     """
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
     ahead = ReadAhead(reader)
     try:
+        ahead.seek(skip)
         # "r:" reads each member's content in one call, where stream mode ("r|") goes
         # through 10 KB records; it needs only tell() and forward seeks, as read in order.
         with tarfile.open(fileobj=ahead, mode="r:", encoding="utf-8",  # type: ignore[call-overload]
@@ -357,6 +455,48 @@ def read_members(source: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]
                         yield member, MemberContent(ahead, member.size)  # type: ignore[misc]
     finally:
         ahead.close()
+
+
+class Counted:
+    """A stream that says how far into the archive its reader has come."""
+
+    def __init__(self, source: IO[bytes], start: int) -> None:
+        self.source, self.position = source, start
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.position += len(data)
+        return data
+
+
+def read_located(open_at: Callable[[int], IO[bytes]], wanted: list[tuple[int, int, str]]
+                 ) -> Members:
+    """The members named in ``wanted`` — (frame, skip, name) of each, as the manifest
+    records them — read frame by frame: an archive stream is opened (``open_at``, a
+    compressed offset) at the frame of the next wanted member, and read on as long as the
+    following one lies within a frame ahead. Other members met on the way are yielded too;
+    a wanted one that is not where it should be is simply not yielded.
+    """
+    order = sorted(wanted)
+    done = 0
+    while done < len(order):
+        frame, skip, _ = order[done]
+        before = done
+        with open_at(frame) as raw:
+            counted = Counted(raw, frame)
+            members = read_members(counted, skip)  # type: ignore[arg-type]
+            try:
+                for member, content in members:
+                    yield member, content
+                    if member.name != order[done][2]:
+                        continue
+                    done += 1
+                    if done == len(order) or order[done][0] > counted.position + FRAME_BYTES:
+                        break
+            finally:
+                members.close()
+        if done == before:  # not found where the manifest says: the caller reports it
+            return
 
 
 @contextmanager

@@ -284,8 +284,14 @@ class PartHandler(Handler):
             self.who.check_task(await self.blocking(task_of, found, key), saveset_id)
             data = await self.blocking(found.read, key, part)
             try:
+                size = await self.blocking(size_of, data)
+                start = range_start(self.request.headers.get("Range"), size)
+                if start is not None:  # from a byte on: a restore that reads a few frames
+                    await self.blocking(data.seek, start)
+                    self.set_status(206)
+                    self.set_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 self.set_header("Content-Type", "application/octet-stream")
-                self.set_header("Content-Length", str(await self.blocking(size_of, data)))
+                self.set_header("Content-Length", str(size - (start or 0)))
                 while chunk := await self.blocking(data.read, READ_CHUNK):
                     self.write(chunk)
                     await self.flush()
@@ -409,6 +415,17 @@ def valid_id(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(ID, value):
         raise HTTPError(400, reason="bad name or id")
     return value
+
+
+def range_start(header: str | None, size: int) -> int | None:
+    """The first byte a ``Range: bytes=N-`` asks for (None: no range, the whole part);
+    416 for any other range, or one past the end."""
+    if header is None:
+        return None
+    found = re.fullmatch(r"bytes=(\d{1,19})-", header.strip())
+    if found is None or int(found[1]) >= max(size, 1):
+        raise HTTPError(416, reason="only a range of the form bytes=N- within the part")
+    return int(found[1])
 
 
 def size_of(data: Any) -> int:

@@ -182,10 +182,9 @@ class Engine:
         key = SavesetKey(pool.name, choice.label, saveset_id)
         staging = store.stage(key, estimate, choice.room_bytes)
         try:
-            with staging.open(ARCHIVE) as out:
-                writer = ArchiveWriter(out)
-                stored = archive_files(writer, source, manifest, to_store, progress)
-                archive_bytes, archive_digest = writer.close()
+            with staging.open(ARCHIVE) as out, ArchiveWriter(out) as writer:
+                stored, archive_bytes, archive_digest = archive_files(
+                    writer, source, manifest, to_store, progress)
             encoded = manifests.encode(manifest)
             with staging.open(MANIFEST) as out:
                 out.write(encoded)
@@ -302,25 +301,33 @@ def read_committed(store: Store, key: SavesetKey) -> tuple[Saveset, bytes]:
 HEADER_ONLY = (HARDLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
 
 def archive_files(writer: ArchiveWriter, source: Path, manifest: Manifest,
-                  to_store: list[Entry], progress: Progress | None) -> list[Entry]:
-    """Stream each file into the archive; its manifest entry gets the hash and real size."""
+                  to_store: list[Entry], progress: Progress | None
+                  ) -> tuple[list[Entry], int, str]:
+    """Stream each file into the archive and close it; each file's manifest entry gets its
+    hash, real size and place in the archive. Returns the stored entries and the archive's
+    size and digest."""
     total_bytes = sum(e.size for e in to_store)
     done_bytes = 0
-    stored = []
+    added = []
     for number, entry in enumerate(to_store, 1):
-        size, digest, st = writer.add(entry.path, source / entry.path)
-        kept = replace(entry, size=size, digest=digest, mtime_ns=st.st_mtime_ns,
-                       inode=st.st_ino, ctime_ns=st.st_ctime_ns, holder=manifest.saveset_id)
-        manifest.entries[entry.path] = kept
-        stored.append(kept)
+        size, digest, st, at = writer.add(entry.path, source / entry.path)
+        added.append((entry, size, digest, st, at))
         done_bytes += size
         if progress is not None:
             progress(number, done_bytes, len(to_store), total_bytes)
-    names = {e.path for e in stored}
+    names = {e.path for e in to_store}
     for entry in manifest.entries.values():  # for tar -x alone: links, fifos, devices
         if entry.kind in HEADER_ONLY and (entry.kind != HARDLINK or entry.target in names):
             writer.add_header(entry)
-    return stored
+    archive_bytes, archive_digest = writer.close()
+    stored = []
+    for entry, size, digest, st, (frame, skip) in added:
+        kept = replace(entry, size=size, digest=digest, mtime_ns=st.st_mtime_ns,
+                       inode=st.st_ino, ctime_ns=st.st_ctime_ns, holder=manifest.saveset_id,
+                       frame=writer.frame_offset(frame), skip=skip)
+        manifest.entries[entry.path] = kept
+        stored.append(kept)
+    return stored, archive_bytes, archive_digest
 
 
 def plan(saveset_id: str, entries: list[Entry],
@@ -332,7 +339,8 @@ def plan(saveset_id: str, entries: list[Entry],
         before = base.entries.get(entry.path) if base else None
         if entry.kind == FILE and before is not None and entry.same_content_as(before):
             manifest.entries[entry.path] = replace(entry, digest=before.digest,
-                                                   holder=before.holder)
+                                                   holder=before.holder, frame=before.frame,
+                                                   skip=before.skip)
         else:
             manifest.entries[entry.path] = entry
             if entry.kind == FILE:

@@ -4,11 +4,12 @@ A manifest lists every path of the source when the saveset was taken (with size,
 inode, mode, BLAKE3 digest and the saveset holding its content, owner and group, the inode's
 ctime) and every path deleted since its base. It is stored as zstd-compressed JSON lines: a
 header object, then one compact array per path: ``[kind, path, size, mtime_ns, inode, mode,
-digest, holder, target, uid, gid, ctime_ns, user, group, xattrs, rdev]`` (xattrs: an object
-of name to base64 value), or ``["x", path]`` for a deletion. Kinds: ``f`` file, ``d``
-directory, ``l`` symlink, ``p`` fifo, ``c``/``b`` character/block device, ``h`` a hard
-link to the file stored under ``target``. Manifests of format 1 (without the last seven)
-are read too.
+digest, holder, target, uid, gid, ctime_ns, user, group, xattrs, rdev, frame, skip]``
+(xattrs: an object of name to base64 value; frame and skip: where the file's member lies
+in its holder's archive, see ``workers.archive``), or ``["x", path]`` for a deletion.
+Kinds: ``f`` file, ``d`` directory, ``l`` symlink, ``p`` fifo, ``c``/``b`` character/block
+device, ``h`` a hard link to the file stored under ``target``. Manifests of format 1
+(without the last nine) and 2 (without the last two) are read too.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ from core.model import (
 )
 from workers.digest import ALGORITHM
 
-FORMAT = "backstop-manifest/2"
-FORMATS = ("backstop-manifest/1", FORMAT)  # what decode reads
+FORMAT = "backstop-manifest/3"
+FORMATS = ("backstop-manifest/1", "backstop-manifest/2", FORMAT)  # what decode reads
 DELETED = "x"
+ROW_LENGTHS = (9, 16, 18)  # a row of format 1, 2, 3
 
 
 def excludes(patterns: list[str]) -> pathspec.GitIgnoreSpec:
@@ -177,7 +179,7 @@ def encode(manifest: Manifest) -> bytes:
                                 e.digest, e.holder, e.target, e.uid, e.gid, e.ctime_ns,
                                 e.user, e.group,
                                 {k: base64.b64encode(v).decode() for k, v in e.xattrs},
-                                e.rdev]))
+                                e.rdev, e.frame, e.skip]))
         for path in manifest.deleted:
             writer.write(_line([DELETED, path]))
     return out.getvalue()
@@ -228,14 +230,18 @@ def _add(manifest: Manifest, row: Any) -> None:
     if row[0] == DELETED:
         manifest.deleted.append(row[1])
         return
+    if len(row) not in ROW_LENGTHS:
+        raise ValueError(f"bad manifest row {row!r:.80}")
     kind, path, size, mtime_ns, inode, mode, sha, holder, target = row[:9]
-    uid, gid, ctime_ns, user, group, xattrs, rdev = (row[9:] if len(row) == 16
+    uid, gid, ctime_ns, user, group, xattrs, rdev = (row[9:16] if len(row) >= 16
                                                      else (-1, -1, 0, "", "", {}, 0))
-    if kind not in KINDS or len(row) not in (9, 16) or not all(
+    frame, skip = row[16:] if len(row) == 18 else (-1, 0)
+    if kind not in KINDS or not all(
             isinstance(n, int) for n in (size, mtime_ns, inode, mode, uid, gid, ctime_ns,
-                                         rdev)):
+                                         rdev, frame, skip)):
         raise ValueError(f"bad manifest row {row!r:.80}")
     manifest.entries[path] = Entry(
         path, kind, size, mtime_ns, inode, mode, str(sha), sys.intern(str(holder)),
         str(target), uid, gid, ctime_ns, sys.intern(str(user)), sys.intern(str(group)),
-        tuple((str(k), base64.b64decode(v)) for k, v in dict(xattrs).items()), rdev)
+        tuple((str(k), base64.b64decode(v)) for k, v in dict(xattrs).items()), rdev, frame,
+        skip)

@@ -26,7 +26,7 @@ import httpcore  # noqa: F401 - httpx imports it on first use; a worker pays it 
 import httpx
 
 from core.config import Interface
-from core.errors import Reason, SavesetMissing, StorageUnavailable
+from core.errors import CorruptSaveset, Reason, SavesetMissing, StorageUnavailable
 from core.model import SavesetKey, Space
 from core.settings import Settings
 from workers.access import AUTH_HEADER, BEARER
@@ -144,14 +144,20 @@ class RemoteStore(Store):
             return None
         return key_of(found)
 
-    def read(self, key: SavesetKey, part: str) -> BinaryIO:
+    def read(self, key: SavesetKey, part: str, offset: int = 0) -> BinaryIO:
         path = f"/v1/stores/{self.name}/savesets/{key.pool}/{key.medium}/{key.saveset_id}/{part}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         with self.calling(f"read {key.saveset_id}"):
-            response = self.http.send(self.http.build_request("GET", path), stream=True)
+            response = self.http.send(self.http.build_request("GET", path, headers=headers),
+                                      stream=True)
         if response.status_code >= 400:
             response.read()
             response.close()
             self.check(response, f"read {key.saveset_id}")
+        if offset and response.status_code != 206:
+            response.close()
+            raise CorruptSaveset(key.saveset_id, f"the data service did not send {part} "
+                                 f"from byte {offset} (HTTP {response.status_code})")
         return io.BufferedReader(ResponseStream(self, response, key.saveset_id),
                                  READ_CHUNK)
 

@@ -16,6 +16,7 @@ import shutil
 import stat
 from collections import defaultdict
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -36,7 +37,14 @@ from core.model import (
     Saveset,
 )
 from workers import manifest as manifests
-from workers.archive import CHUNK, SparseContent, corruption_of, hash_zeros, read_members
+from workers.archive import (
+    CHUNK,
+    SparseContent,
+    corruption_of,
+    hash_zeros,
+    read_located,
+    read_members,
+)
 from workers.catalog import Catalog
 from workers.digest import digest_of, new_digest
 from workers.engine import Progress
@@ -207,9 +215,15 @@ class Restorer:
                  metadata: Metadata) -> None:
         missing = dict(files)
         root = str(work)
-        with self.stores[holder.data_store].read(holder.key, ARCHIVE) as data, \
-                corruption_of(holder.id):
-            for member, content in read_members(data):
+        store = self.stores[holder.data_store]
+        with ExitStack() as reading, corruption_of(holder.id):
+            if all(e.frame >= 0 for e in files.values()):  # only the frames that hold them
+                members = read_located(lambda offset: store.read(holder.key, ARCHIVE, offset),
+                                       [(e.frame, e.skip, name) for name, e in files.items()])
+            else:  # a saveset of a Backstop that did not record frames: read it all
+                members = read_members(reading.enter_context(store.read(holder.key, ARCHIVE)))
+            reading.callback(members.close)
+            for member, content in members:
                 safe_relpath(member.name, holder.id)
                 entry = missing.pop(member.name, None)
                 if entry is None:

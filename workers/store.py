@@ -89,8 +89,9 @@ class Store(ABC):
         """Where a committed saveset is, by id; None when it is not in this store."""
 
     @abstractmethod
-    def read(self, key: SavesetKey, part: str) -> BinaryIO:
-        """A committed part; SavesetMissing when the saveset is not there."""
+    def read(self, key: SavesetKey, part: str, offset: int = 0) -> BinaryIO:
+        """A committed part, from byte ``offset`` on; SavesetMissing when the saveset is
+        not there."""
 
     @abstractmethod
     def delete(self, key: SavesetKey) -> None:
@@ -365,10 +366,12 @@ class PathStore(Store):
                 return SavesetKey(medium.parent.name, medium.name, saveset_id)
         return None
 
-    def read(self, key: SavesetKey, part: str) -> BinaryIO:
+    def read(self, key: SavesetKey, part: str, offset: int = 0) -> BinaryIO:
         self.check()
         try:
-            return open(self.saveset_dir(key) / part, "rb")
+            data = open(self.saveset_dir(key) / part, "rb")  # noqa: SIM115 - the caller closes it
+            data.seek(offset)
+            return data
         except FileNotFoundError:
             raise SavesetMissing(self.name, key.saveset_id) from None
         except OSError as exc:

@@ -122,6 +122,19 @@ def test_a_committed_saveset_is_listed_and_reads_back(store: Store) -> None:
         assert data.read() == b"payload"
 
 
+def test_a_part_reads_from_any_offset(store: Store) -> None:
+    payload = bytes(range(256)) * 40
+    staging = store.stage(KEY, 1 << 16)
+    with staging.open("archive") as out:
+        out.write(payload)
+    with staging.open("saveset.json") as out:
+        out.write(b"{}")
+    staging.commit()
+    for offset in (0, 1, 4000, len(payload) - 1):
+        with store.read(KEY, "archive", offset) as data:
+            assert data.read() == payload[offset:], offset
+
+
 def test_an_aborted_staging_leaves_nothing(store: Store, backing: PathStore) -> None:
     staging = store.stage(KEY, 4096)
     with staging.open("archive") as out:
