@@ -66,8 +66,12 @@ class FrameSink:
         self.sink = HashingSink(out)
         self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="compress")
+        # one thread writes the frames, in order, as they are done (off the reading thread)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="archive-write")
         self.local = threading.local()
-        self.pending: deque[Future[bytes]] = deque()
+        self.pending: deque[Future[None]] = deque()
+        self.failed = False
+        self.spare: deque[bytearray] = deque()  # frame buffers compressed, to fill again
         self.frame, self.fill = bytearray(FRAME_BYTES), 0
         self.frames = 0  # frames handed to the pool so far
         self.offsets: list[int] = []  # compressed offset of each frame written
@@ -93,35 +97,54 @@ class FrameSink:
             view = view[take:]
             self.advance(take)
 
-    def _compress(self, data: memoryview) -> bytes:
+    def _compress(self, frame: bytearray, size: int) -> bytes:
         compressor = getattr(self.local, "compressor", None)
         if compressor is None:
             compressor = self.local.compressor = zstandard.ZstdCompressor(
                 level=ZSTD_LEVEL, write_checksum=True)
-        return compressor.compress(data)
+        with memoryview(frame) as view:
+            compressed = compressor.compress(view[:size])
+        self.spare.append(frame)
+        return compressed
+
+    def _write(self, compressed: Future[bytes]) -> None:
+        if self.failed:  # an earlier frame could not be written: write nothing after it
+            return
+        try:
+            data = compressed.result()
+            self.offsets.append(self.sink.bytes)
+            self.sink.write(data)
+        except BaseException:
+            self.failed = True
+            raise
 
     def _cut(self) -> None:
-        self.pending.append(self.pool.submit(self._compress,
-                                             memoryview(self.frame)[:self.fill]))
+        compressed = self.pool.submit(self._compress, self.frame, self.fill)
+        self.pending.append(self.writer.submit(self._write, compressed))
         self.frames += 1
-        self.frame, self.fill = bytearray(FRAME_BYTES), 0
-        self._drain(self.threads)
+        self.frame = self.spare.popleft() if self.spare else bytearray(FRAME_BYTES)
+        self.fill = 0
+        self._drain(self.threads + 1)
 
     def _drain(self, keep: int) -> None:
-        """Write finished frames, in order, until at most ``keep`` are pending."""
+        """Wait for written frames (raising what writing them raised) until at most
+        ``keep`` are on their way."""
         while len(self.pending) > keep:
-            compressed = self.pending.popleft().result()
-            self.offsets.append(self.sink.bytes)
-            self.sink.write(compressed)
+            self.pending.popleft().result()
 
     def close(self) -> None:
-        """The last frame, and every frame still compressing, into ``out``."""
+        """The last frame, and every frame still on its way, into ``out``."""
         try:
             if self.fill:
                 self._cut()
             self._drain(0)
         finally:
-            self.pool.shutdown(cancel_futures=True)
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.failed = True  # what is still queued (after an error) is not written
+        self.pool.shutdown(cancel_futures=True)
+        self.writer.shutdown(cancel_futures=True)
 
 
 class ArchiveWriter:
@@ -141,7 +164,7 @@ class ArchiveWriter:
 
     def __exit__(self, *exc: object) -> None:
         if not self.closed:
-            self.stream.pool.shutdown(cancel_futures=True)
+            self.stream.shutdown()
 
     def frame_offset(self, frame: int) -> int:
         """The compressed offset of frame number ``frame`` (once the archive is closed)."""
@@ -164,7 +187,8 @@ class ArchiveWriter:
             info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
             at = self.stream.position()
             if regions is None:
-                self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                self.stream.write(ustar_header(info) or info.tobuf(
+                    tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
                 digest = self._copy(fd, st.st_size, path)
             else:
                 digest = self._copy_sparse(fd, info, regions, path)
@@ -260,6 +284,48 @@ class ArchiveWriter:
         self.stream.close()
         self.closed = True
         return self.stream.sink.bytes, self.stream.sink.digest.hexdigest()
+
+
+def ustar_header(info: tarfile.TarInfo) -> bytes | None:
+    """The header ``info.tobuf(PAX_FORMAT)`` makes for a regular file whose name and
+    numbers fit a plain ustar header (most files), made in a fifth of the time; None for
+    any other (tarfile makes those, with their PAX headers)."""
+    name = info.name
+    if not (name.isascii() and len(name) <= 100 and 0 <= info.uid < USTAR_ID_LIMIT
+            and 0 <= info.gid < USTAR_ID_LIMIT and 0 <= info.size < USTAR_NUMBER_LIMIT
+            and 0 <= info.mtime < USTAR_NUMBER_LIMIT and info.type == tarfile.REGTYPE):
+        return None
+    head = b"".join((name.encode().ljust(100, b"\0"), b"%07o\0" % (info.mode & 0o7777),
+                     b"%07o\0" % info.uid, b"%07o\0" % info.gid, b"%011o\0" % info.size,
+                     b"%011o\0" % int(info.mtime), b"        0", bytes(100), b"ustar\x0000",
+                     bytes(247)))
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]  # the checksum, as tarfile
+
+
+USTAR_ID_LIMIT = 8 ** 7  # uid and gid: 7 octal digits
+USTAR_NUMBER_LIMIT = 8 ** 11  # size and mtime: 11
+USTAR_MAGIC = b"ustar\x0000"
+
+
+class Header(tarfile.TarInfo):
+    """Reads the headers ``ustar_header`` writes (a regular file, no link name, owner name,
+    device or prefix) five times faster than tarfile; any other the way tarfile does."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Header:
+        if (len(buf) == BLOCK and buf[156:157] == b"0" and buf[257:265] == USTAR_MAGIC
+                and buf[154:156] == b"\0 " and buf[157:257].count(0) == 100
+                and buf[265:].count(0) == 247):
+            try:
+                if sum(buf[:148]) + sum(buf[156:]) + 256 == int(buf[148:154], 8):
+                    header = cls(buf[:100].split(b"\0", 1)[0].decode(encoding, errors))
+                    header.mode, header.uid = int(buf[100:107], 8), int(buf[108:115], 8)
+                    header.gid, header.size = int(buf[116:123], 8), int(buf[124:135], 8)
+                    header.mtime, header.chksum = int(buf[136:147], 8), int(buf[148:154], 8)
+                    return header
+            except ValueError:
+                pass  # not as ustar_header writes them: tarfile says what is wrong
+        return super().frombuf(buf, encoding, errors)
 
 
 # Below this a file is stored whole: the map and its header cost more than the holes save.
@@ -444,7 +510,7 @@ def read_members(source: BinaryIO, skip: int = 0) -> Members:
         # "r:" reads each member's content in one call, where stream mode ("r|") goes
         # through 10 KB records; it needs only tell() and forward seeks, as read in order.
         with tarfile.open(fileobj=ahead, mode="r:", encoding="utf-8",  # type: ignore[call-overload]
-                          errors="surrogateescape") as archive:
+                          errors="surrogateescape", tarinfo=Header) as archive:
             for member in archive:
                 archive.members.clear()  # keep no list of every header of a huge archive
                 if member.isreg():

@@ -15,10 +15,10 @@ import os
 import shutil
 import stat
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 import pathspec
@@ -69,13 +69,13 @@ class VerifyResult:
     bad: list[str] = field(default_factory=list)
 
 
-def safe_relpath(path: str, saveset_id: str) -> PurePosixPath:
-    """A path that stays inside the target, or RestoreRefused."""
-    pure = PurePosixPath(path)
-    if (not path or "\0" in path or pure.is_absolute() or ".." in pure.parts
-            or str(pure) in (".", "")):
+def safe_relpath(path: str, saveset_id: str) -> str:
+    """A path that stays inside the target (relative, no ``..``, no empty or ``.`` part),
+    or RestoreRefused."""
+    if (not path or "\0" in path or path.startswith("/")
+            or any(part in ("", ".", "..") for part in path.split("/"))):
         raise RestoreRefused(saveset_id, f"path {path!r} would land outside the target")
-    return pure
+    return path
 
 
 def selected(manifest: Manifest, patterns: list[str]) -> Manifest:
@@ -85,9 +85,9 @@ def selected(manifest: Manifest, patterns: list[str]) -> Manifest:
     kept = {p: e for p, e in manifest.entries.items()
             if spec.match_file(p + "/" if e.kind == DIR else p)}
     for path in list(kept):
-        for parent in PurePosixPath(path).parents:
-            if str(parent) != "." and str(parent) in manifest.entries:
-                kept.setdefault(str(parent), manifest.entries[str(parent)])
+        for parent in parents_of(path):
+            if parent in manifest.entries:
+                kept.setdefault(parent, manifest.entries[parent])
     for path, entry in kept.items():
         if entry.kind == HARDLINK and entry.target not in kept:
             content = manifest.entries[entry.target]
@@ -95,21 +95,31 @@ def selected(manifest: Manifest, patterns: list[str]) -> Manifest:
     return Manifest(manifest.saveset_id, kept)
 
 
+def parents_of(path: str) -> Iterator[str]:
+    """``a/b/c`` -> ``a/b``, ``a``."""
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        yield path
+
+
 def check_paths(manifest: Manifest) -> None:
     """Every path is relative and inside; no path lies under a symlink or a file; a hard
     link names a file of the saveset."""
-    for entry in manifest.entries.values():
-        rel = safe_relpath(entry.path, manifest.saveset_id)
+    entries = manifest.entries
+    for entry in entries.values():
+        safe_relpath(entry.path, manifest.saveset_id)
         if entry.kind == HARDLINK:
-            linked = manifest.entries.get(str(safe_relpath(entry.target, manifest.saveset_id)))
+            linked = entries.get(safe_relpath(entry.target, manifest.saveset_id))
             if linked is None or linked.kind != FILE:
                 raise RestoreRefused(manifest.saveset_id, f"hard link {entry.path!r} names "
                                      f"{entry.target!r}, which is no file of the saveset")
-        for parent in list(rel.parents)[:-1]:
-            above = manifest.entries.get(str(parent))
+        for parent in parents_of(entry.path):
+            above = entries.get(parent)
             if above is not None and above.kind != DIR:
                 raise RestoreRefused(manifest.saveset_id, f"path {entry.path!r} lies under "
                                      f"{above.path!r}, which is not a directory")
+            if above is not None:
+                break  # its own parents were checked with it
 
 
 class Restorer:
