@@ -81,10 +81,29 @@ class Rds(Model):
     interfaces: list[Interface] = []
 
 
+class ObjectLock(Model):
+    mode: Literal["COMPLIANCE", "GOVERNANCE"]
+    days: int = Field(ge=1)
+
+
+class S3Location(Model):
+    """An S3 bucket (and a prefix in it) as a data store (SPEC section 14). The keys come
+    from the environment variables named here, never from the file."""
+
+    endpoint: str = Field(pattern=r"^https?://")
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_.-][A-Za-z0-9_./-]*/$")
+    region: str = "us-east-1"
+    access_key_env: str
+    secret_key_env: str
+    object_lock: ObjectLock | None = None
+
+
 class DataStore(Model):
     name: Name
     rds: str
-    path: Path
+    path: Path | None = None
+    s3: S3Location | None = None
     capacity: Size | None = None
     reserve: Size = 0
     # `backstop up` and `backstop worker --rds` create the directory and its store marker at
@@ -95,6 +114,8 @@ class DataStore(Model):
     def _reserve_below_capacity(self) -> DataStore:
         if self.capacity is not None and self.reserve >= self.capacity:
             raise ValueError("reserve must be smaller than capacity")
+        if (self.path is None) == (self.s3 is None):
+            raise ValueError("a data store is either a directory (path) or a bucket (s3)")
         return self
 
 

@@ -8,7 +8,7 @@ values.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import Config
@@ -36,6 +36,9 @@ class Settings:
     config_hash: str = ""
     # The Sentinels' own password (env wins over the config's broker_sentinel_password)
     sentinel_password: str | None = None
+    # Keys of each S3 data store, from the environment variables its config names
+    # ("" where a variable is not set); never shown
+    s3_keys: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def base_dir(self) -> Path:
@@ -67,4 +70,7 @@ def load_settings(option: str | None, environ: Mapping[str, str]) -> Settings:
                     broker_url=environ.get(BROKER_ENV) or config.broker_url,
                     data_token=environ.get(DATA_TOKEN_ENV) or None, config_hash=config_hash,
                     sentinel_password=(environ.get(SENTINEL_PASSWORD_ENV)
-                                       or config.broker_sentinel_password))
+                                       or config.broker_sentinel_password),
+                    s3_keys={s.name: (environ.get(s.s3.access_key_env, ""),
+                                      environ.get(s.s3.secret_key_env, ""))
+                             for s in config.data_stores if s.s3 is not None})

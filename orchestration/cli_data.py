@@ -20,7 +20,7 @@ from rich.table import Table
 
 from core.config_refs import did_you_mean
 from core.constants import TASK_RESTORE, client_queue
-from core.errors import BackstopError
+from core.errors import BackstopError, StorageError
 from core.model import Manifest, Saveset
 from core.settings import Settings
 from core.units import format_size
@@ -43,7 +43,7 @@ from orchestration.status import connect
 from workers import browse
 from workers import manifest as manifests
 from workers.access import known_token
-from workers.engine import path_store
+from workers.engine import store_of
 from workers.maintenance import pool_report, rebuild
 from workers.maintenance import purge as run_purge
 from workers.remote import reachable_stores
@@ -415,16 +415,22 @@ def store_group() -> None:
 @click.argument("names", nargs=-1, required=True)
 @click.pass_context
 def store_init(ctx: click.Context, config_file: str | None, names: tuple[str, ...]) -> None:
-    """Create data stores: their directory and store marker (an empty directory only)."""
+    """Create data stores: their directory and store marker (an empty directory only), or
+    their bucket (with object lock when the store asks for it) and marker."""
     settings = settings_from(ctx, config_file)
     known = {s.name: s for s in settings.config.data_stores}
     for name in names:
         if name not in known:
             raise click.BadParameter(f"unknown data store {name!r}{did_you_mean(name, known)}")
     for name in names:
-        store = path_store(settings, known[name])
-        store.init()
-        click.echo(f"data store {name}: ready at {store.root}")
+        store = store_of(settings, known[name])
+        try:
+            store.init()
+        except StorageError as exc:
+            raise click.ClickException(str(exc)) from exc
+        s3 = known[name].s3
+        where = f"s3 bucket {s3.bucket} at {s3.endpoint}" if s3 else str(known[name].path)
+        click.echo(f"data store {name}: ready at {where}")
 
 
 COMMANDS = [savesets, restore, verify, pools, report, purge, catalog_group, store_group]

@@ -17,7 +17,7 @@ from core.settings import Settings, load_settings
 from orchestration.broker import EmbeddedBroker
 
 # the ``cluster`` fixture: a Sentinel-managed Valkey
-pytest_plugins = ["tests.sentinels"]
+pytest_plugins = ["tests.sentinels", "tests.seaweed"]
 
 MINIMAL_CONFIG = """
 rds: [{name: local, interfaces: [{name: lo, address: 127.0.0.1}]}]

@@ -72,18 +72,37 @@ def new_saveset_id(task: str, now: datetime) -> str:
 
 
 def path_store(settings: Settings, store: DataStore) -> PathStore:
+    """A directory store (the caller knows it is one)."""
+    if store.path is None:
+        raise StorageError(f"data store {store.name} is an S3 bucket, not a directory")
     return PathStore(store.name, settings.resolve(store.path), store.capacity, store.reserve)
+
+
+def store_of(settings: Settings, store: DataStore) -> Store:
+    """A data store of the config as this host reaches it directly: its directory, or its
+    bucket."""
+    if store.s3 is None:
+        return path_store(settings, store)
+    from workers.s3 import S3Store  # boto3 is loaded by the processes that use a bucket
+
+    access, secret = settings.s3_keys.get(store.name, ("", ""))
+    pools = {p.name: p.retention for p in settings.config.media_pools
+             if p.data_store == store.name}
+    return S3Store(store.name, store.s3, access, secret, store.capacity, store.reserve, pools)
 
 
 def stores_of(settings: Settings) -> dict[str, Store]:
     """Every data store of the config, by name."""
-    return {s.name: path_store(settings, s) for s in settings.config.data_stores}
+    return {s.name: store_of(settings, s) for s in settings.config.data_stores}
 
 
 def create_missing_stores(settings: Settings, rds: list[str]) -> list[PathStore]:
-    """At start-up: create the stores marked ``create: true`` of these RDS that do not exist."""
+    """At start-up: create the stores marked ``create: true`` of these RDS that do not exist
+    (directories; a bucket is made by ``backstop store init``)."""
     created = []
     for store in settings.config.data_stores:
+        if store.path is None:
+            continue
         made = path_store(settings, store)
         if store.create and store.rds in rds and not made.root.exists():
             made.init()
@@ -96,7 +115,7 @@ def drop_abandoned(settings: Settings, rds: list[str]) -> None:
     for store in settings.config.data_stores:
         if store.rds in rds:
             with suppress(StorageUnavailable):
-                path_store(settings, store).drop_abandoned()
+                store_of(settings, store).drop_abandoned()
 
 
 class Engine:

@@ -31,7 +31,7 @@ from core.model import SavesetKey, Space
 from core.settings import Settings
 from workers.access import AUTH_HEADER, BEARER
 from workers.dataservice import SEGMENT_BYTES
-from workers.engine import path_store
+from workers.engine import path_store, store_of
 from workers.store import MARKER, Staging, Store
 
 READ_CHUNK = 1 << 20
@@ -379,6 +379,9 @@ def reachable_stores(settings: Settings, token: str) -> dict[str, Store]:
     remote = RemoteStores(settings, token)
     found: dict[str, Store] = {}
     for store in settings.config.data_stores:
+        if store.s3 is not None:  # a bucket: reached directly, from any host with its keys
+            found[store.name] = store_of(settings, store)
+            continue
         local = path_store(settings, store)
         here = (local.root / MARKER).exists()
         served = bool(settings.config.rds_named(store.rds).interfaces)

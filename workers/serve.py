@@ -68,7 +68,7 @@ def server_tls(settings: Settings) -> ssl.SSLContext | None:
 
 def service_for(settings: Settings, rds: str) -> DataService:
     stores = {s.name: path_store(settings, s) for s in settings.config.data_stores
-              if s.rds == rds}
+              if s.rds == rds and s.path is not None}
     timeout = settings.config.data_path.io_timeout.total_seconds()
     return DataService(stores, service_tokens(settings, rds), timeout)
 

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.errors import Reason, SavesetMissing, StorageUnavailable
+from core.errors import Reason, SavesetMissing, StorageError, StorageUnavailable
 from core.model import SavesetKey, Space
 
 # The parts of a saveset: its archive, its manifest and its record (written last).
@@ -99,6 +99,13 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - most stores hold nothing open
         """Let go of what the store holds open (connections)."""
+
+    def drop_abandoned(self) -> None:  # noqa: B027 - a store reached remotely drops its own
+        """Remove what writes killed midway left behind."""
+
+    def init(self) -> None:
+        """Create the store (``backstop store init``)."""
+        raise StorageError(f"data store {self.name} cannot be created from this host")
 
 
 class _LimitedWriter:

@@ -1,8 +1,9 @@
 """One suite for every data store: what the engine relies on, for each implementation.
 
 Each variant has about 8 MiB free: a path store on a real 8 MiB tmpfs, a path store with an
-8 MiB quota on the ordinary disk, and a remote store reaching a path store on an 8 MiB
-tmpfs through a real data service on loopback.
+8 MiB quota on the ordinary disk, a remote store reaching a path store on an 8 MiB tmpfs
+through a real data service on loopback, and an S3 store with an 8 MiB capacity in a bucket
+of a real SeaweedFS server.
 """
 
 from __future__ import annotations
@@ -10,20 +11,25 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from core.config import S3Location
 from core.errors import SavesetMissing, StorageUnavailable
 from core.model import SavesetKey
 from core.settings import load_settings
 from orchestration.broker import free_port
 from tests.fs import tmpfs
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 from tests.waiting import wait_for
 from workers.engine import path_store
 from workers.remote import Endpoint, RemoteStore
+from workers.s3 import S3Store
 from workers.serve import Listening, service_for
 from workers.store import PathStore, Store
 
@@ -57,31 +63,55 @@ def remote(root: Path) -> Iterator[tuple[Store, PathStore]]:
         listening.stop()
 
 
-@pytest.fixture(params=["tmpfs", "quota", "remote"])
-def variant(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, PathStore]]:
-    """The store under test, and the path store that holds its data."""
+Clean = Callable[[], bool]  # nothing of a saveset is left where the store keeps its data
+
+
+@pytest.fixture(params=["tmpfs", "quota", "remote", "s3"])
+def variant(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Clean]]:
+    """The store under test, and what says that nothing but its markers is left."""
     if request.param == "quota":
         made = PathStore("a", tmp_path / "store", capacity_bytes=9 * MIB, reserve_bytes=MIB)
         made.init()
-        yield made, made
+        yield made, lambda: nothing_on_disk_but_markers(made)
+        return
+    if request.param == "s3":
+        server: Seaweed = request.getfixturevalue("seaweed")
+        bucket = f"contract-{uuid.uuid4().hex[:12]}"
+        s3 = s3_store(server, bucket, capacity_bytes=9 * MIB, reserve_bytes=MIB)
+        s3.init()
+        yield s3, lambda: nothing_in_bucket_but_marker(server, bucket)
+        s3.close()
         return
     with tmpfs(tmp_path / "fs", 8 * MIB) as root:
         if request.param == "remote":
-            with remote(root / "store") as pair:
-                yield pair
+            with remote(root / "store") as (made, backing):
+                yield made, lambda: nothing_on_disk_but_markers(backing)
         else:
             made = PathStore("a", root / "store")
             made.init()
-            yield made, made
+            yield made, lambda: nothing_on_disk_but_markers(made)
+
+
+def s3_store(server: Seaweed, bucket: str, **options: Any) -> S3Store:
+    location = S3Location(endpoint=server.endpoint, bucket=bucket, access_key_env="K",
+                          secret_key_env="S", **options.pop("location", {}))
+    return S3Store("a", location, ACCESS_KEY, SECRET_KEY, **options)
+
+
+def nothing_in_bucket_but_marker(server: Seaweed, bucket: str) -> bool:
+    client: Any = server.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return keys == ["backstop-store.json"] and not uploads
 
 
 @pytest.fixture
-def store(variant: tuple[Store, PathStore]) -> Store:
+def store(variant: tuple[Store, Clean]) -> Store:
     return variant[0]
 
 
 @pytest.fixture
-def backing(variant: tuple[Store, PathStore]) -> PathStore:
+def clean(variant: tuple[Store, Clean]) -> Clean:
     return variant[1]
 
 
@@ -90,6 +120,8 @@ def write(store: Store, key: SavesetKey = KEY, size: int = 1000, reserve: int = 
     staging = store.stage(key, reserve, room)
     with staging.open("archive") as out:
         out.write(os.urandom(size))
+    with staging.open("manifest.jsonl.zst") as out:
+        out.write(b"manifest")
     with staging.open("saveset.json") as out:
         out.write(b"{}")
     staging.commit()
@@ -111,6 +143,8 @@ def test_a_committed_saveset_is_listed_and_reads_back(store: Store) -> None:
     staging = store.stage(KEY, 4096)
     with staging.open("archive") as out:
         out.write(b"payload")
+    with staging.open("manifest.jsonl.zst") as out:
+        out.write(b"manifest")
     with staging.open("saveset.json") as out:
         out.write(b"{}")
     assert store.list() == []  # staged, not committed: invisible
@@ -127,6 +161,8 @@ def test_a_part_reads_from_any_offset(store: Store) -> None:
     staging = store.stage(KEY, 1 << 16)
     with staging.open("archive") as out:
         out.write(payload)
+    with staging.open("manifest.jsonl.zst") as out:
+        out.write(b"manifest")
     with staging.open("saveset.json") as out:
         out.write(b"{}")
     staging.commit()
@@ -135,28 +171,28 @@ def test_a_part_reads_from_any_offset(store: Store) -> None:
             assert data.read() == payload[offset:], offset
 
 
-def test_an_aborted_staging_leaves_nothing(store: Store, backing: PathStore) -> None:
+def test_an_aborted_staging_leaves_nothing(store: Store, clean: Clean) -> None:
     staging = store.stage(KEY, 4096)
     with staging.open("archive") as out:
         out.write(b"half")
     staging.abort()
     staging.abort()
     assert store.list() == []
-    assert nothing_on_disk_but_markers(backing)
+    assert clean()
 
 
 def test_pre_flight_refuses_a_run_that_needs_more_than_is_free(
-        store: Store, backing: PathStore) -> None:
+        store: Store, clean: Clean) -> None:
     free = store.space().free_bytes
     with pytest.raises(StorageUnavailable) as caught:
         store.stage(KEY, free + 1)
     assert caught.value.reason == "out_of_space"
     assert store.list() == []
-    assert nothing_on_disk_but_markers(backing)
+    assert clean()
 
 
 def test_writing_past_the_free_space_fails_mid_write_and_leaves_nothing(
-        store: Store, backing: PathStore) -> None:
+        store: Store, clean: Clean) -> None:
     staging = store.stage(KEY, 4096)
     with pytest.raises(StorageUnavailable) as caught, staging.open("archive") as out:
         for _ in range(20):
@@ -164,7 +200,7 @@ def test_writing_past_the_free_space_fails_mid_write_and_leaves_nothing(
     staging.abort()
     assert caught.value.reason == "out_of_space"
     assert store.list() == []
-    assert nothing_on_disk_but_markers(backing)
+    assert clean()
 
 
 def test_writing_past_the_room_of_the_medium_is_no_free_media(store: Store) -> None:
@@ -202,7 +238,7 @@ def test_a_deleted_saveset_is_gone(store: Store) -> None:
 
 
 def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(
-        store: Store, backing: PathStore) -> None:
+        store: Store, clean: Clean) -> None:
     pid = os.fork()
     if pid == 0:  # the child stages a write and is killed in the middle of it
         staging = store.stage(KEY, 4096)
@@ -212,7 +248,7 @@ def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(
     os.waitpid(pid, 0)
     assert store.list() == []
     store.stage(SavesetKey("daily", "DAILY00001", "docs-2"), 4096).abort()
-    assert nothing_on_disk_but_markers(backing)
+    assert clean()
 
 
 
