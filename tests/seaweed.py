@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -31,7 +31,11 @@ PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
 class Seaweed:
     root: Path
     process: subprocess.Popen[bytes] | None = None
-    s3_port: int = 0
+    ports: dict[str, int] = field(default_factory=dict)  # kept across a restart
+
+    @property
+    def s3_port(self) -> int:
+        return self.ports["s3.port"]
 
     @property
     def endpoint(self) -> str:
@@ -48,13 +52,12 @@ class Seaweed:
             "name": "backstop", "credentials": [{"accessKey": ACCESS_KEY,
                                                  "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = {name: free_port() for name in PORTS}
-        self.s3_port = ports["s3.port"]
+        self.ports = self.ports or {name: free_port() for name in PORTS}
         with (self.root / "weed.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [weed, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
                  "-ip.bind=127.0.0.1", f"-s3.config={config}", "-admin.ui=false",
-                 *(f"-{name}={port}" for name, port in ports.items())],
+                 *(f"-{name}={port}" for name, port in self.ports.items())],
                 stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.ready, "SeaweedFS's S3 endpoint to answer", limit_s=60, every_s=0.3)
         return self
@@ -80,6 +83,11 @@ class Seaweed:
         assert self.process is not None
         self.process.send_signal(number)
 
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -88,6 +96,17 @@ class Seaweed:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@pytest.fixture
+def own_seaweed(tmp_path: Path) -> Iterator[Seaweed]:
+    """A server of the test's own, to kill or stop."""
+    server = Seaweed(tmp_path / "seaweed").start()
+    try:
+        yield server
+    finally:
+        server.signal(signal.SIGCONT)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,9 @@ def store_of(settings: Settings, store: DataStore) -> Store:
     access, secret = settings.s3_keys.get(store.name, ("", ""))
     pools = {p.name: p.retention for p in settings.config.media_pools
              if p.data_store == store.name}
-    return S3Store(store.name, store.s3, access, secret, store.capacity, store.reserve, pools)
+    timeouts = settings.config.data_path  # those of the data path, for buckets too
+    return S3Store(store.name, store.s3, access, secret, store.capacity, store.reserve, pools,
+                   timeouts.connect_timeout.total_seconds(), timeouts.io_timeout.total_seconds())
 
 
 def stores_of(settings: Settings) -> dict[str, Store]:

@@ -74,7 +74,8 @@ class LockedSaveset(StorageError):
 class S3Store(Store):
     def __init__(self, name: str, location: S3Location, access_key: str, secret_key: str,
                  capacity_bytes: int | None = None, reserve_bytes: int = 0,
-                 retention: dict[str, timedelta] | None = None) -> None:
+                 retention: dict[str, timedelta] | None = None,
+                 connect_timeout_s: float = 10, io_timeout_s: float = 60) -> None:
         self.name = name
         self.location = location
         self.bucket = location.bucket
@@ -86,7 +87,7 @@ class S3Store(Store):
         self.client: S3Client = boto3.client(
             "s3", endpoint_url=location.endpoint, region_name=location.region,
             aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-            config=Config(connect_timeout=5, read_timeout=30,
+            config=Config(connect_timeout=connect_timeout_s, read_timeout=io_timeout_s,
                           retries={"max_attempts": 2, "mode": "standard"},
                           s3={"addressing_style": "path"},
                           request_checksum_calculation="when_required",

@@ -69,11 +69,12 @@ class Setup:
 @pytest.fixture
 def make_setup(tmp_path: Path, broker_url: str, redis_client: redis.Redis
                ) -> Callable[..., Setup]:
-    def make(config: str = ENGINE_CONFIG) -> Setup:
+    def make(config: str = ENGINE_CONFIG, environ: dict[str, str] | None = None) -> Setup:
         path = tmp_path / "backstop.yaml"
         path.write_text(config)
         (tmp_path / "src").mkdir(exist_ok=True)
-        settings = load_settings(str(path), {"BACKSTOP_BROKER_URL": broker_url})
+        settings = load_settings(str(path), {"BACKSTOP_BROKER_URL": broker_url,
+                                             **(environ or {})})
         catalog = RedisCatalog(redis_client)
         clock = Clock()
         engine = Engine(settings, catalog, clock=clock)
