@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -32,7 +31,7 @@ from tornado.web import Application, HTTPError, RequestHandler, stream_request_b
 from core.errors import SavesetMissing, StorageUnavailable
 from core.model import SavesetKey
 from workers.access import AUTH_HEADER, Forbidden, Identity, Tokens
-from workers.store import META, PathStore, Staging
+from workers.store import META, Staging, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,8 @@ ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}"
 PART = r"[a-z][a-z0-9_.-]{0,63}"
 # A client sends a part in segments of at most this many bytes.
 SEGMENT_BYTES = 8 << 20
+# The most of a staging's record (META) kept to check whose task it is.
+RECORD_BYTES = 1 << 20
 # Bytes of a part sent per write while it is read.
 READ_CHUNK = 1 << 20
 # The most a socket read takes at once (Tornado allocates this much for every read: larger
@@ -55,18 +56,19 @@ RECEIVE_CHUNK = 256 << 10
 @dataclass
 class OpenStaging:
     staging: Staging
-    store: PathStore
+    store: Store
     key: SavesetKey
     owner: Identity
     touched: float = field(default_factory=time.monotonic)
     sizes: dict[str, int] = field(default_factory=dict)
     writers: dict[str, Any] = field(default_factory=dict)
+    record: bytearray = field(default_factory=bytearray)  # the META part, as it was sent
 
 
 class DataService:
     """The stores of one RDS and the stagings in progress; shared by every handler."""
 
-    def __init__(self, stores: dict[str, PathStore], tokens: Tokens, io_timeout_s: float,
+    def __init__(self, stores: dict[str, Store], tokens: Tokens, io_timeout_s: float,
                  threads: int = 8) -> None:
         self.stores = stores
         self.tokens = tokens
@@ -125,7 +127,7 @@ class DataService:
                     open_.key.saveset_id, open_.store.name, why)
         return self.executor.submit(open_.staging.abort)
 
-    def supersede(self, store: PathStore, saveset_id: str) -> list[Future[None]]:
+    def supersede(self, store: Store, saveset_id: str) -> list[Future[None]]:
         """Drop the stagings of a saveset that is being staged again: a saveset id is its
         run's, and a run is staged anew only once the process that staged it before is
         gone (its run lease ran out), so those stagings have no writer any more."""
@@ -134,7 +136,7 @@ class DataService:
         dropped = [self.drop(sid, "its saveset is being staged again") for sid in stale]
         return [f for f in dropped if f is not None]
 
-    def store(self, name: str) -> PathStore:
+    def store(self, name: str) -> Store:
         found = self.stores.get(name)
         if found is None:
             raise HTTPError(404, reason="unknown data store")
@@ -153,7 +155,7 @@ def record_task(record: bytes) -> str | None:
     return str(json.loads(record).get("task") or "") or None
 
 
-def task_of(store: PathStore, key: SavesetKey) -> str | None:
+def task_of(store: Store, key: SavesetKey) -> str | None:
     """The task a committed saveset belongs to, from its record."""
     with store.read(key, META) as meta:
         return record_task(meta.read())
@@ -161,12 +163,9 @@ def task_of(store: PathStore, key: SavesetKey) -> str | None:
 
 def staged_task(open_: OpenStaging) -> str | None:
     """The task named by the record of a staging (its META part), if it wrote one."""
-    for writer in open_.writers.values():
-        writer.close()  # on disk before it is read; commit closes them anyway
-    path = open_.store.staged_part(open_.key, META)
     try:
-        return record_task(path.read_bytes())
-    except (OSError, ValueError):
+        return record_task(bytes(open_.record))
+    except ValueError:
         return None
 
 
@@ -282,12 +281,11 @@ class PartHandler(Handler):
         async def work() -> None:
             found, key = self.service.store(store), SavesetKey(pool, medium, saveset_id)
             self.who.check_task(await self.blocking(task_of, found, key), saveset_id)
-            data = await self.blocking(found.read, key, part)
+            size = await self.blocking(found.part_size, key, part)
+            start = range_start(self.request.headers.get("Range"), size)
+            data = await self.blocking(found.read, key, part, start or 0)
             try:
-                size = await self.blocking(size_of, data)
-                start = range_start(self.request.headers.get("Range"), size)
                 if start is not None:  # from a byte on: a restore that reads a few frames
-                    await self.blocking(data.seek, start)
                     self.set_status(206)
                     self.set_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 self.set_header("Content-Type", "application/octet-stream")
@@ -360,6 +358,8 @@ class SegmentHandler(Handler):
 
     async def write_held(self) -> None:
         data, self.held, self.held_bytes = b"".join(self.held), [], 0
+        if self.path_args[1] == META and self.open_ is not None:
+            self.open_.record += data[:RECORD_BYTES - len(self.open_.record)]
         try:
             await self.blocking(self.writer.write, data)
         except StorageUnavailable as exc:
@@ -428,5 +428,3 @@ def range_start(header: str | None, size: int) -> int | None:
     return int(found[1])
 
 
-def size_of(data: Any) -> int:
-    return os.fstat(data.fileno()).st_size

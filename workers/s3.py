@@ -220,6 +220,13 @@ class S3Store(Store):
                                           **options)["Body"]
         return Body(self, body, key.saveset_id)  # type: ignore[return-value]
 
+    def part_size(self, key: SavesetKey, part: str) -> int:
+        with self.calling(f"read {key.saveset_id}", key.saveset_id):
+            if not self._exists(key):
+                raise SavesetMissing(self.name, key.saveset_id)
+            return int(self.client.head_object(Bucket=self.bucket,
+                                               Key=self.object_key(key, part))["ContentLength"])
+
     def _exists(self, key: SavesetKey) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.object_key(key, MANIFEST))

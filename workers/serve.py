@@ -21,7 +21,7 @@ from core.errors import BackstopError
 from core.settings import Settings
 from workers.access import Identity, Tokens, fleet_token, read_token
 from workers.dataservice import RECEIVE_CHUNK, SEGMENT_BYTES, DataService
-from workers.engine import path_store
+from workers.engine import store_of
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def server_tls(settings: Settings) -> ssl.SSLContext | None:
 
 
 def service_for(settings: Settings, rds: str) -> DataService:
-    stores = {s.name: path_store(settings, s) for s in settings.config.data_stores
-              if s.rds == rds and s.path is not None}
+    stores = {s.name: store_of(settings, s) for s in settings.config.data_stores
+              if s.rds == rds}
     timeout = settings.config.data_path.io_timeout.total_seconds()
     return DataService(stores, service_tokens(settings, rds), timeout)
 

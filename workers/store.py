@@ -100,6 +100,11 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - most stores hold nothing open
         """Let go of what the store holds open (connections)."""
 
+    def part_size(self, key: SavesetKey, part: str) -> int:
+        """The bytes of a committed part (read through; stores override it)."""
+        with self.read(key, part) as data:
+            return sum(len(chunk) for chunk in iter(lambda: data.read(1 << 20), b""))
+
     def drop_abandoned(self) -> None:  # noqa: B027 - a store reached remotely drops its own
         """Remove what writes killed midway left behind."""
 
@@ -379,6 +384,15 @@ class PathStore(Store):
             data = open(self.saveset_dir(key) / part, "rb")  # noqa: SIM115 - the caller closes it
             data.seek(offset)
             return data
+        except FileNotFoundError:
+            raise SavesetMissing(self.name, key.saveset_id) from None
+        except OSError as exc:
+            raise unavailable(self.name, exc, "read") from exc
+
+    def part_size(self, key: SavesetKey, part: str) -> int:
+        self.check()
+        try:
+            return (self.saveset_dir(key) / part).stat().st_size
         except FileNotFoundError:
             raise SavesetMissing(self.name, key.saveset_id) from None
         except OSError as exc:

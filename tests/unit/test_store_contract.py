@@ -22,12 +22,12 @@ import pytest
 from core.config import S3Location
 from core.errors import SavesetMissing, StorageUnavailable
 from core.model import SavesetKey
-from core.settings import load_settings
+from core.settings import Settings, load_settings
 from orchestration.broker import free_port
 from tests.fs import tmpfs
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 from tests.waiting import wait_for
-from workers.engine import path_store
+from workers.engine import path_store, store_of
 from workers.remote import Endpoint, RemoteStore
 from workers.s3 import S3Store
 from workers.serve import Listening, service_for
@@ -40,7 +40,7 @@ TOKEN = "contract-suite-token-0123456789"
 
 SERVICE_CONFIG = """
 rds: [{name: r1, interfaces: [{name: lo, address: 127.0.0.1, port: %d}]}]
-data_stores: [{name: a, rds: r1, path: %s}]
+data_stores: [{name: a, rds: r1, %s}]
 data_path: {io_timeout: 1s, connect_timeout: 2s}
 """
 
@@ -48,16 +48,25 @@ data_path: {io_timeout: 1s, connect_timeout: 2s}
 @contextmanager
 def remote(root: Path) -> Iterator[tuple[Store, PathStore]]:
     """A remote store ``a``, served from ``root`` by a data service on loopback."""
+    with served(root.parent, f"path: {root}") as (made, settings):
+        backing = path_store(settings, settings.config.data_stores[0])
+        yield made, backing
+
+
+@contextmanager
+def served(where: Path, store: str, environ: dict[str, str] | None = None
+           ) -> Iterator[tuple[Store, Settings]]:
+    """A remote store ``a`` (``store``: the rest of its config), created and served by a
+    data service on loopback."""
     port = free_port()
-    (root.parent / "backstop.yaml").write_text(SERVICE_CONFIG % (port, root))
-    settings = load_settings(str(root.parent / "backstop.yaml"),
-                             {"BACKSTOP_DATA_TOKEN": TOKEN})
-    backing = path_store(settings, settings.config.data_stores[0])
-    backing.init()
+    (where / "backstop.yaml").write_text(SERVICE_CONFIG % (port, store))
+    settings = load_settings(str(where / "backstop.yaml"),
+                             {"BACKSTOP_DATA_TOKEN": TOKEN, **(environ or {})})
+    store_of(settings, settings.config.data_stores[0]).init()
     listening = Listening(settings, "r1", service_for(settings, "r1")).start()
     made = RemoteStore("a", Endpoint(f"http://127.0.0.1:{port}", "lo", TOKEN, 2.0, 1.0))
     try:
-        yield made, backing
+        yield made, settings
     finally:
         made.close()
         listening.stop()
@@ -66,7 +75,7 @@ def remote(root: Path) -> Iterator[tuple[Store, PathStore]]:
 Clean = Callable[[], bool]  # nothing of a saveset is left where the store keeps its data
 
 
-@pytest.fixture(params=["tmpfs", "quota", "remote", "s3"])
+@pytest.fixture(params=["tmpfs", "quota", "remote", "s3", "remote-s3"])
 def variant(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Clean]]:
     """The store under test, and what says that nothing but its markers is left."""
     if request.param == "quota":
@@ -74,9 +83,16 @@ def variant(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[St
         made.init()
         yield made, lambda: nothing_on_disk_but_markers(made)
         return
-    if request.param == "s3":
+    if request.param in ("s3", "remote-s3"):
         server: Seaweed = request.getfixturevalue("seaweed")
         bucket = f"contract-{uuid.uuid4().hex[:12]}"
+        if request.param == "remote-s3":  # a bucket behind a data service
+            with served(tmp_path, f"capacity: 9MiB, reserve: 1MiB, s3: {{endpoint: "
+                        f"'{server.endpoint}', bucket: {bucket}, access_key_env: K, "
+                        f"secret_key_env: S}}", {"K": ACCESS_KEY, "S": SECRET_KEY}
+                        ) as (made, _):
+                yield made, lambda: nothing_in_bucket_but_marker(server, bucket)
+            return
         s3 = s3_store(server, bucket, capacity_bytes=9 * MIB, reserve_bytes=MIB)
         s3.init()
         yield s3, lambda: nothing_in_bucket_but_marker(server, bucket)
