@@ -24,7 +24,9 @@ import builtins
 import io
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 MARKER = "backstop-store.json"
 PART_BYTES = 8 << 20  # a part of a multipart upload (S3 wants at least 5 MiB but the last)
+PARTS_IN_FLIGHT = 3
 # Free bytes reported for a store without ``capacity``: a bucket has no size of its own.
 UNBOUNDED = 1 << 60
 # Error codes of S3 (and S3-like servers) that mean the bucket or account is full.
@@ -84,6 +87,10 @@ class S3Store(Store):
         self.reserve_bytes = reserve_bytes
         # each pool's retention: a saveset's objects are locked at least as long
         self.retention = retention or {}
+        # the variables that should hold the keys but are not set (the keys stay in boto3)
+        self.keys_missing = [env for env, value in ((location.access_key_env, access_key),
+                                                    (location.secret_key_env, secret_key))
+                             if not value]
         self.client: S3Client = boto3.client(
             "s3", endpoint_url=location.endpoint, region_name=location.region,
             aws_access_key_id=access_key, aws_secret_access_key=secret_key,
@@ -101,6 +108,10 @@ class S3Store(Store):
     @contextmanager
     def calling(self, doing: str, saveset_id: str | None = None) -> Iterator[None]:
         """Map what the endpoint says to the errors of a store."""
+        if self.keys_missing:
+            raise StorageUnavailable(Reason.STORE_OFFLINE, (
+                f"data store {self.name}: no S3 keys: the environment variable(s) "
+                f"{', '.join(self.keys_missing)} named by the config are not set"))
         try:
             yield
         except ClientError as exc:
@@ -415,15 +426,18 @@ class Small(io.BytesIO):
 
 
 class Upload:
-    """The archive, streamed as a multipart upload in parts of ``PART_BYTES``; an object of
-    one ``put`` when it is smaller than a part."""
+    """The archive, streamed as a multipart upload in parts of ``PART_BYTES``, up to
+    ``PARTS_IN_FLIGHT`` of them on their way at once; an object of one ``put`` when it is
+    smaller than a part."""
 
     def __init__(self, staging: S3Staging, object_key: str) -> None:
         self.staging, self.object_key = staging, object_key
         self.store = staging.store
         self.buffer = bytearray()
         self.upload_id: str | None = None
+        self.sending: deque[Future[dict[str, Any]]] = deque()
         self.parts: list[dict[str, Any]] = []
+        self.pool: ThreadPoolExecutor | None = None
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -438,16 +452,29 @@ class Upload:
 
     def _send(self) -> None:
         store = self.store
-        with store.calling(f"upload {self.staging.key.saveset_id}"):
-            if self.upload_id is None:
+        if self.upload_id is None:
+            with store.calling(f"upload {self.staging.key.saveset_id}"):
                 self.upload_id = store.client.create_multipart_upload(
                     Bucket=store.bucket, Key=self.object_key)["UploadId"]
-            number = len(self.parts) + 1
-            done = store.client.upload_part(Bucket=store.bucket, Key=self.object_key,
-                                            UploadId=self.upload_id, PartNumber=number,
-                                            Body=bytes(self.buffer))
-        self.parts.append({"ETag": done["ETag"], "PartNumber": number})
+            self.pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
+        assert self.pool is not None
+        number = len(self.parts) + len(self.sending) + 1
+        self.sending.append(self.pool.submit(self._part, number, bytes(self.buffer)))
         self.buffer = bytearray()
+        self._collect(PARTS_IN_FLIGHT - 1)
+
+    def _part(self, number: int, data: bytes) -> dict[str, Any]:
+        store = self.store
+        with store.calling(f"upload {self.staging.key.saveset_id}"):
+            done = store.client.upload_part(Bucket=store.bucket, Key=self.object_key,
+                                            UploadId=self.upload_id or "", PartNumber=number,
+                                            Body=data)
+        return {"ETag": done["ETag"], "PartNumber": number}
+
+    def _collect(self, keep: int) -> None:
+        """Wait for parts sent (raising what sending one raised) until ``keep`` are left."""
+        while len(self.sending) > keep:
+            self.parts.append(self.sending.popleft().result())
 
     def close(self) -> None:
         if self.closed:
@@ -460,23 +487,30 @@ class Upload:
         else:
             if self.buffer:
                 self._send()
+            self._collect(0)
             with store.calling(f"upload {self.staging.key.saveset_id}"):
                 done = store.client.complete_multipart_upload(
                     Bucket=store.bucket, Key=self.object_key, UploadId=self.upload_id,
                     MultipartUpload={"Parts": self.parts})  # type: ignore[typeddict-item]
             self.upload_id = None
         self.staging.stored.append((self.object_key, done.get("VersionId")))
-        self.closed = True
-        self.buffer = bytearray()
+        self._finish()
 
     def abort(self) -> None:
         if self.upload_id is not None:
+            for sending in self.sending:
+                sending.cancel()
             with suppress(StorageError), self.store.calling("abort an upload"):
                 self.store.client.abort_multipart_upload(
                     Bucket=self.store.bucket, Key=self.object_key, UploadId=self.upload_id)
             self.upload_id = None
+        self._finish()
+
+    def _finish(self) -> None:
         self.closed = True
         self.buffer = bytearray()
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
     def __enter__(self) -> Upload:
         return self

@@ -211,6 +211,12 @@ def test_wrong_credentials_are_store_offline_saying_so(
     assert "not-the-secret" not in message
 
 
+def test_keys_not_in_the_environment_are_store_offline_naming_the_variable(
+        s3_setup: Callable[..., Setup], seaweed: Seaweed) -> None:
+    setup = s3_setup(seaweed, environ={"S3_KEY": ACCESS_KEY}, create=False)
+    assert "S3_SECRET" in offline_message(setup)
+
+
 def test_a_missing_bucket_is_store_offline_saying_so(
         s3_setup: Callable[..., Setup], seaweed: Seaweed) -> None:
     setup = s3_setup(seaweed, create=False)
