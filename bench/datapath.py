@@ -74,7 +74,9 @@ def run_op(work: Path, task: str, level: str) -> None:
 
 def op(work: Path, task: str, level: str) -> dict[str, Any]:
     done = subprocess.run([sys.executable, __file__, "--op", str(work), task, level],
-                          check=True, capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{task} {level} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 

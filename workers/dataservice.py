@@ -211,7 +211,8 @@ class Handler(RequestHandler):
             self.answer(503, {"error": "storage_unavailable", "reason": exc.reason.value,
                               "message": exc.message})
         except SavesetMissing as exc:
-            self.answer(404, {"error": "saveset_missing", "message": str(exc)})
+            self.answer(404, {"error": "saveset_missing", "message": str(exc),
+                              "saveset_id": exc.saveset_id})
         except Forbidden as exc:
             self.answer(403, {"error": "forbidden", "message": str(exc)})
 

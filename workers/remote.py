@@ -116,7 +116,7 @@ class RemoteStore(Store):
         if body.get("error") == "storage_unavailable":
             raise StorageUnavailable(Reason(body["reason"]), str(body["message"]))
         if body.get("error") == "saveset_missing":
-            raise SavesetMissing(self.name, message)
+            raise SavesetMissing(self.name, str(body.get("saveset_id") or message))
         raise StorageUnavailable(Reason.STORE_OFFLINE, f"{prefix}: {message} "
                                  f"(HTTP {response.status_code})")
 
@@ -243,10 +243,16 @@ class SegmentWriter:
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.chunks.append(bytes(data))
-        self.size += len(data)
-        if self.size >= SEGMENT_BYTES:
-            self._ship()
+        """Never more than SEGMENT_BYTES in a segment (the service refuses larger), however
+        large one write is."""
+        view = memoryview(data)
+        while view:
+            take = min(len(view), SEGMENT_BYTES - self.size)
+            self.chunks.append(bytes(view[:take]))
+            self.size += take
+            view = view[take:]
+            if self.size >= SEGMENT_BYTES:
+                self._ship()
         return len(data)
 
     def _ship(self) -> None:

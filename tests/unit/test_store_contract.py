@@ -269,6 +269,24 @@ def test_a_write_whose_process_died_is_never_listed_and_is_cleaned_up(
 
 
 
+def test_a_remote_part_takes_writes_larger_than_a_segment(tmp_path: Path) -> None:
+    """One write of 12 MiB (an incompressible frame is a little over 8 MiB) goes out in
+    segments the data service accepts."""
+    (tmp_path / "big").mkdir()
+    payload = os.urandom(12 * MIB)
+    with remote(tmp_path / "big" / "store") as (store, _):
+        staging = store.stage(KEY, 13 * MIB)
+        with staging.open("archive") as out:
+            out.write(payload)
+        with staging.open("manifest.jsonl.zst") as out:
+            out.write(b"manifest")
+        with staging.open("saveset.json") as out:
+            out.write(b"{}")
+        staging.commit()
+        with store.read(KEY, "archive") as data:
+            assert data.read() == payload
+
+
 def churn(store: Store, worker: int) -> None:
     """Write, commit, abort and delete savesets, as another worker of the store would."""
     for i in range(40):
