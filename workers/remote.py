@@ -204,7 +204,8 @@ class RemoteStaging(Staging):
         self.writers.append(writer)
         return writer  # type: ignore[return-value]
 
-    def send(self, part: str, offset: int, chunks: list[bytes], size: int) -> None:
+    def send(self, part: str, offset: int, chunks: list[bytes | memoryview], size: int
+             ) -> None:
         """Append a segment to a part. It goes out chunk by chunk with its length stated:
         handed to httpx whole, a segment of several MiB is copied several times over."""
         self.store.request("PUT", f"/stagings/{self.sid}/{part}", f"write {part}",
@@ -236,7 +237,7 @@ class SegmentWriter:
 
     def __init__(self, staging: RemoteStaging, part: str) -> None:
         self.staging, self.part = staging, part
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | memoryview] = []
         self.size = 0
         self.offset = 0
         self.pending: deque[Future[None]] = deque()
@@ -245,10 +246,10 @@ class SegmentWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Never more than SEGMENT_BYTES in a segment (the service refuses larger), however
         large one write is."""
-        view = memoryview(data)
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))  # kept: no copy
         while view:
             take = min(len(view), SEGMENT_BYTES - self.size)
-            self.chunks.append(bytes(view[:take]))
+            self.chunks.append(view[:take])
             self.size += take
             view = view[take:]
             if self.size >= SEGMENT_BYTES:
