@@ -166,6 +166,10 @@ class ArchiveWriter:
         if not self.closed:
             self.stream.shutdown()
 
+    def frames_written(self) -> int:
+        """How many frames are in ``out`` (their offsets known)."""
+        return len(self.stream.offsets)
+
     def frame_offset(self, frame: int) -> int:
         """The compressed offset of frame number ``frame`` (once the archive is closed)."""
         return self.stream.offsets[frame]

@@ -9,14 +9,22 @@ the run is left to be seen.
 
 from __future__ import annotations
 
+import io
 import json
+import marshal
+import os
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
+
+import zstandard
 
 from core.config import DataStore, Level, MediaPool, Task
 from core.errors import CorruptSaveset, StorageError, StorageUnavailable
@@ -155,7 +163,7 @@ class Engine:
             return BackupResult(existing, LevelDecision(request.level, existing.level,
                                                         existing.based_on, "already taken"))
         task = self.task(request.task)
-        entries = manifests.scan(self.settings.resolve(task.source), task.exclude)
+        source = self.settings.resolve(task.source)
         decision = decide_level(request.level, self.catalog.level_facts(
             task.name, now, self.store_unavailable), enforce_full=request.enforce_full,
             full_interval=request.full_interval)
@@ -163,9 +171,10 @@ class Engine:
         if decision.base and base is None:
             decision = LevelDecision(request.level, Level.FULL, None,
                                      f"manifest of base {decision.base} unreadable")
+        planned = plan(saveset_id, source, task.exclude, base, decision.base)
         try:
-            saveset, changed = self._write(request, decision, saveset_id, now, entries, base,
-                                           progress, self.settings.resolve(task.source))
+            saveset, changed = self._write(request, decision, saveset_id, now, planned,
+                                           progress, source)
         except BaseException:
             if decision.effective is Level.FULL:
                 self.catalog.record_full_attempt(task.name, False, now, request.run_id)
@@ -176,53 +185,52 @@ class Engine:
             f"{path}: changed while it was read; its stored copy may mix old and new content"
             for path in changed))
 
-    def base_manifest(self, base_id: str | None) -> Manifest | None:
-        """The base's manifest: from the catalog's cache, else from its store."""
+    def base_manifest(self, base_id: str | None) -> bytes | None:
+        """The base's manifest as stored: from the catalog's cache, else from its store."""
         if base_id is None:
             return None
         cached = self.catalog.manifest(base_id)
         if cached is not None:
-            return manifests.decode(cached, base_id)
+            return cached
         base = self.catalog.get(base_id)
         if base is None or self.store_unavailable(base.data_store):
             return None
-        return self.stored_manifest(base)
+        with self.stores[base.data_store].read(base.key, MANIFEST) as data:
+            return data.read()
 
     def _write(self, request: BackupRequest, decision: LevelDecision, saveset_id: str,
-               now: datetime, entries: list[Entry], base: Manifest | None,
-               progress: Progress | None, source: Path) -> tuple[Saveset, list[str]]:
+               now: datetime, planned: Plan, progress: Progress | None, source: Path
+               ) -> tuple[Saveset, list[str]]:
         """Stage, write and commit the saveset; return it, and the files that changed while
         they were read."""
         pool = self.pool(request.media_pool)
         store = self.stores[pool.data_store]
-        manifest, to_store = plan(saveset_id, entries, base)
-        estimate = (tar_size([e.size for e in to_store]) + MANIFEST_BYTES_FIXED
-                    + MANIFEST_BYTES_PER_ENTRY * len(entries))
+        estimate = (planned.tar_bytes + MANIFEST_BYTES_FIXED
+                    + MANIFEST_BYTES_PER_ENTRY * planned.entries)
         store.space()  # store_offline before anything else
         choice = self._choose_medium(pool, estimate, now)
         key = SavesetKey(pool.name, choice.label, saveset_id)
         staging = store.stage(key, estimate, choice.room_bytes)
         try:
             with staging.open(ARCHIVE) as out, ArchiveWriter(out) as writer:
-                stored, archive_bytes, archive_digest = archive_files(
-                    writer, source, manifest, to_store, progress)
-            encoded = manifests.encode(manifest)
+                written = archive_files(writer, source, planned, progress)
             with staging.open(MANIFEST) as out:
-                out.write(encoded)
+                out.write(written.manifest)
             saveset = Saveset(
                 id=saveset_id, task=request.task, pool=pool.name, data_store=pool.data_store,
                 medium=choice.label, level=decision.effective, run_id=request.run_id,
-                created_at=now, files=len(stored), bytes=sum(e.size for e in stored),
-                based_on=decision.base, needs=tuple(sorted(manifest.holders() - {saveset_id})),
-                archive_bytes=archive_bytes, archive_digest=archive_digest,
-                manifest_bytes=len(encoded), manifest_digest=digest_of(encoded))
+                created_at=now, files=written.files, bytes=written.bytes,
+                based_on=decision.base, needs=tuple(sorted(planned.holders - {saveset_id})),
+                archive_bytes=written.archive_bytes, archive_digest=written.archive_digest,
+                manifest_bytes=len(written.manifest),
+                manifest_digest=digest_of(written.manifest))
             with staging.open(META) as out:
                 out.write(saveset.dumps().encode())
             staging.commit()
         except BaseException:
             staging.abort()
             raise
-        self.catalog.add(saveset, encoded)
+        self.catalog.add(saveset, written.manifest)
         return saveset, writer.changed
 
     def adopt(self, store_name: str, saveset_id: str) -> Saveset | None:
@@ -320,52 +328,167 @@ def read_committed(store: Store, key: SavesetKey) -> tuple[Saveset, bytes]:
 
 # Kinds that go into an archive as a header without content (for tar -x alone).
 HEADER_ONLY = (HARDLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
-
-def archive_files(writer: ArchiveWriter, source: Path, manifest: Manifest,
-                  to_store: list[Entry], progress: Progress | None
-                  ) -> tuple[list[Entry], int, str]:
-    """Stream each file into the archive and close it; each file's manifest entry gets its
-    hash, real size and place in the archive. Returns the stored entries and the archive's
-    size and digest."""
-    total_bytes = sum(e.size for e in to_store)
-    done_bytes = 0
-    added = []
-    for number, entry in enumerate(to_store, 1):
-        size, digest, st, at = writer.add(entry.path, source / entry.path)
-        added.append((entry, size, digest, st, at))
-        done_bytes += size
-        if progress is not None:
-            progress(number, done_bytes, len(to_store), total_bytes)
-    names = {e.path for e in to_store}
-    for entry in manifest.entries.values():  # for tar -x alone: links, fifos, devices
-        if entry.kind in HEADER_ONLY and (entry.kind != HARDLINK or entry.target in names):
-            writer.add_header(entry)
-    archive_bytes, archive_digest = writer.close()
-    stored = []
-    for entry, size, digest, st, (frame, skip) in added:
-        kept = replace(entry, size=size, digest=digest, mtime_ns=st.st_mtime_ns,
-                       inode=st.st_ino, ctime_ns=st.st_ctime_ns, holder=manifest.saveset_id,
-                       frame=writer.frame_offset(frame), skip=skip)
-        manifest.entries[entry.path] = kept
-        stored.append(kept)
-    return stored, archive_bytes, archive_digest
+# Records of a plan's spool: an entry whose manifest row is final, or a file to store.
+KEEP, STORE = b"K", b"S"
+ENTRY_FIELDS = attrgetter(*(f.name for f in fields(Entry)))  # an entry as a plain tuple
 
 
-def plan(saveset_id: str, entries: list[Entry],
-         base: Manifest | None) -> tuple[Manifest, list[Entry]]:
-    """The new manifest (unchanged files point at their holder) and the files to store."""
-    manifest = Manifest(saveset_id)
-    to_store = []
-    for entry in entries:
-        before = base.entries.get(entry.path) if base else None
-        if entry.kind == FILE and before is not None and entry.same_content_as(before):
-            manifest.entries[entry.path] = replace(entry, digest=before.digest,
-                                                   holder=before.holder, frame=before.frame,
-                                                   skip=before.skip)
+@dataclass
+class Plan:
+    """What a backup will write, from a walk of the source and its base's manifest, both
+    read one entry at a time: every entry in order, spooled compressed in memory (a final
+    manifest row, or a file still to store), and what the pre-flight and the saveset's
+    record need. Memory stays small whatever the number of files."""
+
+    saveset_id: str
+    spool: bytes = b""
+    entries: int = 0
+    files: int = 0  # to store
+    file_bytes: int = 0
+    tar_bytes: int = 2 * 512  # exact size of the tar of the files to store (end blocks)
+    holders: set[str] = field(default_factory=set)  # savesets holding kept content
+    headers: list[Entry] = field(default_factory=list)  # links, fifos, devices: tar headers
+    deleted: list[str] = field(default_factory=list)
+
+    def records(self) -> Iterator[tuple[bytes, bytes]]:
+        """(KEEP, manifest row) or (STORE, marshalled entry), in order."""
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(self.spool),
+                                                            read_across_frames=True)
+        data = io.BufferedReader(reader, 1 << 20)
+        while head := data.read(5):
+            kind, size = head[:1], int.from_bytes(head[1:], "little")
+            yield kind, data.read(size)
+
+
+class BaseOutOfOrder(Exception):
+    """A base manifest whose rows are not in walk order (not written by this engine)."""
+
+
+BaseRow = tuple[tuple[tuple[str, ...], str], list[Any], bytes]  # order key, row, as stored
+
+
+def plan(saveset_id: str, source: Path, exclude: list[str], base: bytes | None,
+         base_id: str | None) -> Plan:
+    """Walk the source and its base's manifest side by side (both in ``order_key`` order):
+    an unchanged file keeps its base's content, a new or changed one is to be stored."""
+    if base is None or base_id is None:
+        return _plan(saveset_id, source, exclude, iter(()))
+    try:
+        return _plan(saveset_id, source, exclude, _base_rows(base, base_id))
+    except BaseOutOfOrder:  # a manifest not written in walk order: sort it, in memory
+        held = [(manifests.order_key(row[1]), row, line)
+                for row, line in manifests.rows(base, base_id)]
+        return _plan(saveset_id, source, exclude, iter(sorted(held, key=lambda r: r[0])))
+
+
+def _base_rows(base: bytes, base_id: str) -> Iterator[BaseRow]:
+    last: tuple[tuple[str, ...], str] | None = None
+    for row, line in manifests.rows(base, base_id):
+        key = manifests.order_key(row[1])
+        if last is not None and key <= last:
+            raise BaseOutOfOrder(row[1])
+        last = key
+        yield key, row, line
+
+
+def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[BaseRow]
+          ) -> Plan:
+    planned = Plan(saveset_id)
+    linked: set[str] = set()  # first names of files with several
+    stored_linked: set[str] = set()
+    out = io.BytesIO()
+    spool = zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False)
+    before = next(base, None)
+    for entry in manifests.walk(source, exclude, linked):
+        planned.entries += 1
+        key = manifests.order_key(entry.path)
+        while before is not None and before[0] < key:
+            planned.deleted.append(before[1][1])
+            before = next(base, None)
+        same = before[1:] if before is not None and before[0] == key else None
+        if same is not None:
+            before = next(base, None)
+        if entry.kind == FILE and (same is None or not manifests.unchanged(entry, same[0])):
+            record = marshal.dumps(ENTRY_FIELDS(entry))
+            spool.write(STORE + len(record).to_bytes(4, "little") + record)
+            planned.files += 1
+            planned.file_bytes += entry.size
+            planned.tar_bytes += tar_size([entry.size]) - 2 * 512
+            if entry.path in linked:
+                stored_linked.add(entry.path)
+            continue
+        if entry.kind == FILE and same is not None:
+            row, line = same
+            planned.holders.add(row[7])
+            if len(row) != 18 or not row[11]:  # an older row: made anew, with what it knew
+                line = manifests.row_of(replace(
+                    entry, digest=row[6], holder=row[7], frame=row[16] if len(row) == 18
+                    else -1, skip=row[17] if len(row) == 18 else 0))
+            # else the same inode, unchanged since (its ctime): its row as it was
         else:
-            manifest.entries[entry.path] = entry
-            if entry.kind == FILE:
-                to_store.append(entry)
-    if base is not None:
-        manifest.deleted = [p for p in base.entries if p not in manifest.entries]
-    return manifest, to_store
+            if entry.kind in HEADER_ONLY:
+                planned.headers.append(entry)
+            line = manifests.row_of(entry)
+        spool.write(KEEP + len(line).to_bytes(4, "little") + line)
+    while before is not None:
+        planned.deleted.append(before[1][1])
+        before = next(base, None)
+    spool.flush(zstandard.FLUSH_FRAME)
+    planned.spool = out.getvalue()
+    planned.headers = [e for e in planned.headers
+                       if e.kind != HARDLINK or e.target in stored_linked]
+    return planned
+
+
+@dataclass
+class Written:
+    manifest: bytes
+    files: int
+    bytes: int
+    archive_bytes: int
+    archive_digest: str
+
+
+def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
+                  progress: Progress | None) -> Written:
+    """Stream each file to store into the archive, and every row into the manifest, in
+    order. A stored file's row waits until the frame it starts in is written (its offset
+    is known then): rows wait for at most the files of the few frames still compressing."""
+    manifest = manifests.ManifestWriter(planned.saveset_id)
+    waiting: deque[bytes | tuple[Entry, int, str, os.stat_result, int, int]] = deque()
+    files = stored_bytes = 0
+
+    def emit(everything: bool = False) -> None:
+        while waiting:
+            head = waiting[0]
+            if isinstance(head, bytes):
+                manifest.add_row(head)
+            elif everything or head[4] < writer.frames_written():
+                entry, size, digest, st, frame, skip = head
+                manifest.add(replace(
+                    entry, size=size, digest=digest, mtime_ns=st.st_mtime_ns,
+                    inode=st.st_ino, ctime_ns=st.st_ctime_ns, holder=planned.saveset_id,
+                    frame=writer.frame_offset(frame), skip=skip))
+            else:
+                return
+            waiting.popleft()
+
+    for kind, record in planned.records():
+        if kind == KEEP:
+            waiting.append(record)
+        else:
+            entry = Entry(*marshal.loads(record))
+            size, digest, st, (frame, skip) = writer.add(entry.path, source / entry.path)
+            waiting.append((entry, size, digest, st, frame, skip))
+            files += 1
+            stored_bytes += size
+            if progress is not None:
+                progress(files, stored_bytes, planned.files, planned.file_bytes)
+        emit()
+    for entry in planned.headers:  # for tar -x alone: links, fifos, devices
+        writer.add_header(entry)
+    archive_bytes, archive_digest = writer.close()
+    emit(everything=True)
+    for path in planned.deleted:
+        manifest.delete(path)
+    return Written(manifest.finish(), files, stored_bytes, archive_bytes, archive_digest)

@@ -58,9 +58,16 @@ def excludes(patterns: list[str]) -> pathspec.GitIgnoreSpec:
 
 
 def scan(source: Path, patterns: list[str]) -> list[Entry]:
-    """Every directory, file, symlink, fifo and device node under ``source`` not excluded,
-    depth first, sorted. A file with several names is a file under the first of them and a
-    hard link (to that path) under the others.
+    """Every entry ``walk`` finds, as a list."""
+    return list(walk(source, patterns))
+
+
+def walk(source: Path, patterns: list[str], linked: set[str] | None = None
+         ) -> Iterator[Entry]:
+    """Every directory, file, symlink, fifo and device node under ``source`` not excluded:
+    a directory's entries (sorted by name), then the subdirectories' in the same way, so in
+    the order of ``order_key``. A file with several names is a file under the first of them
+    and a hard link (to that path) under the others; ``linked`` gets those first names.
 
     Paths are relative to the source, with ``/``. Sockets are skipped.
     Raises SourceError when the source or a directory in it cannot be read.
@@ -68,7 +75,6 @@ def scan(source: Path, patterns: list[str]) -> list[Entry]:
     if not source.is_dir():
         raise SourceError(f"source {source} is missing or not a directory")
     spec = excludes(patterns)
-    found: list[Entry] = []
     first_names: dict[tuple[int, int], str] = {}  # (device, inode) -> path of its content
     stack = [("", source)]
     while stack:
@@ -78,13 +84,19 @@ def scan(source: Path, patterns: list[str]) -> list[Entry]:
             path = f"{rel}/{item.name}" if rel else item.name
             entry = _entry(item, path, spec)
             if entry is not None and entry.kind == FILE:
-                entry = _linked(item, entry, first_names)
+                entry = _linked(item, entry, first_names, linked)
             if entry is not None:
-                found.append(entry)
+                yield entry
                 if entry.kind == DIR:
                     children.append((path, Path(item.path)))
         stack.extend(reversed(children))
-    return found
+
+
+def order_key(path: str) -> tuple[tuple[str, ...], str]:
+    """Where ``walk`` puts a path: by its directory (a directory before the directories
+    under it), then by name."""
+    parent, _, name = path.rpartition("/")
+    return (tuple(parent.split("/")) if parent else ()), name
 
 
 def _listdir(directory: Path) -> list[os.DirEntry[str]]:
@@ -114,7 +126,7 @@ def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> E
         kind, probe = (CHAR_DEVICE if stat.S_ISCHR(st.st_mode) else BLOCK_DEVICE), path
     else:
         return None  # a socket: nothing to keep
-    if spec.match_file(probe):
+    if spec.patterns and spec.match_file(probe):
         return None
     target = os.readlink(item.path) if kind == SYMLINK else ""
     return Entry(path=path, kind=kind, size=st.st_size if kind == FILE else 0,
@@ -125,14 +137,16 @@ def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> E
                  rdev=st.st_rdev if kind in (CHAR_DEVICE, BLOCK_DEVICE) else 0)
 
 
-def _linked(item: os.DirEntry[str], entry: Entry,
-            first_names: dict[tuple[int, int], str]) -> Entry:
+def _linked(item: os.DirEntry[str], entry: Entry, first_names: dict[tuple[int, int], str],
+            linked: set[str] | None) -> Entry:
     """A further name of a file already seen becomes a hard link to its first name."""
     st = item.stat(follow_symlinks=False)
     if st.st_nlink < 2:
         return entry
     first = first_names.setdefault((st.st_dev, st.st_ino), entry.path)
     if first == entry.path:
+        if linked is not None:
+            linked.add(first)
         return entry
     return replace(entry, kind=HARDLINK, size=0, target=first, xattrs=())
 
@@ -169,24 +183,94 @@ def group_name(gid: int) -> str:
 
 
 def encode(manifest: Manifest) -> bytes:
-    out = io.BytesIO()
-    with zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
-            out, closefd=False) as writer:
-        writer.write(_line({"format": FORMAT, "saveset": manifest.saveset_id,
-                            "digest": ALGORITHM}))
-        for e in manifest.entries.values():
-            writer.write(_line([e.kind, e.path, e.size, e.mtime_ns, e.inode, e.mode,
-                                e.digest, e.holder, e.target, e.uid, e.gid, e.ctime_ns,
-                                e.user, e.group,
-                                {k: base64.b64encode(v).decode() for k, v in e.xattrs},
-                                e.rdev, e.frame, e.skip]))
-        for path in manifest.deleted:
-            writer.write(_line([DELETED, path]))
-    return out.getvalue()
+    writer = ManifestWriter(manifest.saveset_id)
+    for entry in manifest.entries.values():
+        writer.add(entry)
+    for path in manifest.deleted:
+        writer.delete(path)
+    return writer.finish()
+
+
+class ManifestWriter:
+    """A manifest encoded row by row, into memory (compressed as it goes)."""
+
+    def __init__(self, saveset_id: str) -> None:
+        self.out = io.BytesIO()
+        self.stream = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
+            self.out, closefd=False)
+        self.stream.write(_line({"format": FORMAT, "saveset": saveset_id,
+                                 "digest": ALGORITHM}))
+
+    def add(self, entry: Entry) -> None:
+        self.stream.write(row_of(entry))
+
+    def add_row(self, row: bytes) -> None:
+        """A row as ``row_of`` made it."""
+        self.stream.write(row)
+
+    def delete(self, path: str) -> None:
+        self.stream.write(_line([DELETED, path]))
+
+    def finish(self) -> bytes:
+        self.stream.flush(zstandard.FLUSH_FRAME)
+        return self.out.getvalue()
+
+
+def row_of(e: Entry) -> bytes:
+    """The manifest row of an entry, with its line end."""
+    return _line([e.kind, e.path, e.size, e.mtime_ns, e.inode, e.mode, e.digest, e.holder,
+                  e.target, e.uid, e.gid, e.ctime_ns, e.user, e.group,
+                  {k: base64.b64encode(v).decode() for k, v in e.xattrs}, e.rdev, e.frame,
+                  e.skip])
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every row
+_decode = json.JSONDecoder().decode
 
 
 def _line(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+    return _encode(value).encode() + b"\n"
+
+
+def _row(line: bytes) -> Any:
+    return _decode(line.decode())
+
+
+def rows(data: BinaryIO | bytes, saveset_id: str) -> Iterator[tuple[list[Any], bytes]]:
+    """The rows of a manifest's entries, one by one, in its order (deletions left out),
+    parsed and as stored; damage raises CorruptSaveset where it is met. A row is checked
+    only for its shape: see ``entry_of``."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        lines = _lines(source)
+        _check_header(_row(next(lines)), saveset_id)
+        for line in lines:
+            row = _row(line)
+            if not isinstance(row, list) or len(row) < 2 or not isinstance(row[1], str):
+                raise ValueError(f"bad manifest row {row!r:.80}")
+            if row[0] != DELETED:
+                yield row, line
+    except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
+        raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc or type(exc).__name__}") \
+            from exc
+
+
+def unchanged(entry: Entry, row: list[Any]) -> bool:
+    """``Entry.same_content_as`` of a scanned file and a row of its base's manifest, and
+    the row has its content's digest."""
+    ctime = row[11] if len(row) >= 16 else 0
+    return (row[0] == FILE and entry.kind == FILE and row[2] == entry.size
+            and row[3] == entry.mtime_ns and row[4] == entry.inode and row[8] == entry.target
+            and isinstance(row[6], str) and bool(row[6]) and isinstance(row[7], str)
+            and (not ctime or not entry.ctime_ns or ctime == entry.ctime_ns))
+
+
+def entry_of(row: Any, saveset_id: str) -> Entry:
+    """The entry of a manifest row; CorruptSaveset if it is not one."""
+    try:
+        return _entry_of(row)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc}") from exc
 
 
 def decode(data: BinaryIO | bytes, saveset_id: str, under: str = "") -> Manifest:
@@ -201,11 +285,11 @@ def decode(data: BinaryIO | bytes, saveset_id: str, under: str = "") -> Manifest
     start, end = len(b'["f",'), len(b'["f",') + len(quoted)
     try:
         lines = _lines(source)
-        _check_header(json.loads(next(lines)), saveset_id)
+        _check_header(_row(next(lines)), saveset_id)
         manifest = Manifest(saveset_id)
         for line in lines:
             if not under or (line[start:end] == quoted and line[end:end + 1] in (b'"', b"/")):
-                _add(manifest, json.loads(line))
+                _add(manifest, _row(line))
         return manifest
     except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
         raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc or type(exc).__name__}") \
@@ -230,7 +314,12 @@ def _add(manifest: Manifest, row: Any) -> None:
     if row[0] == DELETED:
         manifest.deleted.append(row[1])
         return
-    if len(row) not in ROW_LENGTHS:
+    entry = _entry_of(row)
+    manifest.entries[entry.path] = entry
+
+
+def _entry_of(row: Any) -> Entry:
+    if not isinstance(row, list) or len(row) not in ROW_LENGTHS or not isinstance(row[1], str):
         raise ValueError(f"bad manifest row {row!r:.80}")
     kind, path, size, mtime_ns, inode, mode, sha, holder, target = row[:9]
     uid, gid, ctime_ns, user, group, xattrs, rdev = (row[9:16] if len(row) >= 16
@@ -240,7 +329,7 @@ def _add(manifest: Manifest, row: Any) -> None:
             isinstance(n, int) for n in (size, mtime_ns, inode, mode, uid, gid, ctime_ns,
                                          rdev, frame, skip)):
         raise ValueError(f"bad manifest row {row!r:.80}")
-    manifest.entries[path] = Entry(
+    return Entry(
         path, kind, size, mtime_ns, inode, mode, str(sha), sys.intern(str(holder)),
         str(target), uid, gid, ctime_ns, sys.intern(str(user)), sys.intern(str(group)),
         tuple((str(k), base64.b64decode(v)) for k, v in dict(xattrs).items()), rdev, frame,
