@@ -399,15 +399,20 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
     out = io.BytesIO()
     spool = zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False)
     before = next(base, None)
-    for entry in manifests.walk(source, exclude, linked):
+    for seen in manifests.found(source, exclude, linked):
         planned.entries += 1
-        key = manifests.order_key(entry.path)
+        key = manifests.order_key(seen[0])
         while before is not None and before[0] < key:
             planned.deleted.append(before[1][1])
             before = next(base, None)
         same = before[1:] if before is not None and before[0] == key else None
         if same is not None:
             before = next(base, None)
+            if manifests.kept_as_is(seen, same[0]):  # the common case of an INC: no entry
+                planned.holders.add(same[0][7])
+                spool.write(KEEP + len(same[1]).to_bytes(4, "little") + same[1])
+                continue
+        entry = manifests.entry_of_found(seen)
         if entry.kind == FILE and (same is None or not manifests.unchanged(entry, same[0])):
             record = marshal.dumps(ENTRY_FIELDS(entry))
             spool.write(STORE + len(record).to_bytes(4, "little") + record)
@@ -417,14 +422,12 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
             if entry.path in linked:
                 stored_linked.add(entry.path)
             continue
-        if entry.kind == FILE and same is not None:
-            row, line = same
+        if entry.kind == FILE and same is not None:  # unchanged, by an older row
+            row = same[0]
             planned.holders.add(row[7])
-            if len(row) != 18 or not row[11]:  # an older row: made anew, with what it knew
-                line = manifests.row_of(replace(
-                    entry, digest=row[6], holder=row[7], frame=row[16] if len(row) == 18
-                    else -1, skip=row[17] if len(row) == 18 else 0))
-            # else the same inode, unchanged since (its ctime): its row as it was
+            line = manifests.row_of(replace(
+                entry, digest=row[6], holder=row[7], frame=row[16] if len(row) == 18 else -1,
+                skip=row[17] if len(row) == 18 else 0))
         else:
             if entry.kind in HEADER_ONLY:
                 planned.headers.append(entry)

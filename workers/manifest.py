@@ -25,7 +25,6 @@ import pwd
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,6 +63,19 @@ def scan(source: Path, patterns: list[str]) -> list[Entry]:
 
 def walk(source: Path, patterns: list[str], linked: set[str] | None = None
          ) -> Iterator[Entry]:
+    """Every directory, file, symlink, fifo and device node under ``source`` not excluded,
+    as ``found`` finds them, with everything an entry keeps."""
+    for found_path in found(source, patterns, linked):
+        yield entry_of_found(found_path)
+
+
+# A path the walk found: (path, kind, its lstat, its directory entry, for a hard link the
+# first name of its file). Its entry is made only when needed (attributes cost syscalls).
+Found = tuple[str, str, os.stat_result, os.DirEntry[str], str]
+
+
+def found(source: Path, patterns: list[str], linked: set[str] | None = None
+          ) -> Iterator[Found]:
     """Every directory, file, symlink, fifo and device node under ``source`` not excluded:
     a directory's entries (sorted by name), then the subdirectories' in the same way, so in
     the order of ``order_key``. A file with several names is a file under the first of them
@@ -82,13 +94,22 @@ def walk(source: Path, patterns: list[str], linked: set[str] | None = None
         children = []
         for item in _listdir(directory):
             path = f"{rel}/{item.name}" if rel else item.name
-            entry = _entry(item, path, spec)
-            if entry is not None and entry.kind == FILE:
-                entry = _linked(item, entry, first_names, linked)
-            if entry is not None:
-                yield entry
-                if entry.kind == DIR:
-                    children.append((path, Path(item.path)))
+            seen = _found(item, path, spec)
+            if seen is None:
+                continue
+            kind, st = seen
+            first = ""
+            if kind == FILE and st.st_nlink > 1:
+                first = first_names.setdefault((st.st_dev, st.st_ino), path)
+                if first == path:
+                    first = ""
+                    if linked is not None:
+                        linked.add(path)
+                else:
+                    kind = HARDLINK
+            yield path, kind, st, item, first
+            if kind == DIR:
+                children.append((path, Path(item.path)))
         stack.extend(reversed(children))
 
 
@@ -107,48 +128,49 @@ def _listdir(directory: Path) -> list[os.DirEntry[str]]:
         raise SourceError(f"cannot read directory {directory}: {exc.strerror or exc}") from exc
 
 
-def _entry(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec) -> Entry | None:
+def _found(item: os.DirEntry[str], path: str, spec: pathspec.GitIgnoreSpec
+           ) -> tuple[str, os.stat_result] | None:
+    """The kind and lstat of a directory entry to keep; None for one excluded, a socket,
+    or one gone meanwhile."""
     try:
         st = item.stat(follow_symlinks=False)
     except FileNotFoundError:
         return None  # deleted while we looked
     except OSError as exc:
         raise SourceError(f"cannot stat {item.path}: {exc.strerror or exc}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        kind, probe = DIR, path + "/"
-    elif stat.S_ISREG(st.st_mode):
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
         kind, probe = FILE, path
-    elif stat.S_ISLNK(st.st_mode):
+    elif stat.S_ISDIR(mode):
+        kind, probe = DIR, path + "/"
+    elif stat.S_ISLNK(mode):
         kind, probe = SYMLINK, path
-    elif stat.S_ISFIFO(st.st_mode):
+    elif stat.S_ISFIFO(mode):
         kind, probe = FIFO, path
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        kind, probe = (CHAR_DEVICE if stat.S_ISCHR(st.st_mode) else BLOCK_DEVICE), path
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind, probe = (CHAR_DEVICE if stat.S_ISCHR(mode) else BLOCK_DEVICE), path
     else:
         return None  # a socket: nothing to keep
     if spec.patterns and spec.match_file(probe):
         return None
-    target = os.readlink(item.path) if kind == SYMLINK else ""
+    return kind, st
+
+
+def entry_of_found(seen: Found) -> Entry:
+    """The entry of a path the walk found: its lstat, link target, owner names and
+    extended attributes (a hard link keeps none of its own: its file does)."""
+    path, kind, st, item, first = seen
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    if kind == HARDLINK:
+        target = first
+    else:
+        target = os.readlink(item.path) if kind == SYMLINK else ""
+        xattrs = read_xattrs(item.path)
     return Entry(path=path, kind=kind, size=st.st_size if kind == FILE else 0,
                  mtime_ns=st.st_mtime_ns, inode=st.st_ino, mode=stat.S_IMODE(st.st_mode),
                  target=target, uid=st.st_uid, gid=st.st_gid, ctime_ns=st.st_ctime_ns,
-                 user=user_name(st.st_uid), group=group_name(st.st_gid),
-                 xattrs=read_xattrs(item.path),
+                 user=user_name(st.st_uid), group=group_name(st.st_gid), xattrs=xattrs,
                  rdev=st.st_rdev if kind in (CHAR_DEVICE, BLOCK_DEVICE) else 0)
-
-
-def _linked(item: os.DirEntry[str], entry: Entry, first_names: dict[tuple[int, int], str],
-            linked: set[str] | None) -> Entry:
-    """A further name of a file already seen becomes a hard link to its first name."""
-    st = item.stat(follow_symlinks=False)
-    if st.st_nlink < 2:
-        return entry
-    first = first_names.setdefault((st.st_dev, st.st_ino), entry.path)
-    if first == entry.path:
-        if linked is not None:
-            linked.add(first)
-        return entry
-    return replace(entry, kind=HARDLINK, size=0, target=first, xattrs=())
 
 
 def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
@@ -253,6 +275,17 @@ def rows(data: BinaryIO | bytes, saveset_id: str) -> Iterator[tuple[list[Any], b
     except (zstandard.ZstdError, ValueError, TypeError, StopIteration, IndexError) as exc:
         raise CorruptSaveset(saveset_id, f"manifest unreadable: {exc or type(exc).__name__}") \
             from exc
+
+
+def kept_as_is(seen: Found, row: list[Any]) -> bool:
+    """A file the walk found that is, by its lstat, the very inode its base's row
+    describes, unchanged since (same size, mtime and ctime): that row holds for it as it
+    is. Rows that did not record the ctime never do."""
+    _, kind, st, _, _ = seen
+    return (kind == FILE and len(row) == 18 and row[0] == FILE and row[2] == st.st_size
+            and row[3] == st.st_mtime_ns and row[4] == st.st_ino and row[11] == st.st_ctime_ns
+            and row[8] == "" and isinstance(row[6], str) and bool(row[6])
+            and isinstance(row[7], str))
 
 
 def unchanged(entry: Entry, row: list[Any]) -> bool:

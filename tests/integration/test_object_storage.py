@@ -122,6 +122,22 @@ def test_a_full_local_pool_fails_over_to_a_bucket_and_restores_from_it(
     assert stores["cloud"].list() == [saveset.key]
 
 
+def test_a_bucket_that_is_gone_fails_over_to_a_local_pool(
+        fleet: WorkerFleet, seaweed: Seaweed) -> None:
+    settings = settings_of(fleet)
+    cloud = store_of(settings, settings.config.data_stores[2])
+    assert isinstance(cloud, S3Store)
+    client: Any = seaweed.client()
+    for item in client.list_objects_v2(Bucket=cloud.bucket).get("Contents", []):
+        client.delete_object(Bucket=cloud.bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=cloud.bucket)
+    original, failover = fleet.settled(fleet.occur("to-cloud"))
+    assert original["error"]["reason"] == "store_offline"
+    assert "the bucket is missing" in original["error"]["message"]
+    assert (failover["event"], failover["data_store"], failover["state"]) == (
+        "to-spare", "big", "succeeded")
+
+
 def test_a_nightly_saveset_is_migrated_to_a_locked_bucket_that_keeps_it(
         fleet: WorkerFleet, seaweed: Seaweed) -> None:
     [run] = fleet.settled(fleet.occur("nightly"))
