@@ -24,6 +24,7 @@ import builtins
 import io
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 MARKER = "backstop-store.json"
 PART_BYTES = 8 << 20  # a part of a multipart upload (S3 wants at least 5 MiB but the last)
 PARTS_IN_FLIGHT = 3
+INIT_ATTEMPTS = 20  # the marker's, 0.5 s apart
 # Free bytes reported for a store without ``capacity``: a bucket has no size of its own.
 UNBOUNDED = 1 << 60
 # Error codes of S3 (and S3-like servers) that mean the bucket or account is full.
@@ -164,9 +166,18 @@ class S3Store(Store):
                 self.client.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=bool(
                     self.location.object_lock))
         self.check_lock()
-        with self.calling("write the store marker"):
-            self.client.put_object(Bucket=self.bucket, Key=self.prefix + MARKER,
-                                   Body=json.dumps({"store": self.name}).encode())
+        # A bucket just made may answer InternalError until the server has placed its
+        # first volume (SeaweedFS does): the marker is tried again for a while.
+        for attempt in range(INIT_ATTEMPTS):
+            try:
+                with self.calling("write the store marker"):
+                    self.client.put_object(Bucket=self.bucket, Key=self.prefix + MARKER,
+                                           Body=json.dumps({"store": self.name}).encode())
+                return
+            except StorageUnavailable as exc:
+                if "InternalError" not in exc.message or attempt == INIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5)
 
     def check_lock(self) -> None:
         if self.location.object_lock is None or self.checked_lock:
