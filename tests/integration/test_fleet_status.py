@@ -6,6 +6,10 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -89,6 +93,28 @@ def test_queue_depth_counts_waiting_messages_of_every_priority(
     assert depths == {CONTROL_QUEUE: 0, queue: 4}
 
 
+@contextmanager
+def worker_processes(broker_url: str, workers: list[tuple[Any, ...]]) -> Iterator[None]:
+    """``backstop worker`` processes, each (settings, name, *options); stopped (SIGTERM:
+    a clean shutdown takes each out of the fleet) when the block ends."""
+    env = dict(os.environ, BACKSTOP_BROKER_URL=broker_url)
+    started = []
+    try:
+        for settings, name, *options in workers:
+            log = settings.config_path.with_name(f"{name}.log").open("ab")
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "orchestration.cli", "worker", "-c",
+                 str(settings.config_path), "--name", name, "--concurrency", "1", *options],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            log.close()
+        yield
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            process.wait(timeout=60)
+
+
 def test_status_names_the_processes_that_run_another_config(
         settings: Settings, broker_url: str, redis_client: redis.Redis) -> None:
     # Given two workers and a beat on the fleet's config, and a worker on an edited copy
@@ -99,17 +125,15 @@ def test_status_names_the_processes_that_run_another_config(
     assert settings.config_hash == hashlib.sha256(
         settings.config_path.read_bytes()).hexdigest()[:12]
     write_beat_heartbeat(redis_client, "beat.1@host", True, settings.config_hash)
-    with start_worker(create_app(settings, broker_url), queues=[CONTROL_QUEUE],
-                      perform_ping_check=False, hostname="a@host"), \
-            start_worker(create_app(settings, broker_url), queues=[rds_queue("local")],
-                         perform_ping_check=False, hostname="b@host"), \
-            start_worker(create_app(other, broker_url), queues=[rds_queue("local")],
-                         perform_ping_check=False, hostname="odd@host"):
+    # (real processes: Celery workers in one process would share kombu's event loop)
+    with worker_processes(broker_url, [
+            (settings, "a@host", "--control"), (settings, "b@host", "--rds", "local"),
+            (other, "odd@host", "--rds", "local")]):
         def all_three() -> dict[str, Any] | None:
             found = fleet_status(redis_client, settings.config)
             return found if len(found["workers"]) == 3 else None
 
-        report = wait_for(all_three, "three heartbeats")
+        report = wait_for(all_three, "three heartbeats", limit_s=60)
         # Then every worker and the beat say which config they run, and the odd one is named
         hashes = {w["name"]: w["config_hash"] for w in report["workers"]}
         assert hashes == {"a@host": settings.config_hash, "b@host": settings.config_hash,
