@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--big-gb", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/backstop-datapath"))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep --workdir (trees, stores) when the bench ends")
     args = parser.parse_args()
     if args.op:
         run_op(Path(args.op[0]), args.op[1], args.op[2])
@@ -142,6 +144,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         serve.wait()
         broker.stop()
         subprocess.run(["umount", str(out)], check=False)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def wait_serving(work: Path) -> None:

@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--on-disk", action="store_true",
                         help="write outputs to --workdir, not to a tmpfs")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep --workdir (trees, stores) when the bench ends")
     args = parser.parse_args()
     if args.op:
         run_op(Path(args.op[0]), args.op[1], *args.op[2:])
@@ -189,6 +191,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         broker.stop()
         if not args.on_disk:
             subprocess.run(["umount", str(out)], check=False)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     report(results, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/backstop-bench-s3"))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep --workdir (tree, stores, bucket) when the bench ends")
     args = parser.parse_args()
     report(measure(args), args)
 
@@ -100,6 +102,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         broker.stop()
         server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
