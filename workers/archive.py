@@ -174,7 +174,7 @@ class ArchiveWriter:
         """The compressed offset of frame number ``frame`` (once the archive is closed)."""
         return self.stream.offsets[frame]
 
-    def add(self, name: str, path: Path) -> tuple[int, str, os.stat_result, tuple[int, int]]:
+    def add(self, name: str, path: str | Path) -> tuple[int, str, os.stat_result, tuple[int, int]]:
         """Store the file at ``path`` as ``name``; return its size, digest, stat, and where
         its member starts: (frame number, offset in that frame; see ``frame_offset``)."""
         try:
@@ -205,7 +205,7 @@ class ArchiveWriter:
         return st.st_size, digest, st, at
 
     def _copy_sparse(self, fd: int, info: tarfile.TarInfo, regions: list[tuple[int, int]],
-                     path: Path) -> str:
+                     path: str | Path) -> str:
         """A sparse file as GNU tar's sparse format 1.0 (a PAX member whose data begins with
         the map of its data regions): holes take no room, and tar -x makes them holes
         again. The digest is of the whole content, holes read as zeros."""
@@ -234,7 +234,7 @@ class ArchiveWriter:
             self.stream.write(bytes(padding))
         return digest.hexdigest()
 
-    def _copy_region(self, fd: int, length: int, path: Path) -> bytes:
+    def _copy_region(self, fd: int, length: int, path: str | Path) -> bytes:
         """``length`` bytes of ``fd`` from where it stands, into the archive; returned for
         the caller's digest (regions are small next to their holes)."""
         data = bytearray()
@@ -249,7 +249,7 @@ class ArchiveWriter:
         self.stream.write(data)
         return bytes(data)
 
-    def _copy(self, fd: int, size: int, path: Path) -> str:
+    def _copy(self, fd: int, size: int, path: str | Path) -> str:
         """The content, read straight into the frame being filled, hashed from there."""
         digest = new_digest()
         remaining = size

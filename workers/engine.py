@@ -364,7 +364,7 @@ class BaseOutOfOrder(Exception):
     """A base manifest whose rows are not in walk order (not written by this engine)."""
 
 
-BaseRow = tuple[tuple[tuple[str, ...], str], list[Any], bytes]  # order key, row, as stored
+BaseRow = tuple[str, list[Any], bytes]  # path, row, as stored
 
 
 def plan(saveset_id: str, source: Path, exclude: list[str], base: bytes | None,
@@ -376,19 +376,34 @@ def plan(saveset_id: str, source: Path, exclude: list[str], base: bytes | None,
     try:
         return _plan(saveset_id, source, exclude, _base_rows(base, base_id))
     except BaseOutOfOrder:  # a manifest not written in walk order: sort it, in memory
-        held = [(manifests.order_key(row[1]), row, line)
-                for row, line in manifests.rows(base, base_id)]
-        return _plan(saveset_id, source, exclude, iter(sorted(held, key=lambda r: r[0])))
+        held = sorted(((row[1], row, line) for row, line in manifests.rows(base, base_id)),
+                      key=lambda r: manifests.order_key(r[0]))
+        return _plan(saveset_id, source, exclude, iter(held))
 
 
 def _base_rows(base: bytes, base_id: str) -> Iterator[BaseRow]:
-    last: tuple[tuple[str, ...], str] | None = None
+    """The base's rows, checked to be in walk order as they come (a row's key is made only
+    where its directory differs from the row before's)."""
+    last_parent: str | None = None
+    last_parts: tuple[str, ...] = ()
+    last_name = ""
     for row, line in manifests.rows(base, base_id):
-        key = manifests.order_key(row[1])
-        if last is not None and key <= last:
-            raise BaseOutOfOrder(row[1])
-        last = key
-        yield key, row, line
+        path = row[1]
+        parent, _, name = path.rpartition("/")
+        if parent != last_parent:
+            parts = tuple(parent.split("/")) if parent else ()
+            if last_parent is not None and parts <= last_parts:
+                raise BaseOutOfOrder(path)
+            last_parent, last_parts = parent, parts
+        elif name <= last_name:
+            raise BaseOutOfOrder(path)
+        last_name = name
+        yield path, row, line
+
+
+def _walks_before(path: str, other: str) -> bool:
+    """``path`` comes before ``other`` in walk order."""
+    return manifests.order_key(path) < manifests.order_key(other)
 
 
 def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[BaseRow]
@@ -397,15 +412,15 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
     linked: set[str] = set()  # first names of files with several
     stored_linked: set[str] = set()
     out = io.BytesIO()
-    spool = zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False)
+    spool = manifests.BatchedWriter(zstandard.ZstdCompressor(level=1), out)
     before = next(base, None)
     for seen in manifests.found(source, exclude, linked):
         planned.entries += 1
-        key = manifests.order_key(seen[0])
-        while before is not None and before[0] < key:
-            planned.deleted.append(before[1][1])
+        path = seen[0]
+        while before is not None and before[0] != path and _walks_before(before[0], path):
+            planned.deleted.append(before[0])
             before = next(base, None)
-        same = before[1:] if before is not None and before[0] == key else None
+        same = before[1:] if before is not None and before[0] == path else None
         if same is not None:
             before = next(base, None)
             if manifests.kept_as_is(seen, same[0]):  # the common case of an INC: no entry
@@ -434,9 +449,9 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
             line = manifests.row_of(entry)
         spool.write(KEEP + len(line).to_bytes(4, "little") + line)
     while before is not None:
-        planned.deleted.append(before[1][1])
+        planned.deleted.append(before[0])
         before = next(base, None)
-    spool.flush(zstandard.FLUSH_FRAME)
+    spool.finish()
     planned.spool = out.getvalue()
     planned.headers = [e for e in planned.headers
                        if e.kind != HARDLINK or e.target in stored_linked]
@@ -452,46 +467,65 @@ class Written:
     archive_digest: str
 
 
-def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
-                  progress: Progress | None) -> Written:
-    """Stream each file to store into the archive, and every row into the manifest, in
-    order. A stored file's row waits until the frame it starts in is written (its offset
-    is known then): rows wait for at most the files of the few frames still compressing."""
-    manifest = manifests.ManifestWriter(planned.saveset_id)
-    waiting: deque[bytes | tuple[Entry, int, str, os.stat_result, int, int]] = deque()
-    files = stored_bytes = 0
+class _Rows:
+    """The manifest's rows in order: a stored file's row waits until the frame its member
+    starts in is written (its offset is known then), and the rows after it with it."""
 
-    def emit(everything: bool = False) -> None:
+    def __init__(self, writer: ArchiveWriter, saveset_id: str) -> None:
+        self.writer, self.saveset_id = writer, saveset_id
+        self.manifest = manifests.ManifestWriter(saveset_id)
+        self.waiting: deque[bytes | tuple[Entry, int, str, os.stat_result, int, int]] = deque()
+
+    def keep(self, row: bytes) -> None:
+        if self.waiting:
+            self.waiting.append(row)
+            self.emit()
+        else:  # no stored file's row before it: at once
+            self.manifest.add_row(row)
+
+    def stored(self, entry: Entry, size: int, digest: str, st: os.stat_result, frame: int,
+               skip: int) -> None:
+        self.waiting.append((entry, size, digest, st, frame, skip))
+        self.emit()
+
+    def emit(self, everything: bool = False) -> None:
+        waiting, writer = self.waiting, self.writer
         while waiting:
             head = waiting[0]
             if isinstance(head, bytes):
-                manifest.add_row(head)
+                self.manifest.add_row(head)
             elif everything or head[4] < writer.frames_written():
                 entry, size, digest, st, frame, skip = head
-                manifest.add(replace(
-                    entry, size=size, digest=digest, mtime_ns=st.st_mtime_ns,
-                    inode=st.st_ino, ctime_ns=st.st_ctime_ns, holder=planned.saveset_id,
-                    frame=writer.frame_offset(frame), skip=skip))
+                self.manifest.add_row(manifests.stored_row(
+                    entry, size, digest, st, self.saveset_id, writer.frame_offset(frame), skip))
             else:
                 return
             waiting.popleft()
 
+
+def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
+                  progress: Progress | None) -> Written:
+    """Stream each file to store into the archive, and every row into the manifest, in
+    order (rows wait for at most the files of the few frames still compressing)."""
+    rows = _Rows(writer, planned.saveset_id)
+    root = str(source)
+    files = stored_bytes = 0
     for kind, record in planned.records():
         if kind == KEEP:
-            waiting.append(record)
-        else:
-            entry = Entry(*marshal.loads(record))
-            size, digest, st, (frame, skip) = writer.add(entry.path, source / entry.path)
-            waiting.append((entry, size, digest, st, frame, skip))
-            files += 1
-            stored_bytes += size
-            if progress is not None:
-                progress(files, stored_bytes, planned.files, planned.file_bytes)
-        emit()
+            rows.keep(record)
+            continue
+        entry = Entry(*marshal.loads(record))
+        size, digest, st, (frame, skip) = writer.add(entry.path,
+                                                     os.path.join(root, entry.path))
+        rows.stored(entry, size, digest, st, frame, skip)
+        files += 1
+        stored_bytes += size
+        if progress is not None:
+            progress(files, stored_bytes, planned.files, planned.file_bytes)
     for entry in planned.headers:  # for tar -x alone: links, fifos, devices
         writer.add_header(entry)
     archive_bytes, archive_digest = writer.close()
-    emit(everything=True)
+    rows.emit(everything=True)
     for path in planned.deleted:
-        manifest.delete(path)
-    return Written(manifest.finish(), files, stored_bytes, archive_bytes, archive_digest)
+        rows.manifest.delete(path)
+    return Written(rows.manifest.finish(), files, stored_bytes, archive_bytes, archive_digest)

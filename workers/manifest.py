@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 import pathspec
 import zstandard
 
@@ -213,13 +214,36 @@ def encode(manifest: Manifest) -> bytes:
     return writer.finish()
 
 
+class BatchedWriter:
+    """A zstd stream writer fed in batches of about 64 KiB: one call into the compressor
+    per batch rather than per small record."""
+
+    BATCH = 1 << 16
+
+    def __init__(self, compressor: zstandard.ZstdCompressor, out: BinaryIO) -> None:
+        self.stream = compressor.stream_writer(out, closefd=False)
+        self.batch = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.batch += data
+        if len(self.batch) >= self.BATCH:
+            self.stream.write(self.batch)
+            self.batch.clear()
+
+    def finish(self) -> None:
+        """Everything written, ending the zstd frame."""
+        self.stream.write(self.batch)
+        self.batch.clear()
+        self.stream.flush(zstandard.FLUSH_FRAME)
+
+
 class ManifestWriter:
     """A manifest encoded row by row, into memory (compressed as it goes)."""
 
     def __init__(self, saveset_id: str) -> None:
         self.out = io.BytesIO()
-        self.stream = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
-            self.out, closefd=False)
+        self.stream = BatchedWriter(zstandard.ZstdCompressor(level=3, write_checksum=True),
+                                    self.out)
         self.stream.write(_line({"format": FORMAT, "saveset": saveset_id,
                                  "digest": ALGORITHM}))
 
@@ -227,14 +251,14 @@ class ManifestWriter:
         self.stream.write(row_of(entry))
 
     def add_row(self, row: bytes) -> None:
-        """A row as ``row_of`` made it."""
+        """A row as ``row_of`` or ``stored_row`` made it."""
         self.stream.write(row)
 
     def delete(self, path: str) -> None:
         self.stream.write(_line([DELETED, path]))
 
     def finish(self) -> bytes:
-        self.stream.flush(zstandard.FLUSH_FRAME)
+        self.stream.finish()
         return self.out.getvalue()
 
 
@@ -246,6 +270,16 @@ def row_of(e: Entry) -> bytes:
                   e.skip])
 
 
+def stored_row(e: Entry, size: int, digest: str, st: os.stat_result, holder: str,
+               frame: int, skip: int) -> bytes:
+    """``row_of`` the entry of a file as the archive stored it: its size, digest and lstat
+    when read, where its member lies (one call per stored file: no copy of the entry)."""
+    return _line([e.kind, e.path, size, st.st_mtime_ns, st.st_ino, e.mode, digest, holder,
+                  e.target, e.uid, e.gid, st.st_ctime_ns, e.user, e.group,
+                  {k: base64.b64encode(v).decode() for k, v in e.xattrs}, e.rdev, frame,
+                  skip])
+
+
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every row
 _decode = json.JSONDecoder().decode
 
@@ -255,7 +289,13 @@ def _line(value: Any) -> bytes:
 
 
 def _row(line: bytes) -> Any:
-    return _decode(line.decode())
+    """A row parsed. orjson reads rows about 2.5 times as fast as ``json``; it refuses the
+    escaped lone surrogates that a name which is not UTF-8 becomes, and those rows (and
+    damaged ones, to be named by ``json``'s error) are read by ``json``."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _decode(line.decode())
 
 
 def rows(data: BinaryIO | bytes, saveset_id: str) -> Iterator[tuple[list[Any], bytes]]:
