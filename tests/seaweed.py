@@ -30,6 +30,9 @@ PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
 @dataclass
 class Seaweed:
     root: Path
+    # a bucket is a collection with volumes of its own, and the tests make many: small
+    # volumes by default, and room for many of them
+    volume_mb: int = 16
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)  # kept across a restart
 
@@ -57,9 +60,7 @@ class Seaweed:
             self.process = subprocess.Popen(
                 [weed, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
                  "-ip.bind=127.0.0.1", f"-s3.config={config}", "-admin.ui=false",
-                 # a bucket is a collection with volumes of its own, and the tests make
-                 # many: small volumes, and room for many of them
-                 "-master.volumeSizeLimitMB=16", "-volume.max=2000",
+                 f"-master.volumeSizeLimitMB={self.volume_mb}", "-volume.max=2000",
                  *(f"-{name}={port}" for name, port in self.ports.items())],
                 stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.ready, "SeaweedFS's S3 endpoint to answer", limit_s=60, every_s=0.3)
