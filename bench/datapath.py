@@ -97,6 +97,12 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """The user and system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--op", nargs=3, help=argparse.SUPPRESS)
@@ -163,8 +169,13 @@ def wait_serving(work: Path) -> None:
 def compare(args: argparse.Namespace, work: Path, serve_pid: int) -> dict[str, Any]:
     r: dict[str, Any] = {"tree_bytes": sum(p.stat().st_size for p in (work / "tree").rglob("*")
                                             if p.is_file())}
-    r["local_full_s"], _ = best(args.repeat, lambda: op(work, "tree", "FULL"))
-    r["remote_full_s"], _ = best(args.repeat, lambda: op(work, "tree-client", "FULL"))
+    r["local_full_s"], local = best(args.repeat, lambda: op(work, "tree", "FULL"))
+    service_before = cpu_s(serve_pid)
+    r["remote_full_s"], remote = best(args.repeat, lambda: op(work, "tree-client", "FULL"))
+    # core-seconds of each side in one FULL (the service's: the mean of the runs)
+    r["local_full_cpu_s"] = local["cpu_user_s"] + local["cpu_sys_s"]
+    r["client_full_cpu_s"] = remote["cpu_user_s"] + remote["cpu_sys_s"]
+    r["service_full_cpu_s"] = (cpu_s(serve_pid) - service_before) / args.repeat
     r["local_inc_s"], _ = best(args.repeat, lambda: op(work, "tree", "INC"))
     r["remote_inc_s"], inc = best(args.repeat, lambda: op(work, "tree-client", "INC"))
     r["remote_inc_files"] = inc["files"]
@@ -187,6 +198,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{'FULL':15} {r['remote_full_s']:.2f}s ({mb / r['remote_full_s']:.0f} MB/s)"
           f"{'':8} {r['local_full_s']:.2f}s ({mb / r['local_full_s']:.0f} MB/s){'':5} "
           f"{full:>6.2f}x  >= 0.8x speed ({'met' if full >= 0.8 else 'NOT met'})")
+    print(f"{'':15} CPU: client {r['client_full_cpu_s']:.2f} + data service "
+          f"{r['service_full_cpu_s']:.2f} core-s{'':3} {r['local_full_cpu_s']:.2f} core-s")
     print(f"{'no-change INC':15} {r['remote_inc_s']:.2f}s{'':22} {r['local_inc_s']:.2f}s"
           f"{'':19} {inc:>6.2f}x  <= 1.5x time ({'met' if inc <= 1.5 else 'NOT met'})")
     if args.big_gb:
