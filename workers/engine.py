@@ -341,6 +341,9 @@ class Plan:
     record need. Memory stays small whatever the number of files."""
 
     saveset_id: str
+    # the manifest's first rows, final before any file to store (all of a no-change INC's):
+    # written straight into the manifest, never spooled
+    head: manifests.ManifestWriter = field(init=False)
     spool: bytes = b""
     entries: int = 0
     files: int = 0  # to store
@@ -349,6 +352,9 @@ class Plan:
     holders: set[str] = field(default_factory=set)  # savesets holding kept content
     headers: list[Entry] = field(default_factory=list)  # links, fifos, devices: tar headers
     deleted: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.head = manifests.ManifestWriter(self.saveset_id)
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
         """(KEEP, manifest row) or (STORE, marshalled entry), in order."""
@@ -370,7 +376,8 @@ BaseRow = tuple[str, list[Any], bytes]  # path, row, as stored
 def plan(saveset_id: str, source: Path, exclude: list[str], base: bytes | None,
          base_id: str | None) -> Plan:
     """Walk the source and its base's manifest side by side (both in ``order_key`` order):
-    an unchanged file keeps its base's content, a new or changed one is to be stored."""
+    an unchanged file keeps its base's content, a new or changed one is to be stored. Rows
+    before the first file to store go into the manifest at once; the rest are spooled."""
     if base is None or base_id is None:
         return _plan(saveset_id, source, exclude, iter(()))
     try:
@@ -406,13 +413,36 @@ def _walks_before(path: str, other: str) -> bool:
     return manifests.order_key(path) < manifests.order_key(other)
 
 
+class _Spool:
+    """Where a plan's records go: rows straight into the manifest until the first file to
+    store, then every record, in order, into the compressed spool."""
+
+    def __init__(self, head: manifests.ManifestWriter) -> None:
+        self.head, self.storing = head, False
+        self.out = io.BytesIO()
+        self.spool = manifests.BatchedWriter(zstandard.ZstdCompressor(level=1), self.out)
+
+    def keep(self, line: bytes) -> None:
+        if self.storing:
+            self.spool.write(KEEP + len(line).to_bytes(4, "little") + line)
+        else:
+            self.head.add_row(line)
+
+    def store(self, record: bytes) -> None:
+        self.storing = True
+        self.spool.write(STORE + len(record).to_bytes(4, "little") + record)
+
+    def finish(self) -> bytes:
+        self.spool.finish()
+        return self.out.getvalue()
+
+
 def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[BaseRow]
           ) -> Plan:
     planned = Plan(saveset_id)
     linked: set[str] = set()  # first names of files with several
     stored_linked: set[str] = set()
-    out = io.BytesIO()
-    spool = manifests.BatchedWriter(zstandard.ZstdCompressor(level=1), out)
+    spool = _Spool(planned.head)
     before = next(base, None)
     for seen in manifests.found(source, exclude, linked):
         planned.entries += 1
@@ -425,12 +455,11 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
             before = next(base, None)
             if manifests.kept_as_is(seen, same[0]):  # the common case of an INC: no entry
                 planned.holders.add(same[0][7])
-                spool.write(KEEP + len(same[1]).to_bytes(4, "little") + same[1])
+                spool.keep(same[1])
                 continue
         entry = manifests.entry_of_found(seen)
         if entry.kind == FILE and (same is None or not manifests.unchanged(entry, same[0])):
-            record = marshal.dumps(ENTRY_FIELDS(entry))
-            spool.write(STORE + len(record).to_bytes(4, "little") + record)
+            spool.store(marshal.dumps(ENTRY_FIELDS(entry)))
             planned.files += 1
             planned.file_bytes += entry.size
             planned.tar_bytes += tar_size([entry.size]) - 2 * 512
@@ -447,12 +476,11 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
             if entry.kind in HEADER_ONLY:
                 planned.headers.append(entry)
             line = manifests.row_of(entry)
-        spool.write(KEEP + len(line).to_bytes(4, "little") + line)
+        spool.keep(line)
     while before is not None:
         planned.deleted.append(before[0])
         before = next(base, None)
-    spool.finish()
-    planned.spool = out.getvalue()
+    planned.spool = spool.finish()
     planned.headers = [e for e in planned.headers
                        if e.kind != HARDLINK or e.target in stored_linked]
     return planned
@@ -471,9 +499,9 @@ class _Rows:
     """The manifest's rows in order: a stored file's row waits until the frame its member
     starts in is written (its offset is known then), and the rows after it with it."""
 
-    def __init__(self, writer: ArchiveWriter, saveset_id: str) -> None:
-        self.writer, self.saveset_id = writer, saveset_id
-        self.manifest = manifests.ManifestWriter(saveset_id)
+    def __init__(self, writer: ArchiveWriter, planned: Plan) -> None:
+        self.writer, self.saveset_id = writer, planned.saveset_id
+        self.manifest = planned.head  # its first rows are in already
         self.waiting: deque[bytes | tuple[Entry, int, str, os.stat_result, int, int]] = deque()
 
     def keep(self, row: bytes) -> None:
@@ -507,7 +535,7 @@ def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
                   progress: Progress | None) -> Written:
     """Stream each file to store into the archive, and every row into the manifest, in
     order (rows wait for at most the files of the few frames still compressing)."""
-    rows = _Rows(writer, planned.saveset_id)
+    rows = _Rows(writer, planned)
     root = str(source)
     files = stored_bytes = 0
     for kind, record in planned.records():

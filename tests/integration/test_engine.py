@@ -183,3 +183,25 @@ def test_an_inc_against_a_base_manifest_in_another_order_stores_nothing_unchange
     restored = setup.root / "restored"
     setup.restorer.restore(inc, restored)
     assert snapshot(restored) == snapshot(setup.source, excluded)
+
+
+def test_an_inc_manifest_keeps_walk_order_around_the_files_it_stores(setup: Setup) -> None:
+    """Rows before the first file to store go into the manifest at once, the rest through
+    the spool; the manifest is in walk order either way (the next INC reads it so)."""
+    from workers import manifest as manifests
+
+    make_tree(setup.source)
+    (setup.source / "zz").mkdir()
+    (setup.source / "zz" / "last.txt").write_text("last")
+    full = setup.backup(Level.FULL).saveset
+    (setup.source / "docs" / "deep" / "er" / "b.bin").write_bytes(b"changed")  # mid-walk
+    setup.clock.now += timedelta(hours=1)
+    inc = setup.backup(Level.INC).saveset
+    assert (inc.files, inc.based_on) == (1, full.id)
+    paths = [row[1] for row, _ in manifests.rows(setup.catalog.manifest(inc.id) or b"",
+                                                 inc.id)]
+    assert paths == sorted(paths, key=manifests.order_key)
+    assert {"docs/a.txt", "docs/deep/er/b.bin", "zz/last.txt"} <= set(paths)
+    restored = setup.root / "restored"
+    setup.restorer.restore(inc, restored)
+    assert snapshot(restored) == snapshot(setup.source, excluded)
