@@ -143,7 +143,9 @@ RESEND_QUEUED_AFTER_S = 120.0
 # from a worker that died) ends failed with client_unreachable (SPEC section 9).
 CLIENT_LOST_AFTER_S = 60.0
 # A control message (dispatch, failover, command, ...) unacknowledged for this long was
-# taken by a worker that died: the watchdog puts it back on its queue.
+# taken by a worker that died: the watchdog puts it back on its queue. Used only while some
+# live worker does not say in its heartbeat which messages it holds; otherwise a message no
+# live worker holds goes back once it is HEARTBEAT_TTL_S old (orchestration/redeliver.py).
 CONTROL_REDELIVER_AFTER_S = 60.0
 
 # Metrics (orchestration/metrics.py): hashes whose fields are JSON arrays of label values,

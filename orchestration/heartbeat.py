@@ -1,10 +1,13 @@
 """Worker heartbeats in Redis: who is alive, which RDS it serves, whether it runs control.
 
-Each worker writes ``{name, rds, clients, control, pid, host, at}`` into one hash every
-``HEARTBEAT_INTERVAL_S`` seconds, stamped with the Redis server's clock (so hosts with
+Each worker writes ``{name, rds, clients, control, pid, host, at, held}`` into one hash
+every ``HEARTBEAT_INTERVAL_S`` seconds, stamped with the Redis server's clock (so hosts with
 skewed clocks agree), and removes its entry on a clean shutdown. A worker whose stamp is
 older than ``HEARTBEAT_TTL_S`` is gone: killed, hung, or cut off from the broker. Liveness
-of an RDS (or client) is "some live worker serves it".
+of an RDS (or client) is "some live worker serves it". ``held`` lists the delivery tags of
+the messages the worker has taken and not acknowledged yet (running, or waiting for their
+countdown): a message that no live worker holds was taken by one that died
+(orchestration/redeliver.py).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class WorkerBeat:
     at: float
     clients: list[str] = field(default_factory=list)
     config_hash: str = ""  # of the config it runs (SPEC section 13)
+    # delivery tags it holds unacknowledged; None: a worker that does not say
+    held: list[str] | None = None
 
     def age_s(self, now: float) -> float:
         return now - self.at
@@ -60,12 +65,26 @@ def served(queues: list[str], prefix: str) -> list[str]:
 
 
 def write_heartbeat(client: redis.Redis, name: str, queues: list[str],
-                    config_hash: str = "") -> None:
+                    config_hash: str = "", held: list[str] | None = None) -> None:
     beat = {"name": name, "rds": served(queues, RDS_QUEUE_PREFIX),
             "clients": served(queues, CLIENT_QUEUE_PREFIX), "control": CONTROL_QUEUE in queues,
             "pid": os.getpid(), "host": socket.gethostname(), "at": server_time(client),
-            "config_hash": config_hash}
+            "config_hash": config_hash, "held": held}
     client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
+
+
+def held_tags(consumer: Any) -> list[str] | None:
+    """The delivery tags a Celery consumer holds unacknowledged, from its channel's QoS (the
+    same bookkeeping kombu's ``can_consume`` counts prefetch with): none before its task
+    consumer exists; None on a transport that keeps no such list."""
+    tasks = getattr(consumer, "task_consumer", None)
+    if tasks is None:
+        return []
+    qos = getattr(tasks.channel, "qos", None)
+    delivered, acked = getattr(qos, "_delivered", None), getattr(qos, "_dirty", None)
+    if delivered is None or acked is None:
+        return None
+    return sorted(str(tag) for tag in list(delivered) if tag not in acked)
 
 
 def write_beat_heartbeat(client: redis.Redis, name: str, leading: bool,
@@ -145,7 +164,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         def beat() -> None:
             try:
                 assert self.client is not None
-                write_heartbeat(self.client, name, queues, config_hash)
+                write_heartbeat(self.client, name, queues, config_hash, held_tags(parent))
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
 

@@ -240,7 +240,7 @@ def register_control_tasks(app: BackstopApp) -> None:
     @app.task(name=TASK_WATCHDOG, shared=False)
     def watchdog() -> int:
         """End runs whose RDS nobody serves; send again those whose process died; put back
-        control messages held by a worker that died."""
+        the messages held by a worker that died."""
         return context(app).control.watchdog() + redeliver_stale(app)
 
     @app.task(name=TASK_NOTIFY, shared=False)

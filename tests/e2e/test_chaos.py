@@ -103,6 +103,37 @@ def test_the_only_worker_of_an_rds_killed_mid_backup_fails_over_once(
     assert (found.savesets, found.failovers, found.restored) == (2, {"rds_unreachable": 1}, 2)
 
 
+def test_a_run_waiting_for_a_drive_in_a_worker_that_dies_runs_without_waiting_minutes(
+        make_fleet: Callable[[str], Fleet]) -> None:
+    # Given one drive channel on the near store, and a worker running one backup through it
+    # while it holds the next run's message until the channel is free
+    fleet = make_fleet(TWO_RDS + "drives: [{name: one, data_store: near-store, channels: 1}]\n")
+    bulk_source(fleet.root / "bulk")
+    fleet.start("control", "worker", "--control", "--concurrency", "2")
+    fleet.start("near", "worker", "--rds", "near", "--concurrency", "2")
+    fleet.start("beat", "beat")
+    fleet.serving({"near"})
+    fleet.send("backstop.dispatch", ["first", "to-near", "adhoc"], CONTROL_QUEUE)
+    running_run(fleet.ledger, "first")
+    fleet.send("backstop.dispatch", ["waiting", "to-near", "adhoc"], CONTROL_QUEUE)
+
+    def held_by_near() -> int:
+        entries = [json.loads(v) for v in fleet.client.hvals("unacked")]
+        return sum(1 for _message, _exchange, key in entries if key == rds_queue("near"))
+
+    wait_for(lambda: held_by_near() == 2, "the near worker to hold both runs' messages")
+    # When that worker dies with both, and another takes its place
+    fleet.kill("near")
+    fleet.start("near-b", "worker", "--rds", "near", "--concurrency", "2")
+    # Then both run on it well before the 120 s after which a queued run is sent again:
+    # the messages the dead worker held went back on their queue once its heartbeat stopped
+    fleet.settled(["first", "waiting"], limit_s=75)
+    found = fleet.audit(["first", "waiting"])
+    assert (found.savesets, found.failovers, found.restored) == (2, {}, 2)
+    assert "went back on its queue" in (fleet.root / "control.log").read_text()
+
+
+@pytest.mark.timeout(300)  # two fleets started, ten backups, and up to 150 s to settle
 def test_the_broker_stopped_and_restarted_while_workers_run_loses_and_repeats_nothing(
         tmp_path: Path, start_up: Callable[..., Up]) -> None:
     up, config, accepted, ledger = up_with_work(
@@ -148,6 +179,7 @@ def ledger_of(root: Path) -> Ledger:
     return Ledger(patient_client(load_settings(str(root / "backstop.yaml"), {}), url))
 
 
+@pytest.mark.timeout(300)  # two fleets started, eight backups, and up to 150 s to settle
 def test_everything_killed_with_occurrences_queued_then_restarted_loses_and_repeats_nothing(
         tmp_path: Path, start_up: Callable[..., Up]) -> None:
     up, config, accepted, ledger = up_with_work(

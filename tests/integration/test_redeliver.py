@@ -1,19 +1,22 @@
-"""A control message taken by a worker that then died goes back on its queue."""
+"""A message taken by a worker that then died goes back on its queue; one a live worker holds
+stays with it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from core.constants import CONTROL_QUEUE, rds_queue
+from core.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
 from core.settings import load_settings
 from orchestration.app import create_app
-from orchestration.heartbeat import live_workers
+from orchestration.heartbeat import live_workers, read_heartbeats
 from orchestration.ledger import Ledger
 from orchestration.redeliver import redeliver_stale
 from tests.integration.test_orchestration import CONFIG
@@ -60,3 +63,36 @@ def test_a_dispatch_held_by_a_dead_worker_is_put_back_and_its_occurrence_runs(
         wait_for(lambda: getattr(ledger.occurrence("held"), "state", None) == "succeeded",
                  "the held occurrence to succeed")
         assert len(ledger.runs_of("held")) == 1
+
+
+def test_a_message_a_live_worker_holds_stays_with_it_however_long(
+        tmp_path: Path, broker_url: str, redis_client: redis.Redis) -> None:
+    (tmp_path / "backstop.yaml").write_text(CONFIG)
+    settings = load_settings(str(tmp_path / "backstop.yaml"), {"BACKSTOP_BROKER_URL": broker_url})
+    app = create_app(settings, broker_url)
+    with start_worker(app, queues=[CONTROL_QUEUE], pool="threads", concurrency=1,
+                      perform_ping_check=False, hostname="holder@test"):
+        # Given a live worker holding a message until its countdown is up
+        app.send("backstop.dispatch", ["later", "plain", "adhoc"], CONTROL_QUEUE, "later",
+                 countdown=3600)
+        wait_for(lambda: redis_client.hlen("unacked") == 1, "the worker to take the message")
+        [tag] = [t.decode() for t in redis_client.hkeys("unacked")]
+
+        def holds() -> bool:
+            beats, _ = read_heartbeats(redis_client)
+            return any(b.name == "holder@test" and tag in (b.held or []) for b in beats)
+
+        # When its heartbeat says so
+        wait_for(holds, "the worker's heartbeat to list the message it holds")
+        # Then the watchdog leaves the message with it, whatever its age
+        assert redeliver_stale(app, older_than_s=0) == 0
+        assert redis_client.hlen("unacked") == 1 and redis_client.llen(CONTROL_QUEUE) == 0
+        # But a worker that does not say what it holds (an older release) makes the
+        # watchdog fall back to putting back control messages held for long
+        beats, _ = read_heartbeats(redis_client)
+        redis_client.hset(HEARTBEATS_KEY, "older@test", json.dumps(
+            {**asdict(next(b for b in beats if b.name == "holder@test")),
+             "name": "older@test", "held": None}))
+        assert redeliver_stale(app, older_than_s=0) == 0  # held for under 60 s
+        assert redeliver_stale(app, older_than_s=0, unsure_after_s=0) == 1  # back on its queue
+        redis_client.hdel(HEARTBEATS_KEY, "older@test")
