@@ -183,7 +183,7 @@ def test_a_nightly_saveset_is_migrated_to_a_locked_bucket_that_keeps_it(
 
 S3_ONLY = """
 rds: [{{name: local}}]
-data_path: {{connect_timeout: 1s, io_timeout: 2s}}
+data_path: {{connect_timeout: 1s, io_timeout: {io_timeout}}}
 data_stores:
   - name: a
     rds: local
@@ -197,9 +197,10 @@ tasks: [{{name: docs, source: src}}]
 @pytest.fixture
 def s3_setup(make_setup: Callable[..., Setup]) -> Callable[..., Setup]:
     def make(server: Seaweed, lock: str = "", environ: dict[str, str] | None = None,
-             create: bool = True, bucket: str | None = None) -> Setup:
+             create: bool = True, bucket: str | None = None, io_timeout: str = "10s") -> Setup:
         bucket = bucket or f"b-{uuid.uuid4().hex[:12]}"
-        setup = make_setup(S3_ONLY.format(endpoint=server.endpoint, bucket=bucket, lock=lock),
+        setup = make_setup(S3_ONLY.format(endpoint=server.endpoint, bucket=bucket, lock=lock,
+                                          io_timeout=io_timeout),
                            environ=KEYS if environ is None else environ)
         if create:
             init_buckets(setup.settings)
@@ -266,7 +267,7 @@ def test_a_bucket_without_object_lock_is_refused_for_a_locked_store(
 
 def test_a_stopped_server_is_store_offline_within_the_timeouts(
         s3_setup: Callable[..., Setup], own_seaweed: Seaweed) -> None:
-    setup = s3_setup(own_seaweed)
+    setup = s3_setup(own_seaweed, io_timeout="2s")
     own_seaweed.signal(signal.SIGSTOP)
     started = datetime.now(UTC)
     assert "unreachable" in offline_message(setup)
@@ -301,5 +302,15 @@ def test_a_server_killed_mid_upload_is_store_offline_and_leaves_no_saveset(
     own_seaweed.start()  # the same ports and data
     store = setup.engine.stores["a"]
     assert store.list() == []
+
+    def takes_a_part() -> bool:  # a restarted server answers lists before it takes writes
+        try:
+            client.put_object(Bucket=bucket, Key="probe", Body=os.urandom(8 << 20))
+        except Exception:
+            return False
+        client.delete_object(Bucket=bucket, Key="probe")
+        return True
+
+    wait_for(takes_a_part, "the restarted server to take an 8 MiB write", limit_s=60)
     setup.backup(Level.FULL)  # the next run writes the saveset whole
     assert len(store.list()) == 1
