@@ -108,14 +108,13 @@ def test_a_run_waiting_for_a_drive_in_a_worker_that_dies_runs_without_waiting_mi
     # Given one drive channel on the near store, and a worker running one backup through it
     # while it holds the next run's message until the channel is free
     fleet = make_fleet(TWO_RDS + "drives: [{name: one, data_store: near-store, channels: 1}]\n")
-    bulk_source(fleet.root / "bulk")
+    bulk_source(fleet.root / "bulk", files=60)  # about 3 s of work per FULL
     fleet.start("control", "worker", "--control", "--concurrency", "2")
     fleet.start("near", "worker", "--rds", "near", "--concurrency", "2")
     fleet.start("beat", "beat")
     fleet.serving({"near"})
-    fleet.send("backstop.dispatch", ["first", "to-near", "adhoc"], CONTROL_QUEUE)
-    running_run(fleet.ledger, "first")
-    fleet.send("backstop.dispatch", ["waiting", "to-near", "adhoc"], CONTROL_QUEUE)
+    for occurrence in ("first", "waiting"):  # whichever gets the channel, the other waits
+        fleet.send("backstop.dispatch", [occurrence, "to-near", "adhoc"], CONTROL_QUEUE)
 
     def held_by_near() -> int:
         entries = [json.loads(v) for v in fleet.client.hvals("unacked")]
