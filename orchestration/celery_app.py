@@ -78,6 +78,11 @@ def celery_config(config: Config, broker_url: str,
         # A backup cut off by a lost broker connection is redelivered and resumed from
         # scratch by the run ledger's rules, so letting it finish is the better deal.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Sending a task rides out a broker restart or a Sentinel promotion, as the Redis
+        # clients of the ledger do (orchestration/broker.py), instead of failing after
+        # Celery's default 0.6 s: 10 tries over about 22 s.
+        "task_publish_retry_policy": {"max_retries": 10, "interval_start": 0,
+                                      "interval_step": 0.5, "interval_max": 4},
         "task_soft_time_limit": CONTROL_SOFT_TIME_LIMIT_S,
         "task_time_limit": CONTROL_TIME_LIMIT_S,
         "worker_send_task_events": True,

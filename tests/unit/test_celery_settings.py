@@ -29,3 +29,11 @@ def test_queues_are_the_control_and_notify_queues_and_one_per_rds() -> None:
     conf = celery_config(parse_config(MINIMAL_CONFIG), "redis://127.0.0.1:1/0")
     assert [q.name for q in conf["task_queues"]] == [
         "backstop.control", "backstop.notify", "backstop.rds.local"]
+
+
+def test_a_send_rides_out_a_promotion_of_some_seconds() -> None:
+    policy = celery_config(parse_config(MINIMAL_CONFIG),
+                           "redis://127.0.0.1:1/0")["task_publish_retry_policy"]
+    waits = [min(policy["interval_start"] + i * policy["interval_step"], policy["interval_max"])
+             for i in range(policy["max_retries"])]
+    assert 15 <= sum(waits) <= 40
