@@ -55,7 +55,8 @@ def redeliver_stale(app: Celery, older_than_s: float = HEARTBEAT_TTL_S,
                 cast(kombu_redis.QoS, channel.qos).restore_by_tag(tag)
                 restored += 1
                 headers = payload.get("headers") or {}
-                log.warning("message %s (%s %s) held by no live worker went back on its "
-                            "queue %s", tag, headers.get("task"), headers.get("argsrepr"),
-                            routing_key)
+                log.warning("message %s (%s %s) went back on its queue %s: %s", tag,
+                            headers.get("task"), headers.get("argsrepr"), routing_key,
+                            "held by no live worker" if sure else
+                            f"unacknowledged for over {unsure_after_s:.0f} s")
     return restored
