@@ -92,10 +92,12 @@ def test_up_runs_data_services_and_client_workers_of_the_clients_example(
     def ready() -> dict[str, Any] | None:
         report = up.status()
         ok = report and all(i["reachable"] for r in report["rds"] for i in r["interfaces"]) \
-            and all(c["live"] for c in report["clients"]) and report["beat_leader"]
+            and all(c["live"] for c in report["clients"]) and report["beat_leader"] \
+            and any(w["control"] for w in report["workers"])
         return report if ok else None
 
-    # Then every interface answers, the client is live, and the fleet's token exists (0600)
+    # Then every interface answers, the client and the control plane are live, and the
+    # fleet's token exists (0600)
     wait_for(ready, "the data services and the client worker", limit_s=90, every_s=0.5)
     token = tmp_path / ".backstop-clients" / "data-token"
     assert token.stat().st_mode & 0o777 == 0o600
