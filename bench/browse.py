@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.model import DIR, FILE, Entry, Manifest  # noqa: E402
-from workers import manifest as manifests  # noqa: E402
+from backstop.model import DIR, FILE, Entry, Manifest  # noqa: E402
+from backstop.workers import manifest as manifests  # noqa: E402
 
 
 def build(files: int) -> bytes:

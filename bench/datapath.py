@@ -49,11 +49,11 @@ def run_op(work: Path, task: str, level: str) -> None:
     """Child side: one backup of ``task`` (through the data service when it has a client)."""
     import redis
 
-    from core.config import Level
-    from core.settings import load_settings
-    from orchestration.catalog import RedisCatalog
-    from workers.engine import BackupRequest, Engine
-    from workers.remote import RemoteStores
+    from backstop.config import Level
+    from backstop.orchestration.catalog import RedisCatalog
+    from backstop.settings import load_settings
+    from backstop.workers.engine import BackupRequest, Engine
+    from backstop.workers.remote import RemoteStores
 
     url = (work / "broker-url").read_text()
     settings = load_settings(str(work / "backstop.yaml"),
@@ -121,7 +121,7 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestration.broker import EmbeddedBroker, free_port
+    from backstop.orchestration.broker import EmbeddedBroker, free_port
 
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -139,7 +139,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     broker = EmbeddedBroker(work / "broker", persistent=False)
     (work / "broker-url").write_text(broker.start())
     env = dict(os.environ, BACKSTOP_DATA_TOKEN=TOKEN)
-    serve = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--rds",
+    serve = subprocess.Popen([sys.executable, "-m", "backstop.orchestration.cli", "serve", "--rds",
                               "local", "-c", str(work / "backstop.yaml")], env=env,
                              stderr=subprocess.DEVNULL)
     try:
@@ -155,8 +155,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def wait_serving(work: Path) -> None:
-    from core.settings import load_settings
-    from workers.remote import probe_interfaces
+    from backstop.settings import load_settings
+    from backstop.workers.remote import probe_interfaces
 
     settings = load_settings(str(work / "backstop.yaml"), {})
     deadline = time.monotonic() + 30

@@ -52,8 +52,8 @@ def bare_app(url: str) -> Any:
     import redis
     from celery import Celery
 
-    from core.config_load import parse_config
-    from orchestration.celery_app import celery_config
+    from backstop.config_load import parse_config
+    from backstop.orchestration.celery_app import celery_config
 
     app = Celery("bare", set_as_current=False)
     app.conf.update(celery_config(parse_config(CONFIG), url))
@@ -98,7 +98,7 @@ def measure_bare(app: Any, client: Any, n: int, samples: int) -> dict[str, Any]:
 
 
 def measure_backstop(app: Any, ledger: Any, n: int, samples: int) -> dict[str, Any]:
-    from core.constants import CONTROL_QUEUE
+    from backstop.constants import CONTROL_QUEUE
 
     def states(occurrences: list[str]) -> list[str]:
         return [getattr(ledger.occurrence(o), "state", "sent") for o in occurrences]
@@ -131,10 +131,10 @@ def beat_tick_ms(url: str, events: int = 10_000) -> tuple[float, float]:
     import redis
     import yaml
 
-    from core.config_load import parse_config
-    from orchestration.beat import Planner
-    from orchestration.control import Control
-    from orchestration.ledger import Ledger
+    from backstop.config_load import parse_config
+    from backstop.orchestration.beat import Planner
+    from backstop.orchestration.control import Control
+    from backstop.orchestration.ledger import Ledger
 
     raw = yaml.safe_load(CONFIG)
     # s0 ticks every minute; the other 99 once a year, so that a tick of s0 has exactly
@@ -184,13 +184,13 @@ def run(args: argparse.Namespace) -> None:
 
     import redis
 
-    from core.settings import load_settings
-    from orchestration.app import create_app
-    from orchestration.broker import EmbeddedBroker
-    from orchestration.heartbeat import live_workers
-    from orchestration.ledger import Ledger
-    from workers.engine import create_missing_stores
-    from workers.store import MARKER
+    from backstop.orchestration.app import create_app
+    from backstop.orchestration.broker import EmbeddedBroker
+    from backstop.orchestration.heartbeat import live_workers
+    from backstop.orchestration.ledger import Ledger
+    from backstop.settings import load_settings
+    from backstop.workers.engine import create_missing_stores
+    from backstop.workers.store import MARKER
 
     work = args.workdir
     subprocess.run(["umount", str(work / "out")], capture_output=True, check=False)
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> None:
         create_missing_stores(settings, ["local"])
         (work / "out" / "gone" / MARKER).unlink()  # pool "gone" is unavailable: fails over
         client = redis.Redis.from_url(url)
-        cli = [sys.executable, "-m", "orchestration.cli"]
+        cli = [sys.executable, "-m", "backstop.orchestration.cli"]
         workers.append(spawn([*cli, "worker", "-c", "backstop.yaml", "--control", "--rds",
                               "local", "--concurrency", "2", "--loglevel", "WARNING"], url, work))
         workers.append(spawn([sys.executable, __file__, "--bare-worker", url], url, work))

@@ -123,11 +123,11 @@ def run_op(work: Path, op: str, *args: str) -> None:
     """Child side of backstop_op."""
     import redis
 
-    from core.config import Level
-    from core.settings import load_settings
-    from orchestration.catalog import RedisCatalog
-    from workers.engine import BackupRequest, Engine
-    from workers.restore import Restorer
+    from backstop.config import Level
+    from backstop.orchestration.catalog import RedisCatalog
+    from backstop.settings import load_settings
+    from backstop.workers.engine import BackupRequest, Engine
+    from backstop.workers.restore import Restorer
 
     url = (work / "broker-url").read_text()
     settings = load_settings(str(work / "backstop.yaml"), {"BACKSTOP_BROKER_URL": url})
@@ -184,7 +184,7 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestration.broker import EmbeddedBroker
+    from backstop.orchestration.broker import EmbeddedBroker
 
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -229,8 +229,8 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         shutil.rmtree(out / "store", ignore_errors=True)
         redis.Redis.from_url((work / "broker-url").read_text()).flushall()
-        from core.settings import load_settings
-        from workers.engine import create_missing_stores
+        from backstop.settings import load_settings
+        from backstop.workers.engine import create_missing_stores
 
         create_missing_stores(load_settings(str(work / "backstop.yaml"), {}), ["local"])
 

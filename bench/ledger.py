@@ -32,10 +32,12 @@ sys.path.insert(0, str(REPO))
 
 import redis  # noqa: E402
 
-from core.config import FollowUp, Level  # noqa: E402
-from core.config_load import parse_config  # noqa: E402
-from core.errors import Reason  # noqa: E402
-from core.runs import (  # noqa: E402
+from backstop.config import FollowUp, Level  # noqa: E402
+from backstop.config_load import parse_config  # noqa: E402
+from backstop.errors import Reason  # noqa: E402
+from backstop.orchestration.ledger import Ledger  # noqa: E402
+from backstop.orchestration.report import task_lines  # noqa: E402
+from backstop.runs import (  # noqa: E402
     ErrorKind,
     Occurrence,
     OccurrenceState,
@@ -45,8 +47,6 @@ from core.runs import (  # noqa: E402
     Trigger,
     utc_now,
 )
-from orchestration.ledger import Ledger  # noqa: E402
-from orchestration.report import task_lines  # noqa: E402
 
 TASKS = 100
 # The tasks of the filled ledger, as a config names them (for the report).
@@ -101,8 +101,8 @@ def records(n: int) -> Any:
 def fill(ledger: Ledger, n: int) -> None:
     """The ledger's own writer (as open_occurrence, add_failover_run and finish leave it),
     pipelined so that a million runs go in within minutes."""
-    from core.constants import OCCURRENCE_FAILOVER_KEY, OCCURRENCE_KEY
-    from orchestration.ledger import FIRST_RUN
+    from backstop.constants import OCCURRENCE_FAILOVER_KEY, OCCURRENCE_KEY
+    from backstop.orchestration.ledger import FIRST_RUN
 
     pipe = ledger.client.pipeline(transaction=False)
     for count, (occurrence, runs) in enumerate(records(n), 1):
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/backstop-ledger-bench"))
     args = parser.parse_args()
-    from orchestration.broker import EmbeddedBroker
+    from backstop.orchestration.broker import EmbeddedBroker
 
     shutil.rmtree(args.workdir, ignore_errors=True)
     broker = EmbeddedBroker(args.workdir, persistent=False)
@@ -183,7 +183,7 @@ def measure(client: redis.Redis, args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, BACKSTOP_BROKER_URL=url_of(client))
 
     def command(*argv: str) -> Callable[[], Any]:
-        return lambda: subprocess.run([sys.executable, "-m", "orchestration.cli", *argv,
+        return lambda: subprocess.run([sys.executable, "-m", "backstop.orchestration.cli", *argv,
                                        "-c", str(config_file), "--json"], env=env,
                                       check=True, capture_output=True)
 

@@ -55,21 +55,21 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
-    from bench.engine import generate
-    from core.config import Level
-    from core.settings import load_settings
-    from orchestration.broker import EmbeddedBroker
-    from orchestration.catalog import RedisCatalog
-    from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
-    from workers.engine import (
+    from backstop.config import Level
+    from backstop.orchestration.broker import EmbeddedBroker
+    from backstop.orchestration.catalog import RedisCatalog
+    from backstop.settings import load_settings
+    from backstop.workers.engine import (
         BackupRequest,
         Engine,
         create_missing_stores,
         path_store,
         store_of,
     )
-    from workers.restore import Restorer
-    from workers.store import ARCHIVE
+    from backstop.workers.restore import Restorer
+    from backstop.workers.store import ARCHIVE
+    from bench.engine import generate
+    from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -127,7 +127,7 @@ def upload_alone(server: Any, archive: Path, repeat: int) -> float:
     uploaded by boto3 alone, in the parts and with the parts in flight of the S3 store."""
     from boto3.s3.transfer import TransferConfig
 
-    from workers.s3 import PART_BYTES, PARTS_IN_FLIGHT
+    from backstop.workers.s3 import PART_BYTES, PARTS_IN_FLIGHT
 
     client = server.client()
     config = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,

@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.constants import BEAT_LEADER_KEY, CONTROL_QUEUE  # noqa: E402
-from orchestration.broker import EmbeddedBroker  # noqa: E402
+from backstop.constants import BEAT_LEADER_KEY, CONTROL_QUEUE  # noqa: E402
+from backstop.orchestration.broker import EmbeddedBroker  # noqa: E402
 from tests.fleet import Fleet, all_settled, bulk_source  # noqa: E402
 from tests.invariants import Audit, audit  # noqa: E402
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from core.settings import Settings
-from orchestration.celery_app import BackstopApp, celery_config
-from orchestration.heartbeat import HeartbeatStep
-from orchestration.tasks import register_tasks
+from backstop.orchestration.celery_app import BackstopApp, celery_config
+from backstop.orchestration.heartbeat import HeartbeatStep
+from backstop.orchestration.tasks import register_tasks
+from backstop.settings import Settings
 
 
 def create_app(settings: Settings, broker_url: str) -> BackstopApp:

@@ -1,7 +1,7 @@
 """The beat scheduler: Celery beat, with one active scheduler among any number of processes.
 
 Every ``backstop beat`` process runs this scheduler. Only the holder of the leader lease
-(:mod:`orchestration.leader`) schedules; the others poll for the lease every
+(:mod:`backstop.orchestration.leader`) schedules; the others poll for the lease every
 ``BEAT_STANDBY_POLL_S`` seconds and take over within ``BEAT_LOCK_TTL_S`` + that poll after
 the leader dies (well inside the 60 s of SPEC section 5). The schedule is the config file:
 the planner turns due ticks into occurrences, and sends the watchdog.
@@ -20,8 +20,8 @@ from typing import Any
 import redis
 from celery.beat import Scheduler
 
-from core.config import Config, Schedule
-from core.constants import (
+from backstop.config import Config, Schedule
+from backstop.constants import (
     BEAT_LAST_TICK_KEY,
     BEAT_LEADER_KEY,
     BEAT_LOCK_TTL_S,
@@ -32,12 +32,11 @@ from core.constants import (
     TASK_WATCHDOG,
     WATCHDOG_INTERVAL_S,
 )
-from core.runs import OccurrenceState, Trigger
-from orchestration.broker import redis_client
-from orchestration.control import Control
-from orchestration.heartbeat import write_beat_heartbeat
-from orchestration.leader import LeaderLease
-from orchestration.schedules import (
+from backstop.orchestration.broker import redis_client
+from backstop.orchestration.control import Control
+from backstop.orchestration.heartbeat import write_beat_heartbeat
+from backstop.orchestration.leader import LeaderLease
+from backstop.orchestration.schedules import (
     TickAction,
     latest_tick,
     next_tick,
@@ -45,7 +44,8 @@ from orchestration.schedules import (
     suppress,
     tick_action,
 )
-from orchestration.tasks import control_for
+from backstop.orchestration.tasks import control_for
+from backstop.runs import OccurrenceState, Trigger
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from core.errors import BackstopError, BrokerUnreachable
-from core.settings import Settings
-from orchestration.process import spawn, stop_group
+from backstop.errors import BackstopError, BrokerUnreachable
+from backstop.orchestration.process import spawn, stop_group
+from backstop.settings import Settings
 
 BROKER_FILE = "broker.json"
 SENTINEL_PORT = 26379

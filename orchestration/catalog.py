@@ -1,6 +1,6 @@
 """The saveset catalog, in Redis so that every host of the fleet sees the same savesets.
 
-Implements the data plane's :class:`workers.catalog.Catalog`. An entry is added only after
+Implements the data plane's :class:`backstop.workers.catalog.Catalog`. An entry is added only after
 its saveset was committed to its store, so the catalog never names a saveset that is not
 there; ``rebuild`` recreates it from the stores.
 """
@@ -13,8 +13,8 @@ from datetime import datetime
 
 import redis
 
-from core.config import Level
-from core.constants import (
+from backstop.config import Level
+from backstop.constants import (
     CATALOG_CACHED_KEY,
     CATALOG_FULL_ATTEMPT_KEY,
     CATALOG_INDEX_KEY,
@@ -23,9 +23,9 @@ from core.constants import (
     CATALOG_SAVESET_KEY,
     CATALOG_TASK_KEY,
 )
-from core.model import Saveset
-from orchestration.replicas import Replicas
-from workers.levels import BASE_LEVELS, LevelFacts, PastSaveset
+from backstop.model import Saveset
+from backstop.orchestration.replicas import Replicas
+from backstop.workers.levels import BASE_LEVELS, LevelFacts, PastSaveset
 
 
 class RedisCatalog:

@@ -1,5 +1,5 @@
 """The Celery app class and its settings, built from the config at the edge (nothing here
-reads the environment); :func:`orchestration.app.create_app` adds the tasks.
+reads the environment); :func:`backstop.orchestration.app.create_app` adds the tasks.
 
 Choices, each for long backups on a fleet (see the README, "Celery settings"):
 
@@ -21,9 +21,9 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from core.config import Config
-from core.constants import CONTROL_QUEUE, NOTIFY_QUEUE, client_queue, rds_queue
-from core.settings import Settings
+from backstop.config import Config
+from backstop.constants import CONTROL_QUEUE, NOTIFY_QUEUE, client_queue, rds_queue
+from backstop.settings import Settings
 
 # Control-plane tasks are short: dispatch, bookkeeping, follow-ups.
 CONTROL_SOFT_TIME_LIMIT_S = 60

@@ -13,10 +13,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from core.config import SECTIONS, Config
-from core.config_warnings import failover_warnings
-from core.errors import ConfigError
-from orchestration.cli_common import (
+from backstop.config import SECTIONS, Config
+from backstop.config_warnings import failover_warnings
+from backstop.errors import ConfigError
+from backstop.orchestration.cli_common import (
     EXIT_USAGE,
     BackstopGroup,
     config_option,
@@ -24,7 +24,7 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.status import connect, fleet_status
+from backstop.orchestration.status import connect, fleet_status
 
 
 @click.group(cls=BackstopGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,8 +95,8 @@ def config_schema() -> None:
 @click.pass_context
 def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     """Workers, RDS liveness, queue depths and the beat leader."""
-    from workers.access import known_token
-    from workers.remote import probe_interfaces
+    from backstop.workers.access import known_token
+    from backstop.workers.remote import probe_interfaces
 
     settings = settings_from(ctx, config_file)
     client = connect(settings)
@@ -144,14 +144,14 @@ def print_status(report: dict[str, Any]) -> None:
 
 
 BackstopGroup.lazy = {
-    **{name: f"orchestration.cli_fleet:{name}"
+    **{name: f"backstop.orchestration.cli_fleet:{name}"
        for name in ("up", "metrics", "worker", "serve", "beat", "flower")},
-    **{name: f"orchestration.cli_data:{name}"
+    **{name: f"backstop.orchestration.cli_data:{name}"
        for name in ("savesets", "restore", "verify", "pools", "report", "purge", "ls",
                     "find", "diff")},
-    "catalog": "orchestration.cli_data:catalog_group",
-    "store": "orchestration.cli_data:store_group",
-    **{name: f"orchestration.cli_runs:{name}" for name in ("run", "drill", "runs")},
+    "catalog": "backstop.orchestration.cli_data:catalog_group",
+    "store": "backstop.orchestration.cli_data:store_group",
+    **{name: f"backstop.orchestration.cli_runs:{name}" for name in ("run", "drill", "runs")},
 }
 
 

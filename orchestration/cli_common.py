@@ -13,10 +13,10 @@ from typing import Any, ClassVar, TypeVar
 import click
 import redis
 
-from core.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
-from core.runs import utc_now
-from core.settings import Settings, load_settings
-from core.units import parse_duration
+from backstop.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
+from backstop.runs import utc_now
+from backstop.settings import Settings, load_settings
+from backstop.units import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 

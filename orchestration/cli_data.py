@@ -18,16 +18,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
-from core.config_refs import did_you_mean
-from core.constants import TASK_RESTORE, client_queue
-from core.errors import BackstopError, StorageError
-from core.model import Manifest, Saveset
-from core.settings import Settings
-from core.units import format_size
-from orchestration.app import create_app
-from orchestration.broker import broker_url
-from orchestration.catalog import RedisCatalog
-from orchestration.cli_common import (
+from backstop.config_refs import did_you_mean
+from backstop.constants import TASK_RESTORE, client_queue
+from backstop.errors import BackstopError, StorageError
+from backstop.model import Manifest, Saveset
+from backstop.orchestration.app import create_app
+from backstop.orchestration.broker import broker_url
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.cli_common import (
     EXIT_FAILED,
     Since,
     config_option,
@@ -35,19 +33,21 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.growth import POOLS_PERIOD, with_days_until_full
-from orchestration.heartbeat import live_workers, served_rds
-from orchestration.ledger import Ledger
-from orchestration.report import fleet_report
-from orchestration.status import connect
-from workers import browse
-from workers import manifest as manifests
-from workers.access import known_token
-from workers.engine import store_of
-from workers.maintenance import pool_report, rebuild
-from workers.maintenance import purge as run_purge
-from workers.remote import reachable_stores
-from workers.restore import Restorer, RestoreResult
+from backstop.orchestration.growth import POOLS_PERIOD, with_days_until_full
+from backstop.orchestration.heartbeat import live_workers, served_rds
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.report import fleet_report
+from backstop.orchestration.status import connect
+from backstop.settings import Settings
+from backstop.units import format_size
+from backstop.workers import browse
+from backstop.workers import manifest as manifests
+from backstop.workers.access import known_token
+from backstop.workers.engine import store_of
+from backstop.workers.maintenance import pool_report, rebuild
+from backstop.workers.maintenance import purge as run_purge
+from backstop.workers.remote import reachable_stores
+from backstop.workers.restore import Restorer, RestoreResult
 
 
 class Data:

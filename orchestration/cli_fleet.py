@@ -11,8 +11,8 @@ import threading
 import click
 from rich.logging import RichHandler
 
-from core.config_refs import did_you_mean
-from core.constants import (
+from backstop.config_refs import did_you_mean
+from backstop.constants import (
     CONTROL_QUEUE,
     METRICS_ADDRESS,
     METRICS_PORT,
@@ -20,18 +20,18 @@ from core.constants import (
     client_queue,
     rds_queue,
 )
-from core.errors import BackstopError
-from core.settings import Settings
-from orchestration.app import create_app
-from orchestration.beat import LeaderScheduler
-from orchestration.broker import broker_url
-from orchestration.cli_common import EXIT_USAGE, config_option, settings_from
-from orchestration.exporter import serve_metrics
-from orchestration.status import connect
-from orchestration.supervisor import Supervisor, owning
-from workers.access import known_token
-from workers.engine import create_missing_stores, drop_abandoned
-from workers.serve import is_loopback, serve_forever
+from backstop.errors import BackstopError
+from backstop.orchestration.app import create_app
+from backstop.orchestration.beat import LeaderScheduler
+from backstop.orchestration.broker import broker_url
+from backstop.orchestration.cli_common import EXIT_USAGE, config_option, settings_from
+from backstop.orchestration.exporter import serve_metrics
+from backstop.orchestration.status import connect
+from backstop.orchestration.supervisor import Supervisor, owning
+from backstop.settings import Settings
+from backstop.workers.access import known_token
+from backstop.workers.engine import create_missing_stores, drop_abandoned
+from backstop.workers.serve import is_loopback, serve_forever
 
 DEFAULT_FLOWER_PORT = 5555
 

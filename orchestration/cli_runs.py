@@ -9,13 +9,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from core.config import Level
-from core.config_refs import did_you_mean
-from core.errors import Reason
-from core.runs import OccurrenceState, Run, RunState, Trigger
-from core.units import format_size
-from orchestration.broker import broker_url
-from orchestration.cli_common import (
+from backstop.config import Level
+from backstop.config_refs import did_you_mean
+from backstop.errors import Reason
+from backstop.orchestration.broker import broker_url
+from backstop.orchestration.cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
     Since,
@@ -24,8 +22,10 @@ from orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from orchestration.ledger import Ledger, matches
-from orchestration.status import connect
+from backstop.orchestration.ledger import Ledger, matches
+from backstop.orchestration.status import connect
+from backstop.runs import OccurrenceState, Run, RunState, Trigger
+from backstop.units import format_size
 
 POLL_S = 0.2
 
@@ -76,10 +76,10 @@ def start(ctx: click.Context, config_file: str | None, event: str, level: Level 
           enforce_full: bool | None, drill_reason: Reason | None, wait: bool,
           timeout_s: float | None, as_json: bool) -> None:
     """Start an occurrence (``run``, ``drill``), follow it and say how it went."""
-    from orchestration.app import create_app  # Celery: only for the commands that send
-    from orchestration.control import start_adhoc
-    from orchestration.heartbeat import live_workers
-    from orchestration.replicas import Replicas
+    from backstop.orchestration.app import create_app  # Celery: only for the commands that send
+    from backstop.orchestration.control import start_adhoc
+    from backstop.orchestration.heartbeat import live_workers
+    from backstop.orchestration.replicas import Replicas
 
     settings = settings_from(ctx, config_file)
     found = settings.config.events_by_name.get(event)

@@ -2,7 +2,7 @@
 ended occurrences fire their follow-ups, and the watchdog ends runs nobody serves.
 
 Plain functions over the ledger, the config, RDS liveness and a ``send`` callable (which
-puts a task message on a queue); the Celery tasks in :mod:`orchestration.tasks` only call
+puts a task message on a queue); the Celery tasks in :mod:`backstop.orchestration.tasks` only call
 these.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from core.config import BackupEvent, Config, FollowUpWhen, Level
-from core.constants import (
+from backstop.config import BackupEvent, Config, FollowUpWhen, Level
+from backstop.constants import (
     CLIENT_LOST_AFTER_S,
     CONTROL_QUEUE,
     HEARTBEAT_TTL_S,
@@ -32,8 +32,11 @@ from core.constants import (
     client_queue,
     rds_queue,
 )
-from core.errors import Reason
-from core.runs import (
+from backstop.errors import Reason
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.events import Unresolvable, failover_spec, resolve
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import (
     ErrorKind,
     OccurrenceState,
     Run,
@@ -43,9 +46,6 @@ from core.runs import (
     Trigger,
     utc_now,
 )
-from orchestration.catalog import RedisCatalog
-from orchestration.events import Unresolvable, failover_spec, resolve
-from orchestration.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from core.settings import Settings
+from backstop.settings import Settings
 
 DEMO_DIRS = ("docs", "photos", "reports/2026", "cache")
 DEMO_FILES_PER_DIR = 12

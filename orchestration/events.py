@@ -1,6 +1,6 @@
 """Event resolution and the failover rule (SPEC section 4), as pure functions over the config.
 
-An occurrence of a backup event becomes a :class:`core.runs.RunSpec`: what to back up and
+An occurrence of a backup event becomes a :class:`backstop.runs.RunSpec`: what to back up and
 how (task, level, options) and where (media pool, store, RDS, drive, interface, follow-ups,
 migration).
 :func:`failover_spec` turns a run that hit StorageUnavailable into the one failover run of
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from core.config import BackupEvent, Config, Level, MediaPool
-from core.runs import RunSpec, Trigger
+from backstop.config import BackupEvent, Config, Level, MediaPool
+from backstop.runs import RunSpec, Trigger
 
 
 class Unresolvable(ValueError):

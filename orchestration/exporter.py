@@ -1,9 +1,9 @@
 """``backstop metrics``: the fleet's metrics for Prometheus (SPEC section 10).
 
 Everything is read from the broker at each scrape, so every exporter of a fleet says the
-same: the counters of :mod:`orchestration.metrics`, heartbeats and queue lengths; the pools'
-space and the interfaces' reachability are computed at most once a minute (they ask every
-store and interface), the way ``backstop pools`` and ``status`` do.
+same: the counters of :mod:`backstop.orchestration.metrics`, heartbeats and queue lengths;
+the pools' space and the interfaces' reachability are computed at most once a minute (they
+ask every store and interface), the way ``backstop pools`` and ``status`` do.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from core.constants import (
+from backstop.constants import (
     METRICS_BYTES_KEY,
     METRICS_DURATION_KEY,
     METRICS_FAILOVERS_KEY,
@@ -34,17 +34,17 @@ from core.constants import (
     METRICS_RUNS_KEY,
     METRICS_UNAVAILABLE_KEY,
 )
-from core.errors import Reason
-from core.runs import utc_now
-from core.settings import Settings
-from orchestration.catalog import RedisCatalog
-from orchestration.growth import sample_pools
-from orchestration.heartbeat import served_rds
-from orchestration.metrics import DURATION_BUCKETS, SUM, bucket_label
-from orchestration.schedules import longest_gap
-from orchestration.status import fleet_status
-from workers.maintenance import pool_report
-from workers.remote import probe_interfaces, reachable_stores
+from backstop.errors import Reason
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.growth import sample_pools
+from backstop.orchestration.heartbeat import served_rds
+from backstop.orchestration.metrics import DURATION_BUCKETS, SUM, bucket_label
+from backstop.orchestration.schedules import longest_gap
+from backstop.orchestration.status import fleet_status
+from backstop.runs import utc_now
+from backstop.settings import Settings
+from backstop.workers.maintenance import pool_report
+from backstop.workers.remote import probe_interfaces, reachable_stores
 
 T = TypeVar("T")
 # Gauges that ask every store or interface are computed at most this often, in seconds.

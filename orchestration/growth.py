@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from core.constants import POOL_SAMPLE_EVERY_S, POOL_SAMPLES_KEPT_S, POOL_USED_KEY
+from backstop.constants import POOL_SAMPLE_EVERY_S, POOL_SAMPLES_KEPT_S, POOL_USED_KEY
 
 MIN_SPAN_S = 3600.0
 # A pools report's own growth period (``report`` has its --since).

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from core.constants import (
+from backstop.constants import (
     BEATS_KEY,
     CLIENT_QUEUE_PREFIX,
     CONTROL_QUEUE,
@@ -32,7 +32,7 @@ from core.constants import (
     HEARTBEATS_KEY,
     RDS_QUEUE_PREFIX,
 )
-from orchestration.broker import redis_client
+from backstop.orchestration.broker import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 
-from core.config import CommandEvent
-from core.errors import BackstopError
-from core.runs import ErrorKind, MigrationOutcome, Run, RunEnd, RunError, RunState
-from core.settings import Settings
-from orchestration.catalog import RedisCatalog
-from orchestration.ledger import Ledger
-from workers.engine import Engine
-from workers.restore import Restorer
+from backstop.config import CommandEvent
+from backstop.errors import BackstopError
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import ErrorKind, MigrationOutcome, Run, RunEnd, RunError, RunState
+from backstop.settings import Settings
+from backstop.workers.engine import Engine
+from backstop.workers.restore import Restorer
 
 
 def parent_saveset(ledger: Ledger, run: Run) -> str | None:

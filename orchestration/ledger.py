@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from core.constants import (
+from backstop.constants import (
     HISTORY_SWEEP_BATCH,
     HISTORY_SWEEP_S,
     OCCURRENCE_FAILOVER_KEY,
@@ -35,7 +35,10 @@ from core.constants import (
     RUNS_INDEX_KEY,
     RUNS_UNFINISHED_KEY,
 )
-from core.runs import (
+from backstop.orchestration.leader import RENEW_SCRIPT
+from backstop.orchestration.metrics import APPLY_COUNTS_LUA, add_counts, counts_of_end
+from backstop.orchestration.replicas import Replicas
+from backstop.runs import (
     ACTIVE,
     TERMINAL,
     Occurrence,
@@ -46,9 +49,6 @@ from core.runs import (
     Trigger,
     utc_now,
 )
-from orchestration.leader import RENEW_SCRIPT
-from orchestration.metrics import APPLY_COUNTS_LUA, add_counts, counts_of_end
-from orchestration.replicas import Replicas
 
 # Ended states with an index of their own: the rare ones an operator looks for (most runs
 # succeed; ``runs --state succeeded`` reads the index of all runs).
@@ -65,7 +65,7 @@ def _lua(script: str) -> str:
     return Template(script).substitute(states)
 
 
-# Records are hashes whose values are JSON, encoded by core.runs; scripts only compare
+# Records are hashes whose values are JSON, encoded by backstop.runs; scripts only compare
 # states and set the fields they are given (as field, JSON value pairs).
 _CLAIM = _lua("""
 local state = redis.call('HGET', KEYS[1], 'state')

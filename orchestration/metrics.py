@@ -4,7 +4,7 @@ Counters live in Redis hashes, one per metric, whose fields are the JSON arrays 
 label values. A run's end is counted in the same script that ends it (``Ledger.finish``), so
 each end is counted once whoever ended it, every exporter of a fleet reads the same numbers,
 and they survive restarts of every process. Labels are names from the config and fixed
-words, never run or saveset ids. :mod:`orchestration.exporter` serves them to Prometheus.
+words, never run or saveset ids. :mod:`backstop.orchestration.exporter` serves them to Prometheus.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 
 from redis.client import Pipeline
 
-from core.constants import (
+from backstop.constants import (
     METRICS_BYTES_KEY,
     METRICS_DURATION_KEY,
     METRICS_FAILOVERS_KEY,
@@ -24,7 +24,7 @@ from core.constants import (
     METRICS_RUNS_KEY,
     METRICS_UNAVAILABLE_KEY,
 )
-from core.runs import Run, RunEnd, RunKind, RunState
+from backstop.runs import Run, RunEnd, RunKind, RunState
 
 # Upper bounds of the run duration histogram's buckets, in seconds: half a minute to a day.
 DURATION_BUCKETS = (30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import redis
 
-from core.config import Config, NotifyTarget, NotifyWhen, mask_url
-from core.constants import (
+from backstop.config import Config, NotifyTarget, NotifyWhen, mask_url
+from backstop.constants import (
     METRICS_NOTIFY_FAILED_KEY,
     NOTIFY_CLAIM_KEY,
     NOTIFY_CLAIM_TTL_S,
@@ -33,9 +33,9 @@ from core.constants import (
     NOTIFY_TIMEOUT_S,
     TASK_NOTIFY,
 )
-from core.runs import Occurrence, OccurrenceState, Run, RunState
-from orchestration.control import Send
-from orchestration.ledger import Ledger
+from backstop.orchestration.control import Send
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import Occurrence, OccurrenceState, Run, RunState
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import cast
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-from core.constants import CONTROL_QUEUE, CONTROL_REDELIVER_AFTER_S, HEARTBEAT_TTL_S
-from orchestration.heartbeat import live_workers
+from backstop.constants import CONTROL_QUEUE, CONTROL_REDELIVER_AFTER_S, HEARTBEAT_TTL_S
+from backstop.orchestration.heartbeat import live_workers
 
 log = logging.getLogger(__name__)
 

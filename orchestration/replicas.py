@@ -17,7 +17,7 @@ import time
 
 import redis
 
-from core.constants import METRICS_REPLICATION_LAG_KEY, REPLICATION_BARRIER_KEY
+from backstop.constants import METRICS_REPLICATION_LAG_KEY, REPLICATION_BARRIER_KEY
 
 log = logging.getLogger(__name__)
 

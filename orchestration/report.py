@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from core.config import Config
-from core.constants import OCCURRENCE_KEY, RUN_KEY, RUNS_INDEX_KEY
-from core.runs import OccurrenceState, RunKind, RunState
-from orchestration.ledger import Ledger
+from backstop.config import Config
+from backstop.constants import OCCURRENCE_KEY, RUN_KEY, RUNS_INDEX_KEY
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import OccurrenceState, RunKind, RunState
 
 # The fields of a run and of an occurrence the report reads (JSON values; absent: default).
 RUN_FIELDS = ("occurrence", "kind", "task", "state", "bytes", "failover_of", "finished_at")

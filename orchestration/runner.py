@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from core.config import Config
-from core.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
-from core.errors import SourceError, StorageUnavailable
-from core.runs import ACTIVE, ErrorKind, Progress, Run, RunEnd, RunSpec, RunState, utc_now
-from orchestration.control import saveset_id_for
-from orchestration.ledger import Ledger
-from workers.engine import BackupRequest, Engine
+from backstop.config import Config
+from backstop.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
+from backstop.errors import SourceError, StorageUnavailable
+from backstop.orchestration.control import saveset_id_for
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import ACTIVE, ErrorKind, Progress, Run, RunEnd, RunSpec, RunState, utc_now
+from backstop.workers.engine import BackupRequest, Engine
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from core.config import EventBase, Schedule
+from backstop.config import EventBase, Schedule
 
 
 def latest_tick(schedule: Schedule, default_tz: str, now: datetime) -> datetime:

@@ -8,19 +8,19 @@ from typing import Any
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
-from core.config import Config
-from core.constants import (
+from backstop.config import Config
+from backstop.constants import (
     BEAT_LEADER_KEY,
     CONTROL_QUEUE,
     NOTIFY_QUEUE,
     client_queue,
     rds_queue,
 )
-from core.errors import BrokerUnreachable
-from core.settings import Settings
-from orchestration.broker import broker_url, redis_client
-from orchestration.heartbeat import live_beats, live_workers
-from orchestration.leader import current_leader
+from backstop.errors import BrokerUnreachable
+from backstop.orchestration.broker import broker_url, redis_client
+from backstop.orchestration.heartbeat import live_beats, live_workers
+from backstop.orchestration.leader import current_leader
+from backstop.settings import Settings
 
 
 def connect(settings: Settings, url: str | None = None) -> redis.Redis:

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from core.errors import AlreadyRunning
-from core.settings import BROKER_ENV, Settings
-from orchestration.broker import EmbeddedBroker, forget_broker, record_broker
-from orchestration.demo import seed_demo_sources
-from orchestration.process import spawn, stop_group
-from workers.access import create_token
-from workers.engine import create_missing_stores
+from backstop.errors import AlreadyRunning
+from backstop.orchestration.broker import EmbeddedBroker, forget_broker, record_broker
+from backstop.orchestration.demo import seed_demo_sources
+from backstop.orchestration.process import spawn, stop_group
+from backstop.settings import BROKER_ENV, Settings
+from backstop.workers.access import create_token
+from backstop.workers.engine import create_missing_stores
 
 log = logging.getLogger("backstop.up")
 
@@ -73,7 +73,8 @@ class Part:
 
 
 def backstop_argv(settings: Settings, *args: str) -> list[str]:
-    return [sys.executable, "-m", "orchestration.cli", *args, "-c", str(settings.config_path)]
+    return [sys.executable, "-m", "backstop.orchestration.cli", *args,
+            "-c", str(settings.config_path)]
 
 
 def plan_parts(settings: Settings, rds: list[str], clients: list[str],

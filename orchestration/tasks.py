@@ -17,9 +17,9 @@ import redis
 from celery import Task
 from celery.signals import task_revoked, worker_shutdown
 
-from core.config import Config, Level
-from core.config_refs import did_you_mean
-from core.constants import (
+from backstop.config import Config, Level
+from backstop.config_refs import did_you_mean
+from backstop.constants import (
     RUN_LEASE_S,
     RUN_TASKS,
     TASK_BACKUP,
@@ -33,24 +33,24 @@ from core.constants import (
     TASK_VERIFY,
     TASK_WATCHDOG,
 )
-from core.errors import Reason, RunFailed, SavesetMissing, StorageUnavailable
-from core.runs import Run, RunEnd, RunState, Trigger
-from orchestration.broker import patient_client
-from orchestration.catalog import RedisCatalog
-from orchestration.celery_app import BackstopApp
-from orchestration.control import Control, start_adhoc
-from orchestration.events import Unresolvable
-from orchestration.heartbeat import client_last_seen_s, served_rds
-from orchestration.jobs import command_job, migrate_job, verify_job
-from orchestration.ledger import Ledger
-from orchestration.notify import Notifier
-from orchestration.redeliver import redeliver_stale
-from orchestration.replicas import Replicas
-from orchestration.runner import Channels, lease_kept, run_backup
-from workers.access import client_token
-from workers.engine import Engine
-from workers.remote import RemoteStores
-from workers.restore import Restorer
+from backstop.errors import Reason, RunFailed, SavesetMissing, StorageUnavailable
+from backstop.orchestration.broker import patient_client
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.celery_app import BackstopApp
+from backstop.orchestration.control import Control, start_adhoc
+from backstop.orchestration.events import Unresolvable
+from backstop.orchestration.heartbeat import client_last_seen_s, served_rds
+from backstop.orchestration.jobs import command_job, migrate_job, verify_job
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.notify import Notifier
+from backstop.orchestration.redeliver import redeliver_stale
+from backstop.orchestration.replicas import Replicas
+from backstop.orchestration.runner import Channels, lease_kept, run_backup
+from backstop.runs import Run, RunEnd, RunState, Trigger
+from backstop.workers.access import client_token
+from backstop.workers.engine import Engine
+from backstop.workers.remote import RemoteStores
+from backstop.workers.restore import Restorer
 
 
 @dataclass

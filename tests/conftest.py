@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.settings import Settings, load_settings
-from orchestration.broker import EmbeddedBroker
+from backstop.orchestration.broker import EmbeddedBroker
+from backstop.settings import Settings, load_settings
 
 # the ``cluster`` fixture: a Sentinel-managed Valkey
 pytest_plugins = ["tests.sentinels", "tests.seaweed"]

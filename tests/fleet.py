@@ -13,11 +13,11 @@ from typing import Any
 import psutil
 import redis
 
-from core.constants import OCCURRENCE_KEY
-from orchestration.broker import EmbeddedBroker
-from orchestration.celery_app import BackstopApp
-from orchestration.heartbeat import WorkerBeat, live_workers
-from orchestration.ledger import Ledger
+from backstop.constants import OCCURRENCE_KEY
+from backstop.orchestration.broker import EmbeddedBroker
+from backstop.orchestration.celery_app import BackstopApp
+from backstop.orchestration.heartbeat import WorkerBeat, live_workers
+from backstop.orchestration.ledger import Ledger
 from tests.invariants import Audit, audit
 from tests.waiting import wait_for
 
@@ -78,7 +78,7 @@ class Fleet:
         self.argv[name] = args
         with open(self.root / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "orchestration.cli", *args, "-c", str(self.config)],
+                [sys.executable, "-m", "backstop.orchestration.cli", *args, "-c", str(self.config)],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, name: str) -> None:
@@ -122,8 +122,8 @@ class Fleet:
 
     def send(self, task: str, args: list[Any], queue: str) -> None:
         if self.app is None:
-            from core.settings import load_settings
-            from orchestration.app import create_app
+            from backstop.orchestration.app import create_app
+            from backstop.settings import load_settings
 
             self.app = create_app(load_settings(str(self.config), self.env), self.url)
         self.app.send(task, args, queue, "test")

@@ -26,9 +26,9 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from core.runs import TERMINAL
-from core.settings import load_settings
-from orchestration.cli import main
+from backstop.orchestration.cli import main
+from backstop.runs import TERMINAL
+from backstop.settings import load_settings
 
 
 @dataclass

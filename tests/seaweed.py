@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from orchestration.broker import free_port
+from backstop.orchestration.broker import free_port
 from tests.waiting import wait_for
 
 ACCESS_KEY = "backstop-test-key"

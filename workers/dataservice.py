@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
-from core.errors import SavesetMissing, StorageUnavailable
-from core.model import SavesetKey
-from workers.access import AUTH_HEADER, Forbidden, Identity, Tokens
-from workers.store import META, Staging, Store
+from backstop.errors import SavesetMissing, StorageUnavailable
+from backstop.model import SavesetKey
+from backstop.workers.access import AUTH_HEADER, Forbidden, Identity, Tokens
+from backstop.workers.store import META, Staging, Store
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The backup engine: one run of a backup, from scanning the source to the catalog entry.
 
-Steps: scan the source; decide the level (``workers.levels``); compare with the base's
-manifest; estimate the archive; pick a medium (``workers.media``); claim the space
+Steps: scan the source; decide the level (``backstop.workers.levels``); compare with the base's
+manifest; estimate the archive; pick a medium (``backstop.workers.media``); claim the space
 (pre-flight); stream the archive and the manifest into a staged saveset; commit it to the
 store; add it to the catalog, last. A failure anywhere aborts the staging, so nothing of
 the run is left to be seen.
@@ -26,9 +26,9 @@ from typing import Any
 
 import zstandard
 
-from core.config import DataStore, Level, MediaPool, Task
-from core.errors import CorruptSaveset, StorageError, StorageUnavailable
-from core.model import (
+from backstop.config import DataStore, Level, MediaPool, Task
+from backstop.errors import CorruptSaveset, StorageError, StorageUnavailable
+from backstop.model import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
     FIFO,
@@ -39,15 +39,15 @@ from core.model import (
     Saveset,
     SavesetKey,
 )
-from core.settings import Settings
-from workers import manifest as manifests
-from workers.archive import ArchiveWriter, tar_size
-from workers.catalog import Catalog
-from workers.digest import digest_of
-from workers.levels import LevelDecision, decide_level
-from workers.media import MediumChoice, choose_medium
-from workers.retention import protected
-from workers.store import ARCHIVE, MANIFEST, META, PathStore, Store
+from backstop.settings import Settings
+from backstop.workers import manifest as manifests
+from backstop.workers.archive import ArchiveWriter, tar_size
+from backstop.workers.catalog import Catalog
+from backstop.workers.digest import digest_of
+from backstop.workers.levels import LevelDecision, decide_level
+from backstop.workers.media import MediumChoice, choose_medium
+from backstop.workers.retention import protected
+from backstop.workers.store import ARCHIVE, MANIFEST, META, PathStore, Store
 
 # Pre-flight allowance for the manifest and metadata, per path and in total.
 MANIFEST_BYTES_PER_ENTRY = 160
@@ -91,7 +91,7 @@ def store_of(settings: Settings, store: DataStore) -> Store:
     bucket."""
     if store.s3 is None:
         return path_store(settings, store)
-    from workers.s3 import S3Store  # boto3 is loaded by the processes that use a bucket
+    from backstop.workers.s3 import S3Store  # boto3 is loaded by the processes that use a bucket
 
     access, secret = settings.s3_keys.get(store.name, ("", ""))
     pools = {p.name: p.retention for p in settings.config.media_pools

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from core.config import Level
+from backstop.config import Level
 
 # Levels a DIFF/INC may be based on: a COPY never is.
 BASE_LEVELS = (Level.FULL, Level.DIFF, Level.INC)

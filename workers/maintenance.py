@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.config import Config, MediaPool
-from core.errors import CorruptSaveset, Reason, StorageError, StorageUnavailable
-from core.model import Saveset, Space
-from workers.catalog import Catalog
-from workers.engine import read_committed
-from workers.media import media_states
-from workers.retention import protected, purge_plan
-from workers.store import Store
+from backstop.config import Config, MediaPool
+from backstop.errors import CorruptSaveset, Reason, StorageError, StorageUnavailable
+from backstop.model import Saveset, Space
+from backstop.workers.catalog import Catalog
+from backstop.workers.engine import read_committed
+from backstop.workers.media import media_states
+from backstop.workers.retention import protected, purge_plan
+from backstop.workers.store import Store
 
 
 @dataclass

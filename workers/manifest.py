@@ -6,7 +6,7 @@ ctime) and every path deleted since its base. It is stored as zstd-compressed JS
 header object, then one compact array per path: ``[kind, path, size, mtime_ns, inode, mode,
 digest, holder, target, uid, gid, ctime_ns, user, group, xattrs, rdev, frame, skip]``
 (xattrs: an object of name to base64 value; frame and skip: where the file's member lies
-in its holder's archive, see ``workers.archive``), or ``["x", path]`` for a deletion.
+in its holder's archive, see ``backstop.workers.archive``), or ``["x", path]`` for a deletion.
 Kinds: ``f`` file, ``d`` directory, ``l`` symlink, ``p`` fifo, ``c``/``b`` character/block
 device, ``h`` a hard link to the file stored under ``target``. Manifests of format 1
 (without the last nine) and 2 (without the last two) are read too.
@@ -32,8 +32,8 @@ import orjson
 import pathspec
 import zstandard
 
-from core.errors import CorruptSaveset, SourceError
-from core.model import (
+from backstop.errors import CorruptSaveset, SourceError
+from backstop.model import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
     DIR,
@@ -45,7 +45,7 @@ from core.model import (
     Entry,
     Manifest,
 )
-from workers.digest import ALGORITHM
+from backstop.workers.digest import ALGORITHM
 
 FORMAT = "backstop-manifest/3"
 FORMATS = ("backstop-manifest/1", "backstop-manifest/2", FORMAT)  # what decode reads

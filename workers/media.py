@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.config import MediaPool
-from core.errors import Reason, StorageUnavailable
-from core.model import Saveset
+from backstop.config import MediaPool
+from backstop.errors import Reason, StorageUnavailable
+from backstop.model import Saveset
 
 
 def label(pool: str, number: int) -> str:

@@ -25,14 +25,14 @@ from typing import Any, BinaryIO
 import httpcore  # noqa: F401 - httpx imports it on first use; a worker pays it before forking
 import httpx
 
-from core.config import Interface
-from core.errors import CorruptSaveset, Reason, SavesetMissing, StorageUnavailable
-from core.model import SavesetKey, Space
-from core.settings import Settings
-from workers.access import AUTH_HEADER, BEARER
-from workers.dataservice import SEGMENT_BYTES
-from workers.engine import path_store, store_of
-from workers.store import MARKER, Staging, Store
+from backstop.config import Interface
+from backstop.errors import CorruptSaveset, Reason, SavesetMissing, StorageUnavailable
+from backstop.model import SavesetKey, Space
+from backstop.settings import Settings
+from backstop.workers.access import AUTH_HEADER, BEARER
+from backstop.workers.dataservice import SEGMENT_BYTES
+from backstop.workers.engine import path_store, store_of
+from backstop.workers.store import MARKER, Staging, Store
 
 READ_CHUNK = 1 << 20
 # Segments of a part queued for sending (in order, by one thread) while the next fills.

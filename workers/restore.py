@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import pathspec
 
-from core.errors import CorruptSaveset, RestoreRefused
-from core.model import (
+from backstop.errors import CorruptSaveset, RestoreRefused
+from backstop.model import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
     DIR,
@@ -36,8 +36,8 @@ from core.model import (
     Manifest,
     Saveset,
 )
-from workers import manifest as manifests
-from workers.archive import (
+from backstop.workers import manifest as manifests
+from backstop.workers.archive import (
     CHUNK,
     SparseContent,
     corruption_of,
@@ -45,10 +45,10 @@ from workers.archive import (
     read_located,
     read_members,
 )
-from workers.catalog import Catalog
-from workers.digest import digest_of, new_digest
-from workers.engine import Progress
-from workers.store import ARCHIVE, MANIFEST, Store
+from backstop.workers.catalog import Catalog
+from backstop.workers.digest import digest_of, new_digest
+from backstop.workers.engine import Progress
+from backstop.workers.store import ARCHIVE, MANIFEST, Store
 
 
 @dataclass(frozen=True)

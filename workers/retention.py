@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from core.config import Level
-from core.model import Saveset
-from workers.levels import BASE_LEVELS
+from backstop.config import Level
+from backstop.model import Saveset
+from backstop.workers.levels import BASE_LEVELS
 
 
 def past_retention(saveset: Saveset, retention: timedelta, now: datetime) -> bool:

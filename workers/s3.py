@@ -36,10 +36,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.config import S3Location
-from core.errors import Reason, SavesetMissing, StorageError, StorageUnavailable
-from core.model import SavesetKey, Space
-from workers.store import ARCHIVE, MANIFEST, Staging, Store
+from backstop.config import S3Location
+from backstop.errors import Reason, SavesetMissing, StorageError, StorageUnavailable
+from backstop.model import SavesetKey, Space
+from backstop.workers.store import ARCHIVE, MANIFEST, Staging, Store
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

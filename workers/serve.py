@@ -16,12 +16,12 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from core.config import Interface
-from core.errors import BackstopError
-from core.settings import Settings
-from workers.access import Identity, Tokens, fleet_token, read_token
-from workers.dataservice import RECEIVE_CHUNK, SEGMENT_BYTES, DataService
-from workers.engine import store_of
+from backstop.config import Interface
+from backstop.errors import BackstopError
+from backstop.settings import Settings
+from backstop.workers.access import Identity, Tokens, fleet_token, read_token
+from backstop.workers.dataservice import RECEIVE_CHUNK, SEGMENT_BYTES, DataService
+from backstop.workers.engine import store_of
 
 log = logging.getLogger(__name__)
 

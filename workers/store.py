@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.errors import Reason, SavesetMissing, StorageError, StorageUnavailable
-from core.model import SavesetKey, Space
+from backstop.errors import Reason, SavesetMissing, StorageError, StorageUnavailable
+from backstop.model import SavesetKey, Space
 
 # The parts of a saveset: its archive, its manifest and its record (written last).
 ARCHIVE, MANIFEST, META = "archive.tar.zst", "manifest.jsonl.zst", "saveset.json"

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from orchestration.broker import EmbeddedBroker, free_port
+from backstop.orchestration.broker import EmbeddedBroker, free_port
 from tests.fleet import Fleet, bulk_source
 from tests.waiting import wait_for
 
@@ -28,7 +28,8 @@ QUICKSTART = REPO / "deploy" / "examples" / "quickstart.yaml"
 
 def backstop(*args: str, config: Path, env: dict[str, str] | None = None,
              timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args, "-c", str(config)],
+    return subprocess.run([sys.executable, "-m", "backstop.orchestration.cli", *args,
+                           "-c", str(config)],
                           capture_output=True, text=True, timeout=timeout_s, env=env,
                           check=False)
 
@@ -81,7 +82,7 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
 
     def start(config: Path, *args: str) -> Up:
         log = tmp_path / f"up-{len(started)}.log"
-        argv = [sys.executable, "-m", "orchestration.cli", "up", "-c", str(config), *args]
+        argv = [sys.executable, "-m", "backstop.orchestration.cli", "up", "-c", str(config), *args]
         if "--no-flower" not in args and "--flower-port" not in args:
             argv += ["--flower-port", str(free_port())]
         if "--metrics-port" not in args:

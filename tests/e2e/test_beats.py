@@ -55,7 +55,7 @@ def test_three_beats_then_two_schedule_each_tick_once_and_a_standby_takes_over(
     for i in range(2):
         with open(tmp_path / f"standby-{i}.log", "wb") as log:
             standbys.append(subprocess.Popen(
-                [sys.executable, "-m", "orchestration.cli", "beat", "-c", str(config)],
+                [sys.executable, "-m", "backstop.orchestration.cli", "beat", "-c", str(config)],
                 env=dict(os.environ, BACKSTOP_BROKER_URL=url), stdout=log,
                 stderr=subprocess.STDOUT))
     try:

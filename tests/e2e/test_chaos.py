@@ -18,11 +18,11 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from core.constants import CONTROL_QUEUE, rds_queue
-from core.settings import load_settings
-from orchestration.broker import patient_client
-from orchestration.cli import main
-from orchestration.ledger import Ledger
+from backstop.constants import CONTROL_QUEUE, rds_queue
+from backstop.orchestration.broker import patient_client
+from backstop.orchestration.cli import main
+from backstop.orchestration.ledger import Ledger
+from backstop.settings import load_settings
 from tests.e2e.conftest import Fleet, Up, bulk_source
 from tests.fleet import run_records, running_run, wait_settled
 from tests.invariants import audit

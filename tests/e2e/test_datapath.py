@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from core.constants import CONTROL_QUEUE
-from core.settings import load_settings
-from orchestration.broker import free_port
+from backstop.constants import CONTROL_QUEUE
+from backstop.orchestration.broker import free_port
+from backstop.settings import load_settings
+from backstop.workers.remote import probe_interfaces
 from tests.e2e.conftest import Fleet, bulk_source
 from tests.fleet import run_records, running_run
 from tests.fs import tmpfs
 from tests.waiting import wait_for
-from workers.remote import probe_interfaces
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestration.ledger import Ledger
+from backstop.orchestration.ledger import Ledger
 from tests.e2e.conftest import Up, backstop, bulk_source
 from tests.fleet import running_run
 from tests.invariants import audit

@@ -112,7 +112,7 @@ def test_the_leading_beat_and_the_master_killed_together_the_schedule_goes_on(
     up = start_up(config, "--no-flower")
     up.wait_live()
     # Given a standby beat next to up's
-    standby = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "beat", "-c",
+    standby = subprocess.Popen([sys.executable, "-m", "backstop.orchestration.cli", "beat", "-c",
                                 str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 import redis
 
-from core.config import Level
-from core.constants import CONTROL_QUEUE
-from core.runs import Occurrence
-from core.settings import Settings, load_settings
-from orchestration.catalog import RedisCatalog
-from orchestration.celery_app import BackstopApp
-from orchestration.ledger import Ledger
+from backstop.config import Level
+from backstop.constants import CONTROL_QUEUE
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.celery_app import BackstopApp
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import Occurrence
+from backstop.settings import Settings, load_settings
+from backstop.workers.engine import BackupRequest, BackupResult, Engine, create_missing_stores
+from backstop.workers.restore import Restorer
 from tests.fleet import run_records
 from tests.waiting import wait_for
-from workers.engine import BackupRequest, BackupResult, Engine, create_missing_stores
-from workers.restore import Restorer
 
 ENGINE_CONFIG = """
 rds: [{name: local}]

@@ -12,16 +12,16 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from core.constants import BEAT_LAST_TICK_KEY, CONTROL_QUEUE, rds_queue
-from core.settings import Settings, load_settings
-from orchestration.app import create_app
-from orchestration.beat import Planner
-from orchestration.celery_app import BackstopApp
-from orchestration.heartbeat import live_workers
-from orchestration.ledger import Ledger
-from orchestration.tasks import control_for
+from backstop.constants import BEAT_LAST_TICK_KEY, CONTROL_QUEUE, rds_queue
+from backstop.orchestration.app import create_app
+from backstop.orchestration.beat import Planner
+from backstop.orchestration.celery_app import BackstopApp
+from backstop.orchestration.heartbeat import live_workers
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.tasks import control_for
+from backstop.settings import Settings, load_settings
+from backstop.workers.engine import create_missing_stores
 from tests.waiting import wait_for
-from workers.engine import create_missing_stores
 
 CONFIG = """
 rds: [{name: local}]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from core.config import Level
-from orchestration.cli import main
+from backstop.config import Level
+from backstop.orchestration.cli import main
 from tests.integration.conftest import Setup
 from tests.invariants import cli_json
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from core.config import Level
-from orchestration.cli import main
+from backstop.config import Level
+from backstop.orchestration.cli import main
 from tests.integration.conftest import Setup
 from tests.integration.test_restore_safety import archive_path, flip_byte
 

@@ -15,21 +15,21 @@ import redis
 from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner
 
-from core.constants import CONTROL_QUEUE, client_queue, rds_queue
-from core.settings import Settings, load_settings
-from orchestration.app import create_app
-from orchestration.broker import free_port
-from orchestration.catalog import RedisCatalog
-from orchestration.cli import main
-from orchestration.heartbeat import live_workers
-from orchestration.ledger import Ledger
-from orchestration.tasks import close_context
+from backstop.constants import CONTROL_QUEUE, client_queue, rds_queue
+from backstop.orchestration.app import create_app
+from backstop.orchestration.broker import free_port
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.cli import main
+from backstop.orchestration.heartbeat import live_workers
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.tasks import close_context
+from backstop.settings import Settings, load_settings
+from backstop.workers.engine import create_missing_stores, stores_of
+from backstop.workers.restore import Restorer
+from backstop.workers.serve import Listening, service_for
 from tests.integration.conftest import WorkerFleet
 from tests.invariants import Audit, audit
 from tests.waiting import wait_for
-from workers.engine import create_missing_stores, stores_of
-from workers.restore import Restorer
-from workers.serve import Listening, service_for
 
 TOKEN = "integration-data-token-0123456789"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestration.broker import EmbeddedBroker
+from backstop.orchestration.broker import EmbeddedBroker
 
 
 def test_writes_survive_a_killed_server_and_a_restart(tmp_path: Path) -> None:

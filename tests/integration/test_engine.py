@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Level
-from core.errors import SourceError, StorageUnavailable
+from backstop.config import Level
+from backstop.errors import SourceError, StorageUnavailable
+from backstop.workers.store import MARKER
 from tests.integration.conftest import Setup, snapshot
-from workers.store import MARKER
 
 
 def excluded(rel: str) -> bool:
@@ -167,7 +167,7 @@ def test_an_inc_against_a_base_manifest_in_another_order_stores_nothing_unchange
     are in another order (not written by this engine) is sorted first, not misread."""
     import random
 
-    from workers import manifest as manifests
+    from backstop.workers import manifest as manifests
 
     make_tree(setup.source)
     full = setup.backup(Level.FULL).saveset
@@ -188,7 +188,7 @@ def test_an_inc_against_a_base_manifest_in_another_order_stores_nothing_unchange
 def test_an_inc_manifest_keeps_walk_order_around_the_files_it_stores(setup: Setup) -> None:
     """Rows before the first file to store go into the manifest at once, the rest through
     the spool; the manifest is in walk order either way (the next INC reads it so)."""
-    from workers import manifest as manifests
+    from backstop.workers import manifest as manifests
 
     make_tree(setup.source)
     (setup.source / "zz").mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Level
+from backstop.config import Level
 from tests.integration.conftest import Setup
 from tests.system_tools import require
 

@@ -16,12 +16,12 @@ import redis
 from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner
 
-from core.constants import CONTROL_QUEUE, HEARTBEAT_TTL_S, HEARTBEATS_KEY, rds_queue
-from core.settings import Settings, load_settings
-from orchestration.app import create_app
-from orchestration.cli import main
-from orchestration.heartbeat import read_heartbeats, server_time, write_beat_heartbeat
-from orchestration.status import fleet_status
+from backstop.constants import CONTROL_QUEUE, HEARTBEAT_TTL_S, HEARTBEATS_KEY, rds_queue
+from backstop.orchestration.app import create_app
+from backstop.orchestration.cli import main
+from backstop.orchestration.heartbeat import read_heartbeats, server_time, write_beat_heartbeat
+from backstop.orchestration.status import fleet_status
+from backstop.settings import Settings, load_settings
 from tests.waiting import wait_for
 
 
@@ -103,7 +103,7 @@ def worker_processes(broker_url: str, workers: list[tuple[Any, ...]]) -> Iterato
         for settings, name, *options in workers:
             log = settings.config_path.with_name(f"{name}.log").open("ab")
             started.append(subprocess.Popen(
-                [sys.executable, "-m", "orchestration.cli", "worker", "-c",
+                [sys.executable, "-m", "backstop.orchestration.cli", "worker", "-c",
                  str(settings.config_path), "--name", name, "--concurrency", "1", *options],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             log.close()

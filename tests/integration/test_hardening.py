@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from core.constants import CONTROL_QUEUE, OCCURRENCE_KEY, rds_queue
+from backstop.constants import CONTROL_QUEUE, OCCURRENCE_KEY, rds_queue
 from tests.integration.test_orchestration import Fleet, fleet  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.usefixtures("fleet")

@@ -6,11 +6,11 @@ import time
 
 import redis
 
-from core.constants import BEAT_LEADER_KEY, BEAT_STANDBY_POLL_S
-from core.settings import Settings
-from orchestration.app import create_app
-from orchestration.beat import LeaderScheduler
-from orchestration.leader import LeaderLease, current_leader
+from backstop.constants import BEAT_LEADER_KEY, BEAT_STANDBY_POLL_S
+from backstop.orchestration.app import create_app
+from backstop.orchestration.beat import LeaderScheduler
+from backstop.orchestration.leader import LeaderLease, current_leader
+from backstop.settings import Settings
 
 
 def test_only_one_holder_at_a_time_and_a_standby_takes_over_after_expiry(

@@ -11,11 +11,11 @@ import redis
 from click.testing import CliRunner
 from rich.console import Console
 
-from core.errors import Reason
-from core.runs import ErrorKind, OccurrenceState, Run, RunEnd, RunError, RunState, Trigger
-from orchestration.cli import main
-from orchestration.cli_runs import print_runs
-from orchestration.ledger import Ledger
+from backstop.errors import Reason
+from backstop.orchestration.cli import main
+from backstop.orchestration.cli_runs import print_runs
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import ErrorKind, OccurrenceState, Run, RunEnd, RunError, RunState, Trigger
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -71,7 +71,7 @@ def test_forgetting_goes_past_old_runs_that_are_still_active(
     for i in range(5):
         add(ledger, f"done-{i}", "docs", timedelta(days=20, minutes=i), RunState.SUCCEEDED)
     # a batch of 3 at a time: the first batch holds only runs that must stay
-    import orchestration.ledger as module
+    import backstop.orchestration.ledger as module
     batch = module.HISTORY_SWEEP_BATCH
     module.HISTORY_SWEEP_BATCH = 3
     try:

@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import pytest
 
-from core.config import Level
-from core.constants import CATALOG_INDEX_KEY
-from core.errors import StorageUnavailable
+from backstop.config import Level
+from backstop.constants import CATALOG_INDEX_KEY
+from backstop.errors import StorageUnavailable
+from backstop.workers.maintenance import pool_report, purge, rebuild
 from tests.integration.conftest import ENGINE_CONFIG, Setup
-from workers.maintenance import pool_report, purge, rebuild
 
 MEDIA_CONFIG = ENGINE_CONFIG.replace(
     "{name: daily, data_store: a, retention: 14d}",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Level
+from backstop.config import Level
 from tests.integration.conftest import Setup
 from tests.system_tools import require
 
@@ -68,10 +68,10 @@ RESTORE = """
 import json, sys
 from pathlib import Path
 import redis
-from core.settings import load_settings
-from orchestration.catalog import RedisCatalog
-from workers.engine import Engine
-from workers.restore import Restorer
+from backstop.settings import load_settings
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.workers.engine import Engine
+from backstop.workers.restore import Restorer
 settings = load_settings(sys.argv[1], {"BACKSTOP_BROKER_URL": sys.argv[2]})
 catalog = RedisCatalog(redis.Redis.from_url(sys.argv[2]))
 restorer = Restorer(catalog, Engine(settings, catalog).stores)
@@ -176,9 +176,9 @@ def test_hard_links_fifos_and_devices_round_trip_and_tar_alone_restores_them(
 
 
 def test_a_crafted_hard_link_out_of_the_saveset_is_refused(setup: Setup) -> None:
-    from core.errors import RestoreRefused
-    from core.model import HARDLINK, Entry, Manifest
-    from workers.restore import check_paths
+    from backstop.errors import RestoreRefused
+    from backstop.model import HARDLINK, Entry, Manifest
+    from backstop.workers.restore import check_paths
 
     manifest = Manifest("s1", {"x": Entry("x", HARDLINK, 0, 0, 1, 0o644, target="../../etc")})
     with pytest.raises(RestoreRefused):

@@ -16,10 +16,10 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.runs import RunEnd, RunState
-from core.settings import load_settings
-from orchestration.cli import main
-from orchestration.exporter import serve_metrics
+from backstop.orchestration.cli import main
+from backstop.orchestration.exporter import serve_metrics
+from backstop.runs import RunEnd, RunState
+from backstop.settings import load_settings
 from tests.integration.test_orchestration import Fleet, fleet  # noqa: F401 - the fixture
 from tests.system_tools import require
 

@@ -19,19 +19,19 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-import orchestration.notify
-from core.constants import CONTROL_QUEUE, METRICS_NOTIFY_FAILED_KEY, NOTIFY_QUEUE, rds_queue
-from core.runs import OccurrenceState, Trigger
-from core.settings import load_settings
-from orchestration.app import create_app
-from orchestration.heartbeat import live_workers
-from orchestration.ledger import Ledger
-from orchestration.notify import Notifier
-from orchestration.tasks import control_for
+import backstop.orchestration.notify
+from backstop.constants import CONTROL_QUEUE, METRICS_NOTIFY_FAILED_KEY, NOTIFY_QUEUE, rds_queue
+from backstop.orchestration.app import create_app
+from backstop.orchestration.heartbeat import live_workers
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.notify import Notifier
+from backstop.orchestration.tasks import control_for
+from backstop.runs import OccurrenceState, Trigger
+from backstop.settings import load_settings
+from backstop.workers.engine import create_missing_stores
 from tests.integration.conftest import WorkerFleet
 from tests.integration.test_orchestration import CONFIG
 from tests.waiting import wait_for
-from workers.engine import create_missing_stores
 
 
 def free_port() -> int:
@@ -93,7 +93,7 @@ notify:
 @pytest.fixture
 def fleet(tmp_path: Path, broker_url: str, redis_client: redis.Redis,
           receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerFleet]:
-    monkeypatch.setattr(orchestration.notify, "NOTIFY_RETRY_FIRST_S", 0.5)
+    monkeypatch.setattr(backstop.orchestration.notify, "NOTIFY_RETRY_FIRST_S", 0.5)
     (tmp_path / "backstop.yaml").write_text(notify_config(receiver.port))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.bin").write_bytes(os.urandom(100_000))

@@ -19,23 +19,23 @@ from botocore.exceptions import ClientError
 from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner
 
-from core.config import Level
-from core.constants import CONTROL_QUEUE, rds_queue
-from core.errors import StorageUnavailable
-from core.settings import Settings, load_settings
-from orchestration.app import create_app
-from orchestration.catalog import RedisCatalog
-from orchestration.cli import main
-from orchestration.heartbeat import live_workers
-from orchestration.ledger import Ledger
+from backstop.config import Level
+from backstop.constants import CONTROL_QUEUE, rds_queue
+from backstop.errors import StorageUnavailable
+from backstop.orchestration.app import create_app
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.cli import main
+from backstop.orchestration.heartbeat import live_workers
+from backstop.orchestration.ledger import Ledger
+from backstop.settings import Settings, load_settings
+from backstop.workers.engine import create_missing_stores, store_of, stores_of
+from backstop.workers.maintenance import purge
+from backstop.workers.restore import Restorer
+from backstop.workers.s3 import S3Store
+from backstop.workers.store import ARCHIVE, MANIFEST, META
 from tests.integration.conftest import Setup, WorkerFleet, snapshot
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 from tests.waiting import wait_for
-from workers.engine import create_missing_stores, store_of, stores_of
-from workers.maintenance import purge
-from workers.restore import Restorer
-from workers.s3 import S3Store
-from workers.store import ARCHIVE, MANIFEST, META
 
 KEYS = {"S3_KEY": ACCESS_KEY, "S3_SECRET": SECRET_KEY}
 

@@ -20,18 +20,18 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from core.config import CommandEvent
-from core.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
-from core.runs import Run, RunState, Trigger
-from core.settings import load_settings
-from orchestration.app import create_app
-from orchestration.celery_app import BackstopApp
-from orchestration.heartbeat import live_workers, server_time
-from orchestration.ledger import Ledger
+from backstop.config import CommandEvent
+from backstop.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
+from backstop.orchestration.app import create_app
+from backstop.orchestration.celery_app import BackstopApp
+from backstop.orchestration.heartbeat import live_workers, server_time
+from backstop.orchestration.ledger import Ledger
+from backstop.runs import Run, RunState, Trigger
+from backstop.settings import load_settings
+from backstop.workers.engine import create_missing_stores
+from backstop.workers.store import MARKER
 from tests.integration.conftest import WorkerFleet
 from tests.waiting import wait_for
-from workers.engine import create_missing_stores
-from workers.store import MARKER
 
 CONFIG = """
 rds: [{name: local, interfaces: [{name: lo, address: 127.0.0.1}]}, {name: remote}]
@@ -238,7 +238,7 @@ def test_a_late_or_repeated_message_changes_nothing(fleet: Fleet) -> None:
 
 
 def test_migration_copies_the_new_saveset_verifies_and_catalogs_it(fleet: Fleet) -> None:
-    from orchestration.catalog import RedisCatalog
+    from backstop.orchestration.catalog import RedisCatalog
 
     [run] = fleet.settled(fleet.occur("with-migration"))
 
@@ -272,7 +272,7 @@ def test_a_drive_never_has_more_writers_than_channels_and_waiting_is_not_failing
 
 
 def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> None:
-    from orchestration.tasks import control_for
+    from backstop.orchestration.tasks import control_for
 
     # Given a worker for RDS remote that announced itself (its heartbeat) and then vanished
     client = fleet.ledger.client
@@ -291,7 +291,7 @@ def test_a_queued_run_whose_rds_stops_being_served_fails_over(fleet: Fleet) -> N
 
 
 def test_a_revoked_run_is_cancelled_and_never_run(fleet: Fleet) -> None:
-    from orchestration.tasks import control_for
+    from backstop.orchestration.tasks import control_for
 
     # Given a run queued for RDS remote, which nobody consumes, revoked by the operator
     client = fleet.ledger.client
@@ -311,8 +311,8 @@ def test_a_revoked_run_is_cancelled_and_never_run(fleet: Fleet) -> None:
 
 def test_an_occurrence_left_open_by_a_dead_worker_is_settled_by_the_watchdog(
         fleet: Fleet) -> None:
-    from core.constants import OCCURRENCE_KEY, OCCURRENCES_OPEN_KEY, RUN_KEY
-    from orchestration.tasks import control_for
+    from backstop.constants import OCCURRENCE_KEY, OCCURRENCES_OPEN_KEY, RUN_KEY
+    from backstop.orchestration.tasks import control_for
 
     # Given an occurrence whose run ended, but whose worker died before settling it
     occurrence = fleet.occur("plain")
@@ -331,9 +331,9 @@ def test_an_occurrence_left_open_by_a_dead_worker_is_settled_by_the_watchdog(
 
 def test_a_queued_run_whose_message_was_lost_is_sent_again_by_the_watchdog(
         fleet: Fleet) -> None:
-    from orchestration.control import new_run_id
-    from orchestration.events import resolve
-    from orchestration.tasks import control_for
+    from backstop.orchestration.control import new_run_id
+    from backstop.orchestration.events import resolve
+    from backstop.orchestration.tasks import control_for
 
     # Given an occurrence and its run, written by a dispatch killed before it sent the run
     control = control_for(fleet.app, fleet.ledger.client)
@@ -349,7 +349,7 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again_by_the_watchdog(
 
 
 def test_a_recent_queued_run_is_not_sent_again(fleet: Fleet) -> None:
-    from orchestration.tasks import control_for
+    from backstop.orchestration.tasks import control_for
 
     # Given a run queued for RDS remote (served, but its worker consumes nothing)
     client = fleet.ledger.client
@@ -362,8 +362,8 @@ def test_a_recent_queued_run_is_not_sent_again(fleet: Fleet) -> None:
 
 
 def test_a_command_run_whose_process_died_is_run_again_by_the_watchdog(fleet: Fleet) -> None:
-    from orchestration.control import new_run_id
-    from orchestration.tasks import control_for
+    from backstop.orchestration.control import new_run_id
+    from backstop.orchestration.tasks import control_for
 
     # Given a command run left running by a process that died (its lease has run out)
     control = control_for(fleet.app, fleet.ledger.client)
@@ -382,9 +382,9 @@ def test_a_command_run_whose_process_died_is_run_again_by_the_watchdog(fleet: Fl
 def test_a_run_whose_worker_died_after_cataloging_its_saveset_succeeded(fleet: Fleet) -> None:
     import dataclasses
 
-    from core.constants import CATALOG_SAVESET_KEY
-    from orchestration.catalog import RedisCatalog
-    from orchestration.tasks import control_for
+    from backstop.constants import CATALOG_SAVESET_KEY
+    from backstop.orchestration.catalog import RedisCatalog
+    from backstop.orchestration.tasks import control_for
 
     # Given a run on RDS remote, claimed by a worker that then died: its lease ran out
     client = fleet.ledger.client
@@ -408,9 +408,9 @@ def test_a_run_whose_worker_died_after_cataloging_its_saveset_succeeded(fleet: F
 
 def test_a_backup_revoked_by_broadcast_is_cancelled_when_its_message_arrives(
         fleet: Fleet) -> None:
-    from orchestration.control import new_run_id
-    from orchestration.events import resolve
-    from orchestration.tasks import control_for
+    from backstop.orchestration.control import new_run_id
+    from backstop.orchestration.events import resolve
+    from backstop.orchestration.tasks import control_for
 
     # Given a queued run, and its task id revoked fleet-wide (as Flower's revoke does)
     control = control_for(fleet.app, fleet.ledger.client)
@@ -530,7 +530,7 @@ def test_celery_s_own_tools_reach_the_fleet(fleet: Fleet) -> None:
     # Given the fleet's config and broker, as an operator's shell has them
     env = dict(os.environ, BACKSTOP_CONFIG=str(fleet.root / "backstop.yaml"),
                BACKSTOP_BROKER_URL=fleet.app.conf.broker_url)
-    celery = [sys.executable, "-m", "celery", "-A", "orchestration.celery_main"]
+    celery = [sys.executable, "-m", "celery", "-A", "backstop.orchestration.celery_main"]
     # When `celery inspect` asks the workers, Then the fleet's worker answers
     pinged = subprocess.run([*celery, "inspect", "ping", "-d", "fleet@test", "-t", "10"],
                             env=env, capture_output=True, text=True, timeout=60, check=False)

@@ -13,15 +13,15 @@ from pathlib import Path
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from core.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
-from core.settings import load_settings
-from orchestration.app import create_app
-from orchestration.heartbeat import live_workers, read_heartbeats
-from orchestration.ledger import Ledger
-from orchestration.redeliver import redeliver_stale
+from backstop.constants import CONTROL_QUEUE, HEARTBEATS_KEY, rds_queue
+from backstop.orchestration.app import create_app
+from backstop.orchestration.heartbeat import live_workers, read_heartbeats
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.redeliver import redeliver_stale
+from backstop.settings import load_settings
+from backstop.workers.engine import create_missing_stores
 from tests.integration.test_orchestration import CONFIG
 from tests.waiting import wait_for
-from workers.engine import create_missing_stores
 
 # Takes one message from the control queue as a worker does (it goes to kombu's unacked
 # hash), then dies at once: no acknowledgement, no restore at shutdown.

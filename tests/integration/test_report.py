@@ -8,10 +8,10 @@ from datetime import timedelta
 import redis
 from click.testing import CliRunner
 
-from core.constants import POOL_USED_KEY
-from core.runs import utc_now
-from orchestration.cli import main
-from orchestration.growth import days_until_full, sample_pools
+from backstop.constants import POOL_USED_KEY
+from backstop.orchestration.cli import main
+from backstop.orchestration.growth import days_until_full, sample_pools
+from backstop.runs import utc_now
 from tests.integration.test_orchestration import Fleet, fleet  # noqa: F401 - the fixture
 from tests.invariants import cli_json
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from core.config import Level
-from core.errors import CorruptSaveset, RestoreRefused
-from core.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset, SavesetKey
+from backstop.config import Level
+from backstop.errors import CorruptSaveset, RestoreRefused
+from backstop.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset, SavesetKey
+from backstop.workers import manifest as manifests
+from backstop.workers.digest import digest_of
+from backstop.workers.engine import ARCHIVE, MANIFEST, META
 from tests.integration.conftest import Setup, snapshot
-from workers import manifest as manifests
-from workers.digest import digest_of
-from workers.engine import ARCHIVE, MANIFEST, META
 
 
 @pytest.fixture

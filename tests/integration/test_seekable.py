@@ -12,13 +12,13 @@ from typing import IO, BinaryIO
 
 import zstandard
 
-from core.config import Level
-from core.model import SavesetKey
+from backstop.config import Level
+from backstop.model import SavesetKey
+from backstop.workers.archive import FRAME_BYTES
+from backstop.workers.restore import Restorer
+from backstop.workers.store import ARCHIVE, PathStore, Store
 from tests.integration.conftest import Setup, snapshot
 from tests.system_tools import require
-from workers.archive import FRAME_BYTES
-from workers.restore import Restorer
-from workers.store import ARCHIVE, PathStore, Store
 
 FILE_BYTES = 3 << 20
 FILES = 24  # 72 MiB of random bytes: nine frames or so

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from celery.contrib.testing.worker import start_worker
 
-from core.constants import (
+from backstop.constants import (
     CATALOG_SAVESET_KEY,
     CONTROL_QUEUE,
     METRICS_REPLICATION_LAG_KEY,
@@ -22,18 +22,18 @@ from core.constants import (
     OCCURRENCE_KEY,
     rds_queue,
 )
-from core.runs import Run, Trigger, utc_now
-from core.settings import Settings, load_settings
-from orchestration.app import create_app
-from orchestration.broker import patient_client
-from orchestration.heartbeat import live_workers
-from orchestration.ledger import Ledger
-from orchestration.replicas import Replicas
+from backstop.orchestration.app import create_app
+from backstop.orchestration.broker import patient_client
+from backstop.orchestration.heartbeat import live_workers
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.replicas import Replicas
+from backstop.runs import Run, Trigger, utc_now
+from backstop.settings import Settings, load_settings
+from backstop.workers.engine import create_missing_stores
 from tests.integration.conftest import WorkerFleet
 from tests.integration.test_orchestration import CONFIG
 from tests.sentinels import MASTER_NAME, SENTINEL_PASSWORD, SentinelCluster
 from tests.waiting import wait_for
-from workers.engine import create_missing_stores
 
 
 def sentinel_settings(root: Path, cluster: SentinelCluster) -> Settings:

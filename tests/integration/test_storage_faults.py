@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Level
-from core.errors import StorageUnavailable
+from backstop.config import Level
+from backstop.errors import StorageUnavailable
+from backstop.workers.engine import BackupRequest
+from backstop.workers.store import MARKER
 from tests.fs import remount_read_only, tmpfs
 from tests.integration.conftest import Setup
-from workers.engine import BackupRequest
-from workers.store import MARKER
 
 MIB = 1 << 20
 
@@ -133,7 +133,7 @@ def test_a_read_only_store_is_offline(make_setup: Callable[..., Setup], tmp_path
 
 
 def test_source_errors_are_not_storage_errors(media_setup: Setup) -> None:
-    from core.errors import SourceError
+    from backstop.errors import SourceError
 
     random_files(media_setup.source, 1, 1000)
     os.chmod(media_setup.source, 0)

@@ -7,7 +7,7 @@ import tarfile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.archive import USTAR_ID_LIMIT, USTAR_NUMBER_LIMIT, ustar_header
+from backstop.workers.archive import USTAR_ID_LIMIT, USTAR_NUMBER_LIMIT, ustar_header
 
 
 @given(name=st.text(min_size=1, max_size=120), mode=st.integers(0, 0o7777),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.config_load import parse_config
-from orchestration.celery_app import celery_config
+from backstop.config_load import parse_config
+from backstop.orchestration.celery_app import celery_config
 from tests.conftest import MINIMAL_CONFIG
 
 

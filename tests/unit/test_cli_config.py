@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.settings import config_path, load_settings
-from orchestration.cli import main
+from backstop.orchestration.cli import main
+from backstop.settings import config_path, load_settings
 from tests.conftest import MINIMAL_CONFIG
 
 BROKEN = MINIMAL_CONFIG.replace("failover_event: docs-spare", "failover_event: docs-spar") \

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.config import BackupEvent, CommandEvent, Level, VerifyEvent
-from core.config_load import load_config, parse_config
-from core.errors import ConfigError
+from backstop.config import BackupEvent, CommandEvent, Level, VerifyEvent
+from backstop.config_load import load_config, parse_config
+from backstop.errors import ConfigError
 from tests.conftest import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,13 +16,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import StorageUnavailable
-from core.model import SavesetKey
-from core.settings import load_settings
-from orchestration.broker import free_port
-from orchestration.cli import main
-from workers.remote import Endpoint, RemoteStore
-from workers.serve import Listening, service_for
+from backstop.errors import StorageUnavailable
+from backstop.model import SavesetKey
+from backstop.orchestration.broker import free_port
+from backstop.orchestration.cli import main
+from backstop.settings import load_settings
+from backstop.workers.remote import Endpoint, RemoteStore
+from backstop.workers.serve import Listening, service_for
 
 FLEET = "fleet-token-of-the-unit-tests-0123"
 WEB1 = "token-of-client-web1-0123456789ab"

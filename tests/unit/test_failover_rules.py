@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from core.config import Level
-from core.config_load import parse_config
-from core.runs import Run, RunSpec, Trigger
-from orchestration.events import Unresolvable, failover_spec, resolve
+from backstop.config import Level
+from backstop.config_load import parse_config
+from backstop.orchestration.events import Unresolvable, failover_spec, resolve
+from backstop.runs import Run, RunSpec, Trigger
 
 CONFIG = """
 rds: [{name: rds-a, interfaces: [{name: lan-a, address: 10.0.0.1}]},

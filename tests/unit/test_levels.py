@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.config import Level
-from workers.levels import LevelFacts, PastSaveset, decide_level
+from backstop.config import Level
+from backstop.workers.levels import LevelFacts, PastSaveset, decide_level
 
 NOW = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
 FULL = PastSaveset("full-1", NOW - timedelta(days=3), "store-a")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.errors import CorruptSaveset
-from core.model import Entry, Manifest
-from workers import manifest as manifests
+from backstop.errors import CorruptSaveset
+from backstop.model import Entry, Manifest
+from backstop.workers import manifest as manifests
 
 
 def sample() -> Manifest:

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.config import Level, Media, MediaPool
-from core.errors import StorageUnavailable
-from core.model import Saveset
-from workers.media import choose_medium, label
-from workers.retention import protected, purge_plan
+from backstop.config import Level, Media, MediaPool
+from backstop.errors import StorageUnavailable
+from backstop.model import Saveset
+from backstop.workers.media import choose_medium, label
+from backstop.workers.retention import protected, purge_plan
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 MIB = 1 << 20

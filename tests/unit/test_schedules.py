@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.config import BackupEvent, Schedule
-from orchestration.schedules import (
+from backstop.config import BackupEvent, Schedule
+from backstop.orchestration.schedules import (
     TickAction,
     latest_tick,
     next_tick,

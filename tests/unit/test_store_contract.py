@@ -19,19 +19,19 @@ from typing import Any
 
 import pytest
 
-from core.config import S3Location
-from core.errors import SavesetMissing, StorageUnavailable
-from core.model import SavesetKey
-from core.settings import Settings, load_settings
-from orchestration.broker import free_port
+from backstop.config import S3Location
+from backstop.errors import SavesetMissing, StorageUnavailable
+from backstop.model import SavesetKey
+from backstop.orchestration.broker import free_port
+from backstop.settings import Settings, load_settings
+from backstop.workers.engine import path_store, store_of
+from backstop.workers.remote import Endpoint, RemoteStore
+from backstop.workers.s3 import S3Store
+from backstop.workers.serve import Listening, service_for
+from backstop.workers.store import PathStore, Store
 from tests.fs import tmpfs
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 from tests.waiting import wait_for
-from workers.engine import path_store, store_of
-from workers.remote import Endpoint, RemoteStore
-from workers.s3 import S3Store
-from workers.serve import Listening, service_for
-from workers.store import PathStore, Store
 
 MIB = 1 << 20
 KEY = SavesetKey("daily", "DAILY00001", "docs-1")

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.units import format_duration, parse_duration, parse_size
+from backstop.units import format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "expected"), [

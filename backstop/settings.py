@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import Config
-from core.config_load import read_config
+from backstop.config import Config
+from backstop.config_load import read_config
 
 DEFAULT_CONFIG = "backstop.yaml"
 CONFIG_ENV = "BACKSTOP_CONFIG"

@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from core.config import EVENT_KINDS, SECTIONS, Config, Model
-from core.config_refs import check_references, did_you_mean
-from core.errors import ConfigError
+from backstop.config import EVENT_KINDS, SECTIONS, Config, Model
+from backstop.config_refs import check_references, did_you_mean
+from backstop.errors import ConfigError
 
 # libyaml's parser where PyYAML was built with it (its wheels are): far faster on big files.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

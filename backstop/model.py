@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.config import Level
+from backstop.config import Level
 
 
 @dataclass(frozen=True, order=True)

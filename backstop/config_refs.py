@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from core.config import DEFAULT_DATA_PORT
+from backstop.config import DEFAULT_DATA_PORT
 
 # Section -> how an entity of that section is called in messages.
 ENTITY = {

@@ -7,7 +7,7 @@ when that path is unreachable. The file is valid either way; ``--strict`` refuse
 
 from __future__ import annotations
 
-from core.config import BackupEvent, Config
+from backstop.config import BackupEvent, Config
 
 
 def failover_warnings(config: Config) -> list[str]:

@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, model_serializer, model_validator
 
-from core.config import CommandEvent, FollowUp, Level, VerifyEvent
-from core.errors import Reason
-from core.model import Saveset
+from backstop.config import CommandEvent, FollowUp, Level, VerifyEvent
+from backstop.errors import Reason
+from backstop.model import Saveset
 
 # ISO 8601 with the offset written out (``+00:00``), as every record has always had it.
 Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str,

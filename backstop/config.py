@@ -1,8 +1,8 @@
 """The configuration file as plain data (SPEC section 6).
 
 Each section is a list of named entities. Structure and values are checked here, entity by
-entity; references between entities are checked in :mod:`core.config_refs`, and the
-file is read and every problem collected in :mod:`core.config_load`.
+entity; references between entities are checked in :mod:`backstop.config_refs`, and the
+file is read and every problem collected in :mod:`backstop.config_load`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.units import Duration, Size
+from backstop.units import Duration, Size
 
 # Names end up in queue names (backstop.rds.<name>), medium labels and file names, so they
 # are kept to a safe alphabet.
@@ -354,7 +354,7 @@ SECTIONS: dict[str, type[Model]] = {
 
 
 class Config(Model):
-    """The whole file, with paths as written; :mod:`core.settings` resolves them."""
+    """The whole file, with paths as written; :mod:`backstop.settings` resolves them."""
 
     state_dir: Path = Path(".backstop")
     broker_url: str | None = None

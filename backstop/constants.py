@@ -2,7 +2,7 @@
 
 All keys live under the ``backstop:`` prefix so that a shared Redis can be inspected (and
 cleaned) per application. The ledger's records are Redis hashes whose values are JSON
-(``core.runs``).
+(``backstop.runs``).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ CATALOG_MANIFEST_KEY = "backstop:catalog:manifest:{id}"
 CATALOG_FULL_ATTEMPT_KEY = "backstop:catalog:full-attempt:{task}"
 
 # The run ledger (orchestration/ledger.py).
-# Hash: one run record (core.runs.Run), field -> JSON value, by run id.
+# Hash: one run record (backstop.runs.Run), field -> JSON value, by run id.
 RUN_KEY = "backstop:run:{run}"
 # String with expiry: the process running a run; renewed while it works. A running run
 # whose lease is gone may be claimed again (its process died).
@@ -121,7 +121,7 @@ RUNS_BY_STATE_KEY = "backstop:runs:state:{state}"
 RUNS_UNFINISHED_KEY = "backstop:runs:unfinished"
 # Set: occurrences not settled yet (the watchdog settles those whose runs all ended).
 OCCURRENCES_OPEN_KEY = "backstop:occurrences:open"
-# Hash: one occurrence record (core.runs.Occurrence), field -> JSON value.
+# Hash: one occurrence record (backstop.runs.Occurrence), field -> JSON value.
 OCCURRENCE_KEY = "backstop:occurrence:{occ}"
 # List: the run ids of one occurrence, in order (its run, then at most one failover run).
 OCCURRENCE_RUNS_KEY = "backstop:occurrence:{occ}:runs"
