@@ -15,6 +15,7 @@ Choices, each for long backups on a fleet (see the README, "Celery settings"):
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +33,25 @@ CONTROL_TIME_LIMIT_S = 120
 VISIBILITY_MARGIN = timedelta(hours=1)
 # Results (and Flower's view of them) are kept this long.
 RESULT_EXPIRES = timedelta(days=7)
+
+
+class ExpectedAsWarning(logging.Filter):
+    """Celery logs a task's expected exception (its ``throws``) at INFO without a traceback;
+    a backup that found its storage unavailable is worth the operator's eye, so the line is
+    raised to WARNING. Tracebacks stay for the unexpected ones."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and data.get("description") == "raised expected":
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def log_expected_as_warnings() -> None:
+    """Install :class:`ExpectedAsWarning` on Celery's task tracer logger, once."""
+    trace_logger = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, ExpectedAsWarning) for f in trace_logger.filters):
+        trace_logger.addFilter(ExpectedAsWarning())
 
 
 class BackstopApp(Celery):

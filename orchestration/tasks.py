@@ -225,7 +225,7 @@ def register_control_tasks(app: BackstopApp) -> None:
                                           Level(level) if level else None, enforce_full, parent,
                                           drill=Reason(drill) if drill else None)
 
-    @app.task(name=TASK_RUN, shared=False)
+    @app.task(name=TASK_RUN, shared=False, throws=(Unresolvable,))
     def run(event: str, level: str | None = None, enforce_full: bool | None = None) -> str:
         """Ad hoc (from Flower): start an occurrence of ``event`` now, as `backstop run`
         does; an unknown event or a bad level fails here and starts nothing."""
@@ -256,8 +256,11 @@ def register_run_tasks(app: BackstopApp) -> None:
     """Tasks that do a run's work: backups and migrations on an RDS, verify and command."""
     backup_limit = int(app.settings.config.backup_time_limit.total_seconds())
 
+    # A run that ends StorageUnavailable or failed is an outcome, not a crash: one line in
+    # the log (celery_app.ExpectedAsWarning), FAILURE with the reason in Flower.
     @app.task(name=TASK_BACKUP, bind=True, max_retries=None, shared=False,
-              soft_time_limit=backup_limit, time_limit=backup_limit + 60)
+              soft_time_limit=backup_limit, time_limit=backup_limit + 60,
+              throws=(StorageUnavailable, RunFailed))
     def backup(task: Task[Any, Any], run_id: str) -> dict[str, Any]:
         """One backup run on its RDS."""
         return back_up(app, task, run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -150,6 +151,17 @@ def test_out_of_space_fails_over_once_keeping_what_and_how(fleet: Fleet) -> None
     assert failover["state"] == "succeeded"
     assert failover["effective_level"] == "FULL"  # INC with no FULL yet
     assert fleet.state(occurrence) == "succeeded"
+
+
+def test_an_expected_outcome_is_one_warning_line_without_a_traceback(
+        fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="celery.app.trace")
+    original, _ = fleet.settled(fleet.occur("to-tiny"))
+    [line] = [r for r in caplog.records if original["run_id"] in r.getMessage()
+              or "StorageUnavailable" in r.getMessage()]
+    assert line.levelname == "WARNING" and line.exc_info is None
+    assert "raised expected" in line.getMessage() and "out_of_space" in line.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_store_offline_fails_over(fleet: Fleet) -> None:
