@@ -154,9 +154,14 @@ METRICS_RUNS_KEY = "backstop:metrics:runs_total"
 METRICS_UNAVAILABLE_KEY = "backstop:metrics:storage_unavailable_total"
 METRICS_FAILOVERS_KEY = "backstop:metrics:failovers_total"
 METRICS_BYTES_KEY = "backstop:metrics:backup_bytes_total"
+# Failover runs of drills, by result: never in the two counters above.
+METRICS_DRILLS_KEY = "backstop:metrics:drills_total"
 METRICS_DURATION_KEY = "backstop:metrics:run_duration_seconds"
 METRICS_LAST_SUCCESS_KEY = "backstop:metrics:last_success_timestamp_seconds"
 METRICS_NOTIFY_FAILED_KEY = "backstop:metrics:notifications_failed_total"
+# Hash: the watchdog's passes, what they acted on and the last pass's Unix time
+# (orchestration/watchdog.py).
+METRICS_WATCHDOG_KEY = "backstop:metrics:watchdog"
 # String: writes no replica confirmed within broker_wait_ms (orchestration/replicas.py).
 METRICS_REPLICATION_LAG_KEY = "backstop:metrics:replication_lag_total"
 # String: written (INCR) just before each WAIT, so that WAIT covers every earlier write.
@@ -173,5 +178,5 @@ METRICS_PORT = 9808
 # Hash: schedule name -> ISO time of the newest tick the beat handled (run, or recorded as
 # missed); read by a beat when it becomes the leader.
 BEAT_LAST_TICK_KEY = "backstop:beat:last-tick"
-# The leading beat sends the watchdog this often, in seconds.
+# The leading beat runs a watchdog pass this often, in seconds.
 WATCHDOG_INTERVAL_S = 10.0

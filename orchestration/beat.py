@@ -4,7 +4,8 @@ Every ``backstop beat`` process runs this scheduler. Only the holder of the lead
 (:mod:`backstop.orchestration.leader`) schedules; the others poll for the lease every
 ``BEAT_STANDBY_POLL_S`` seconds and take over within ``BEAT_LOCK_TTL_S`` + that poll after
 the leader dies (well inside the 60 s of SPEC section 5). The schedule is the config file:
-the planner turns due ticks into occurrences, and sends the watchdog.
+the planner turns due ticks into occurrences, and runs the watchdog's passes
+(:mod:`backstop.orchestration.watchdog`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +31,6 @@ from backstop.constants import (
     BEATS_KEY,
     CONTROL_QUEUE,
     TASK_DISPATCH,
-    TASK_WATCHDOG,
     WATCHDOG_INTERVAL_S,
 )
 from backstop.orchestration.broker import redis_client
@@ -45,6 +46,7 @@ from backstop.orchestration.schedules import (
     tick_action,
 )
 from backstop.orchestration.tasks import control_for
+from backstop.orchestration.watchdog import watchdog_pass
 from backstop.runs import OccurrenceState, Trigger
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,10 @@ class ScheduleState:
 class Planner:
     """Turns the config's schedules into occurrences; keeps its place in Redis."""
 
-    def __init__(self, config: Config, client: redis.Redis, control: Control) -> None:
+    def __init__(self, config: Config, client: redis.Redis, control: Control,
+                 watchdog: Callable[[], int] | None = None) -> None:
         self.config, self.client, self.control = config, client, control
+        self.watchdog = watchdog
         self.task_of = {e.name: getattr(e, "task", None) for e in config.events}
         by_name = {e.name: e for e in config.events}
         self.by_name = by_name
@@ -96,9 +100,12 @@ class Planner:
         for item in suppress(due, self.task_of):
             self._occur(item.event, item.tick,
                         OccurrenceState.SUPPRESSED if item.suppressed else None)
-        if now >= self.next_watchdog:
-            self.control.send(TASK_WATCHDOG, [], CONTROL_QUEUE, "watchdog")
+        if self.watchdog is not None and now >= self.next_watchdog:
             self.next_watchdog = now + timedelta(seconds=WATCHDOG_INTERVAL_S)
+            try:
+                self.watchdog()
+            except Exception as exc:  # a pass that failed never stops the schedules
+                log.warning("watchdog pass failed: %s", exc)
         soonest = min([s.next_due for s in self.states.values()] + [self.next_watchdog])
         return max(0.0, (soonest - now).total_seconds())
 
@@ -137,8 +144,9 @@ class LeaderScheduler(Scheduler):
         self.lease = LeaderLease(self.client, BEAT_LEADER_KEY, beat_name(), BEAT_LOCK_TTL_S)
         self.leading = False
         self.config_hash: str = app.settings.config_hash
-        self.planner = Planner(app.settings.config, self.client,
-                               control_for(app, self.client))
+        control = control_for(app, self.client)
+        self.planner = Planner(app.settings.config, self.client, control,
+                               lambda: watchdog_pass(app, control, self.client))
         kwargs["max_interval"] = LEADER_MAX_INTERVAL_S
         super().__init__(app, *args, **kwargs)
 

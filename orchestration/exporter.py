@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from backstop.constants import (
     METRICS_BYTES_KEY,
+    METRICS_DRILLS_KEY,
     METRICS_DURATION_KEY,
     METRICS_FAILOVERS_KEY,
     METRICS_LAST_SUCCESS_KEY,
@@ -41,6 +42,7 @@ from backstop.orchestration.heartbeat import served_rds
 from backstop.orchestration.metrics import DURATION_BUCKETS, SUM, bucket_label
 from backstop.orchestration.schedules import longest_gap
 from backstop.orchestration.status import fleet_status
+from backstop.orchestration.watchdog import watchdog_counts
 from backstop.runs import utc_now
 from backstop.settings import Settings
 from backstop.workers.maintenance import pool_report
@@ -84,6 +86,7 @@ class FleetCollector(Collector):
                                   "broker_wait_ms")
         lag.add_metric([], float(self.client.get(METRICS_REPLICATION_LAG_KEY) or 0))
         yield lag
+        yield from watchdog_metrics(watchdog_counts(self.client))
         gauge = GaugeMetricFamily("backstop_last_success_timestamp_seconds",
                                   HELP["backstop_last_success"], labels=["task"])
         for labels, value in sorted(last_success.items()):
@@ -171,6 +174,19 @@ def duration_histogram(found: dict[tuple[str, ...], float]) -> HistogramMetricFa
     return family
 
 
+def watchdog_metrics(counts: dict[str, float]) -> Iterator[Metric]:
+    passes = CounterMetricFamily("backstop_watchdog_passes",
+                                 "Watchdog passes of the leading beat")
+    passes.add_metric([], counts["passes"])
+    actions = CounterMetricFamily("backstop_watchdog_actions",
+                                  "Runs, occurrences and messages the watchdog acted on")
+    actions.add_metric([], counts["actions"])
+    last = GaugeMetricFamily("backstop_watchdog_last_pass_timestamp_seconds",
+                             "When the watchdog last made a pass (Unix time; 0: never)")
+    last.add_metric([], counts["last_pass"])
+    yield from (passes, actions, last)
+
+
 def pool_gauges(report: list[dict[str, Any]]) -> Iterator[Metric]:
     used = GaugeMetricFamily("backstop_pool_used_bytes", "Bytes of the pool's savesets",
                              labels=["pool", "data_store"])
@@ -192,6 +208,7 @@ COUNTERS = {
     "backstop_runs": METRICS_RUNS_KEY,
     "backstop_storage_unavailable": METRICS_UNAVAILABLE_KEY,
     "backstop_failovers": METRICS_FAILOVERS_KEY,
+    "backstop_drills": METRICS_DRILLS_KEY,
     "backstop_backup_bytes": METRICS_BYTES_KEY,
     "backstop_notifications_failed": METRICS_NOTIFY_FAILED_KEY,
 }
@@ -199,13 +216,16 @@ LABELS = {
     "backstop_runs": ["event", "task", "trigger", "state"],
     "backstop_storage_unavailable": ["event", "reason"],
     "backstop_failovers": ["origin_event", "failover_event", "result"],
+    "backstop_drills": ["origin_event", "failover_event", "result"],
     "backstop_backup_bytes": ["task", "pool"],
     "backstop_notifications_failed": ["target"],
 }
 HELP = {
     "backstop_runs": "Runs that ended, by event, task, trigger and state",
-    "backstop_storage_unavailable": "Runs that ended because their storage was unavailable",
-    "backstop_failovers": "Failover runs that ended, by result",
+    "backstop_storage_unavailable": "Runs that ended because their storage was unavailable "
+                                    "(drills not counted)",
+    "backstop_failovers": "Failover runs that ended, by result (drills not counted)",
+    "backstop_drills": "Failover runs of drills (backstop drill) that ended, by result",
     "backstop_backup_bytes": "Bytes backed up by succeeded backup runs",
     "backstop_notifications_failed": "Notification attempts that did not reach their target",
     "backstop_last_success": "When the task's newest backup succeeded (Unix time)",

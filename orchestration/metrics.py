@@ -18,6 +18,7 @@ from redis.client import Pipeline
 
 from backstop.constants import (
     METRICS_BYTES_KEY,
+    METRICS_DRILLS_KEY,
     METRICS_DURATION_KEY,
     METRICS_FAILOVERS_KEY,
     METRICS_LAST_SUCCESS_KEY,
@@ -55,11 +56,7 @@ def counts_of_end(run: Run, end: RunEnd, now: datetime) -> list[Count]:
     """What the end of ``run`` as ``end`` adds to the counters."""
     counts = [Count(METRICS_RUNS_KEY, (run.event, run.task or "", run.trigger.value,
                                        end.state.value), 1)]
-    if end.state is RunState.STORAGE_UNAVAILABLE and end.error and end.error.reason:
-        counts.append(Count(METRICS_UNAVAILABLE_KEY, (run.event, end.error.reason.value), 1))
-    if run.failover_of is not None:
-        result = "succeeded" if end.state is RunState.SUCCEEDED else "failed"
-        counts.append(Count(METRICS_FAILOVERS_KEY, (run.origin_event, run.event, result), 1))
+    counts += outage_counts(run, end)
     if run.kind is not RunKind.BACKUP or not run.task:
         return counts
     if end.state is RunState.SUCCEEDED:
@@ -73,6 +70,21 @@ def counts_of_end(run: Run, end: RunEnd, now: datetime) -> list[Count]:
         bound = next(b for b in DURATION_BUCKETS if seconds <= b)
         counts += [Count(METRICS_DURATION_KEY, (run.task, level, bucket_label(bound)), 1),
                    Count(METRICS_DURATION_KEY, (run.task, level, SUM), seconds)]
+    return counts
+
+
+def outage_counts(run: Run, end: RunEnd) -> list[Count]:
+    """Storage unavailable and failovers; a drill's outage was made up, so its failover is
+    counted apart (``backstop_drills_total``) and no alert takes it for a real one."""
+    result = "succeeded" if end.state is RunState.SUCCEEDED else "failed"
+    if run.drill:
+        return ([Count(METRICS_DRILLS_KEY, (run.origin_event, run.event, result), 1)]
+                if run.failover_of is not None else [])
+    counts = []
+    if end.state is RunState.STORAGE_UNAVAILABLE and end.error and end.error.reason:
+        counts.append(Count(METRICS_UNAVAILABLE_KEY, (run.event, end.error.reason.value), 1))
+    if run.failover_of is not None:
+        counts.append(Count(METRICS_FAILOVERS_KEY, (run.origin_event, run.event, result), 1))
     return counts
 
 

@@ -2,7 +2,8 @@
 
 Per task: the occurrences of its backup events that settled in the period, how many
 succeeded and how many failed (missed ticks count as failed; the two add up), how many
-needed their failover (whatever came of it), its newest success (ever) and the bytes its
+needed their failover (whatever came of it; drills are counted apart, as ``drills``: their
+outage was made up), its newest success (ever) and the bytes its
 succeeded runs backed up in the period. Per pool: used and free bytes and days_until_full
 at its growth in the period. Reads only the runs queued in the period (and a backup time
 limit before it, for occurrences that settled in it), and only the fields it counts.
@@ -23,7 +24,8 @@ from backstop.orchestration.ledger import Ledger
 from backstop.runs import OccurrenceState, RunKind, RunState
 
 # The fields of a run and of an occurrence the report reads (JSON values; absent: default).
-RUN_FIELDS = ("occurrence", "kind", "task", "state", "bytes", "failover_of", "finished_at")
+RUN_FIELDS = ("occurrence", "kind", "task", "state", "bytes", "failover_of", "finished_at",
+              "drill")
 OCCURRENCE_FIELDS = ("state", "settled_at", "created_at")
 
 
@@ -34,6 +36,7 @@ class TaskLine:
     succeeded: int = 0
     failed_over: int = 0
     failed: int = 0
+    drills: int = 0
     last_success: str | None = None
     bytes: int = 0
 
@@ -44,8 +47,10 @@ class TaskLine:
             self.succeeded += 1
         else:
             self.failed += 1
-        if any(r.get("failover_of") or r["state"] == RunState.STORAGE_UNAVAILABLE
-               for r in runs):
+        if any(r.get("drill") for r in runs):
+            self.drills += 1
+        elif any(r.get("failover_of") or r["state"] == RunState.STORAGE_UNAVAILABLE
+                 for r in runs):
             self.failed_over += 1
         for run in runs:
             if run["state"] != RunState.SUCCEEDED:
@@ -58,7 +63,8 @@ class TaskLine:
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "occurrences": self.occurrences,
                 "succeeded": self.succeeded, "failed_over": self.failed_over,
-                "failed": self.failed, "last_success": self.last_success,
+                "failed": self.failed, "drills": self.drills,
+                "last_success": self.last_success,
                 "bytes": self.bytes}
 
 

@@ -43,9 +43,9 @@ from backstop.orchestration.heartbeat import client_last_seen_s, served_rds
 from backstop.orchestration.jobs import command_job, migrate_job, verify_job
 from backstop.orchestration.ledger import Ledger
 from backstop.orchestration.notify import Notifier
-from backstop.orchestration.redeliver import redeliver_stale
 from backstop.orchestration.replicas import Replicas
 from backstop.orchestration.runner import Channels, lease_kept, run_backup
+from backstop.orchestration.watchdog import watchdog_pass
 from backstop.runs import Run, RunEnd, RunState, Trigger
 from backstop.workers.access import client_token
 from backstop.workers.engine import Engine
@@ -239,9 +239,10 @@ def register_control_tasks(app: BackstopApp) -> None:
 
     @app.task(name=TASK_WATCHDOG, shared=False)
     def watchdog() -> int:
-        """End runs whose RDS nobody serves; send again those whose process died; put back
-        the messages held by a worker that died."""
-        return context(app).control.watchdog() + redeliver_stale(app)
+        """A watchdog pass sent as a message, as beats of earlier releases do (the leading
+        beat now runs the passes itself)."""
+        ctx = context(app)
+        return watchdog_pass(app, ctx.control, ctx.client)
 
     @app.task(name=TASK_NOTIFY, shared=False)
     def notify(occurrence: str, target: int | None = None, attempt: int = 0,

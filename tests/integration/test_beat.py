@@ -19,6 +19,7 @@ from backstop.orchestration.celery_app import BackstopApp
 from backstop.orchestration.heartbeat import live_workers
 from backstop.orchestration.ledger import Ledger
 from backstop.orchestration.tasks import control_for
+from backstop.orchestration.watchdog import watchdog_counts, watchdog_pass
 from backstop.settings import Settings, load_settings
 from backstop.workers.engine import create_missing_stores
 from tests.waiting import wait_for
@@ -123,3 +124,24 @@ def test_a_tick_older_than_catch_up_is_recorded_as_missed(
     assert list(missed.values()) == ["missed"]
     [run] = Ledger(redis_client).runs_of(next(iter(missed)))
     assert run.state == "missed"
+
+
+def test_the_leading_beat_runs_the_watchdog_itself_and_counts_its_passes(
+        tmp_path: Path, broker_url: str, redis_client: redis.Redis) -> None:
+    # Given a planner (no worker consumes anything) with the watchdog the beat gives it
+    (tmp_path / "backstop.yaml").write_text(CONFIG.split("schedules:", maxsplit=1)[0])
+    settings = load_settings(str(tmp_path / "backstop.yaml"), {"BACKSTOP_BROKER_URL": broker_url})
+    app = create_app(settings, broker_url)
+    control = control_for(app, redis_client)
+    beat = Planner(settings.config, redis_client, control,
+                   lambda: watchdog_pass(app, control, redis_client))
+    before = watchdog_counts(redis_client)
+    # When it ticks at 0 s, 5 s and 11 s
+    start = datetime.now(UTC)
+    for seconds in (0, 5, 11):
+        beat.tick(start + timedelta(seconds=seconds))
+    # Then it made two passes (one per 10 s), stamped in the broker, and sent no message
+    after = watchdog_counts(redis_client)
+    assert after["passes"] - before["passes"] == 2
+    assert after["last_pass"] >= time.time() - 60
+    assert redis_client.llen(CONTROL_QUEUE) == 0
