@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from backstop.config import SECTIONS, Config
 from backstop.config_warnings import failover_warnings
@@ -25,6 +24,7 @@ from backstop.orchestration.cli_common import (
     settings_from,
 )
 from backstop.orchestration.status import connect, fleet_status
+from backstop.orchestration.tables import Column, print_table
 
 
 @click.group(cls=BackstopGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,31 +115,25 @@ def print_status(report: dict[str, Any]) -> None:
         console.print(f"[bold red]warning:[/] not every process runs the same config: "
                       f"{', '.join(report['config_mismatch'])} differ from the others "
                       "(see config hash); restart them with the fleet's config")
-    workers = Table("worker", "rds", "clients", "control", "config", title="Workers")
-    for w in report["workers"]:
-        workers.add_row(w["name"], ", ".join(w["rds"]) or "-", ", ".join(w["clients"]) or "-",
-                        "yes" if w["control"] else "no", w["config_hash"] or "-")
-    for b in report["beats"]:
-        workers.add_row(b["name"], "-", "-", "beat" + (" (leader)" if b["leader"] else ""),
-                        b["config_hash"] or "-")
-    console.print(workers)
-    rds = Table("rds", "live", "interfaces", title="RDS")
-    for r in report["rds"]:
-        interfaces = ", ".join(f"{i['name']} {i['address']}:{i['port']} " + (
-            "[green]reachable[/]" if i["reachable"] else "[red]unreachable[/]")
-            for i in r["interfaces"]) or "-"
-        rds.add_row(r["name"], "[green]live[/]" if r["live"] else "[red]not served[/]",
-                    interfaces)
-    console.print(rds)
+    roles = [(w["name"], ", ".join(w["rds"]) or "-", ", ".join(w["clients"]) or "-",
+              "control" if w["control"] else "-", w["config_hash"] or "-")
+             for w in report["workers"]]
+    roles += [(b["name"], "-", "-", "beat" + (" (leader)" if b["leader"] else ""),
+               b["config_hash"] or "-") for b in report["beats"]]
+    print_table((Column("process", whole=True), Column("rds"), Column("clients"),
+                 Column("role"), Column("config", drop=1)), roles, "Workers", console)
+    interfaces = [(r["name"], "live" if r["live"] else "not served",
+                   ", ".join(f"{i['name']} {i['address']}:{i['port']} "
+                             + ("reachable" if i["reachable"] else "unreachable")
+                             for i in r["interfaces"]) or "-") for r in report["rds"]]
+    print_table((Column("rds", whole=True), Column("live"), Column("interfaces")),
+                interfaces, "RDS", console)
     if report["clients"]:
-        clients = Table("client", "live", title="Clients")
-        for c in report["clients"]:
-            clients.add_row(c["name"], "[green]live[/]" if c["live"] else "[red]no worker[/]")
-        console.print(clients)
-    queues = Table("queue", "depth", title="Queues")
-    for q in report["queues"]:
-        queues.add_row(q["name"], str(q["depth"]))
-    console.print(queues)
+        print_table((Column("client", whole=True), Column("live")),
+                    [(c["name"], "live" if c["live"] else "no worker")
+                     for c in report["clients"]], "Clients", console)
+    print_table((Column("queue", whole=True), Column("depth", right=True)),
+                [(q["name"], str(q["depth"])) for q in report["queues"]], "Queues", console)
     console.print(f"beat leader: {report['beat_leader'] or 'none'}")
 
 

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-from rich.table import Table
 
 from backstop.config_refs import did_you_mean
 from backstop.constants import TASK_RESTORE, client_queue
@@ -38,6 +38,7 @@ from backstop.orchestration.heartbeat import live_workers, served_rds
 from backstop.orchestration.ledger import Ledger
 from backstop.orchestration.report import fleet_report
 from backstop.orchestration.status import connect
+from backstop.orchestration.tables import Column, print_table
 from backstop.settings import Settings
 from backstop.units import format_size
 from backstop.workers import browse
@@ -108,12 +109,17 @@ def savesets(ctx: click.Context, config_file: str | None, task: str | None, pool
     if as_json:
         print_json([s.to_json() for s in found])
         return
-    table = Table("id", "task", "level", "pool", "medium", "created", "files", "size", "based on")
-    for s in found:
-        table.add_row(s.id, s.task, s.level.value, s.pool, s.medium,
-                      s.created_at.strftime("%Y-%m-%d %H:%M:%S"), str(s.files),
-                      format_size(s.bytes), s.based_on or "-")
-    Console().print(table)
+    print_table(SAVESET_COLUMNS, [
+        (s.id, s.level.value, s.pool, s.medium, s.created_at.strftime("%Y-%m-%d %H:%M"),
+         str(s.files), format_size(s.bytes), s.based_on or "-") for s in found])
+
+
+# The id says the task and when (task-YYYYMMDDTHHMMSSZ-xxxxxx): the other columns go first
+# when a row does not fit.
+SAVESET_COLUMNS = (Column("id", whole=True), Column("level"),
+                   Column("pool", whole=True, drop=1), Column("medium", drop=3),
+                   Column("created (UTC)", drop=2), Column("files", drop=4, right=True),
+                   Column("size", right=True), Column("based on", whole=True, drop=5))
 
 
 def manifest_of(data: Data, saveset: Saveset, under: str | None = None) -> Manifest:
@@ -143,13 +149,15 @@ def ls(ctx: click.Context, config_file: str | None, saveset_id: str, path: str |
     if as_json:
         print_json(found)
         return
-    table = Table("type", "mode", "owner", "size", "modified (UTC)", "path", box=None)
+    rows = []
     for line in found:
         owner = f"{line['user'] or line['uid']}:{line['group'] or line['gid']}"
         name = line["path"] + (f" -> {line['target']}" if "target" in line else "")
-        table.add_row(line["type"], f"{line['mode']:04o}", owner, format_size(line["size"]),
-                      line["mtime"][:19].replace("T", " "), name)
-    Console().print(table)
+        rows.append((line["type"], f"{line['mode']:04o}", owner, format_size(line["size"]),
+                     line["mtime"][:16].replace("T", " "), name))
+    print_table((Column("type"), Column("mode", drop=2), Column("owner", drop=1),
+                 Column("size", right=True), Column("modified (UTC)", drop=3),
+                 Column("path", whole=True)), rows)
 
 
 @click.command("find")
@@ -166,11 +174,14 @@ def find(ctx: click.Context, config_file: str | None, pattern: str, task: str | 
     if as_json:
         print_json(found)
         return
-    table = Table("saveset", "created (UTC)", "size", "path", box=None)
+    by_saveset: dict[str, list[dict[str, Any]]] = {}
     for line in found:
-        table.add_row(line["saveset"], line["created_at"][:19].replace("T", " "),
-                      format_size(line["size"]), line["path"])
-    Console().print(table)
+        by_saveset.setdefault(line["saveset"], []).append(line)
+    for saveset_id, lines in by_saveset.items():
+        created = lines[0]["created_at"][:16].replace("T", " ")
+        print_table((Column("size", right=True), Column("path", whole=True)),
+                    [(format_size(line["size"]), line["path"]) for line in lines],
+                    title=f"{saveset_id} ({created} UTC)")
 
 
 @click.command("diff")
@@ -310,16 +321,17 @@ def pools(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
-    table = Table("pool", "store", "rds", "availability", "used", "free", "full in",
-                  "media (free/count)")
+    rows = []
     for p in report:
-        media = p["media"]
-        days = p["days_until_full"]
-        table.add_row(p["name"], p["data_store"], p["rds"], p["availability"],
-                      format_size(p["used_bytes"]), format_size(p["free_bytes"]),
-                      "-" if days is None else f"{days:g} days",
-                      f"{media['free']}/{media['count'] or '∞'}" if media else "-")
-    Console().print(table)
+        media, days = p["media"], p["days_until_full"]
+        rows.append((p["name"], p["data_store"], p["rds"], p["availability"],
+                     format_size(p["used_bytes"]), format_size(p["free_bytes"]),
+                     "-" if days is None else f"{days:g} days",
+                     f"{media['free']} of {media['count'] or '∞'}" if media else "-"))
+    print_table((Column("pool", whole=True), Column("store", whole=True, drop=2),
+                 Column("rds", whole=True, drop=1), Column("availability", whole=True),
+                 Column("used", right=True), Column("free", right=True),
+                 Column("full in", drop=3), Column("free media", drop=4)), rows)
 
 
 @click.command("report")
@@ -344,21 +356,19 @@ def report(ctx: click.Context, config_file: str | None, since: datetime,
         print_json(found)
         return
     click.echo(f"from {found['since'][:19]} to {found['until'][:19]} (UTC)")
-    tasks = Table("task", "occurrences", "succeeded", "failed over", "failed",
-                  "last success", "bytes")
-    for t in found["tasks"]:
-        tasks.add_row(t["task"], str(t["occurrences"]), str(t["succeeded"]),
-                      str(t["failed_over"]), str(t["failed"]),
-                      (t["last_success"] or "never")[:16].replace("T", " "),
-                      format_size(t["bytes"]))
-    pools_table = Table("pool", "used", "free", "full in")
-    for p in found["pools"]:
-        days = p["days_until_full"]
-        pools_table.add_row(p["name"], format_size(p["used_bytes"]),
-                            format_size(p["free_bytes"]),
-                            "-" if days is None else f"{days:g} days")
-    Console().print(tasks)
-    Console().print(pools_table)
+    print_table((Column("task", whole=True), Column("occurrences", right=True),
+                 Column("succeeded", right=True), Column("failed over", right=True),
+                 Column("failed", right=True), Column("drills", right=True, drop=2),
+                 Column("last success", drop=1), Column("size", right=True)),
+                [(t["task"], str(t["occurrences"]), str(t["succeeded"]),
+                  str(t["failed_over"]), str(t["failed"]), str(t["drills"]),
+                  (t["last_success"] or "never")[:16].replace("T", " "),
+                  format_size(t["bytes"])) for t in found["tasks"]], title="Tasks")
+    print_table((Column("pool", whole=True), Column("used", right=True),
+                 Column("free", right=True), Column("full in")),
+                [(p["name"], format_size(p["used_bytes"]), format_size(p["free_bytes"]),
+                  "-" if p["days_until_full"] is None else f"{p['days_until_full']:g} days")
+                 for p in found["pools"]], title="Pools")
 
 
 @click.command("purge")

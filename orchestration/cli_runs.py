@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from backstop.config import Level
 from backstop.config_refs import did_you_mean
@@ -24,6 +23,7 @@ from backstop.orchestration.cli_common import (
 )
 from backstop.orchestration.ledger import Ledger, matches
 from backstop.orchestration.status import connect
+from backstop.orchestration.tables import Column, print_table
 from backstop.runs import OccurrenceState, Run, RunState, Trigger
 from backstop.units import format_size
 
@@ -168,23 +168,13 @@ def runs(ctx: click.Context, config_file: str | None, event: str | None, task: s
 
 
 def print_runs(found: list[Run], console: Console | None = None) -> None:
-    """A table that stays readable at 80 columns: an event's origin, a state's reason and
-    long names go on further lines of their row; ``--json`` has every field."""
-    console = console or Console()
-    rows = [run_row(r) for r in found]
-    headers = ("queued", "run", "event", "state", "level", "size")
-    widths = [max(len(line) for cell in (header, *(row[n] for row in rows))
-                  for line in cell.splitlines() or [""])
-              for n, header in enumerate(headers)]
-    # the event folds into what the other columns leave
-    widths[2] = max(8, min(widths[2], console.width - sum(widths) + widths[2]
-                           - len(headers) + 1))
-    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
-    for header, width in zip(headers, widths, strict=True):
-        table.add_column(header, width=width, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    """The runs, one row each: an event's origin, a state's reason and a drill go on
+    further lines of their row; ``--json`` has every field."""
+    print_table(RUN_COLUMNS, [run_row(r) for r in found], console=console)
+
+
+RUN_COLUMNS = (Column("queued (UTC)"), Column("run", whole=True), Column("event"),
+               Column("state"), Column("level"), Column("size", right=True, drop=1))
 
 
 def run_row(r: Run) -> tuple[str, ...]:
@@ -193,7 +183,7 @@ def run_row(r: Run) -> tuple[str, ...]:
         event += f"\n(for {r.origin_event})"
     if r.trigger not in (Trigger.SCHEDULE, Trigger.FAILOVER):
         event += f" ({r.trigger})"
-    state = str(r.state)
+    state = str(r.state) + (" (drill)" if r.drill else "")
     if r.error is not None:
         state += f"\n{r.error.reason or r.error.kind}"
     if r.progress is not None and r.state is RunState.RUNNING:
