@@ -53,14 +53,37 @@ def check_client_names(settings: Settings, names: tuple[str, ...]) -> list[str]:
     return check_names(names, [c.name for c in settings.config.clients], "client", "--client")
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((address, port))
         except OSError:
             return False
     return True
+
+
+def listeners(settings: Settings, rds: list[str], flower_port: int | None,
+              metrics_port: int | None) -> list[tuple[str, str, int, str]]:
+    """(what, address, port, how to choose another) of every socket ``up`` will listen on."""
+    found = [("Flower", "127.0.0.1", flower_port, "--flower-port N or --no-flower")
+             if flower_port else None,
+             ("metrics", "127.0.0.1", metrics_port, "--metrics-port N, or 0 for none")
+             if metrics_port else None]
+    for name in rds:
+        for interface in settings.config.rds_named(name).interfaces:
+            found.append((f"data service of RDS {name}, interface {interface.name}",
+                          interface.address, settings.config.port_of(interface),
+                          "the interface's port in the config"))
+    return [item for item in found if item is not None]
+
+
+def taken_ports(settings: Settings, rds: list[str], flower_port: int | None,
+                metrics_port: int | None) -> list[str]:
+    """A line for each socket of ``up`` that another process holds already."""
+    return [f"{address}:{port} ({what}) is in use; choose another: {how}"
+            for what, address, port, how in listeners(settings, rds, flower_port, metrics_port)
+            if not port_is_free(port, address)]
 
 
 @click.command()
@@ -85,12 +108,11 @@ def up(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with owning(settings.state_dir):  # another up here: say so, not that its ports are taken
         pass
-    if not no_flower and not port_is_free(flower_port):
-        raise click.BadParameter(f"port {flower_port} on 127.0.0.1 is in use; choose another "
-                                 "or use --no-flower", param_hint="--flower-port")
-    if metrics_port and not port_is_free(metrics_port):
-        raise click.BadParameter(f"port {metrics_port} on 127.0.0.1 is in use; choose another "
-                                 "or 0 for no metrics", param_hint="--metrics-port")
+    taken = taken_ports(settings, served, None if no_flower else flower_port, metrics_port)
+    for line in taken:  # all of them at once, before anything starts
+        click.echo(f"backstop: {line}", err=True)
+    if taken:
+        ctx.exit(EXIT_USAGE)
     handler = RichHandler(show_path=False) if sys.stderr.isatty() else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"
                                            if not sys.stderr.isatty() else "%(message)s"))

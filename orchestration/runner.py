@@ -26,6 +26,7 @@ from backstop.orchestration.control import saveset_id_for
 from backstop.orchestration.ledger import Ledger
 from backstop.runs import ACTIVE, ErrorKind, Progress, Run, RunEnd, RunSpec, RunState, utc_now
 from backstop.workers.engine import BackupRequest, Engine
+from backstop.workers.levels import LevelDecision
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def run_backup(engine_for: Callable[[Run], Engine], ledger: Ledger, channels: Ch
         with lease_kept(ledger, channels, run_id, holder, drive):
             end = (drilled(run) if run.drill_reason is not None else
                    _back_up(engine_for(run), spec, run_id,
-                            ProgressReport(ledger, run_id, report)))
+                            ProgressReport(ledger, run_id, report),
+                            lambda d: ledger.update(run_id, effective_level=d.effective)))
             ended = ledger.finish(run_id, end, holder) == "done"
     finally:
         channels.release(drive, run_id)
@@ -164,12 +166,13 @@ def drilled(run: Run) -> RunEnd:
                               f"as {run.drill_reason}; nothing was written")
 
 
-def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: ProgressReport) -> RunEnd:
+def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: ProgressReport,
+             decided: Callable[[LevelDecision], None]) -> RunEnd:
     request = BackupRequest(task=spec.task, level=spec.level, media_pool=spec.media_pool,
                             enforce_full=spec.enforce_full, full_interval=spec.full_interval,
                             run_id=run_id, saveset_id=saveset_id_for(spec.task, run_id))
     try:
-        result = engine.backup(request, progress=progress)
+        result = engine.backup(request, progress=progress, decided=decided)
     except StorageUnavailable as exc:
         return RunEnd.unavailable(exc.reason, exc.message)
     except SourceError as exc:

@@ -154,7 +154,11 @@ class Engine:
     def task(self, name: str) -> Task:
         return next(t for t in self.config.tasks if t.name == name)
 
-    def backup(self, request: BackupRequest, progress: Progress | None = None) -> BackupResult:
+    def backup(self, request: BackupRequest, progress: Progress | None = None,
+               decided: Callable[[LevelDecision], None] | None = None) -> BackupResult:
+        """Back up ``request``'s task into its pool. ``decided`` hears the level the run
+        runs at as soon as it is known, before anything is read or written (a run that
+        fails later has tried that level); ``progress`` hears files and bytes done."""
         now = self.clock()
         saveset_id = request.saveset_id or new_saveset_id(request.task, now)
         existing = self.catalog.get(saveset_id) or self.adopt(
@@ -171,6 +175,8 @@ class Engine:
         if decision.base and base is None:
             decision = LevelDecision(request.level, Level.FULL, None,
                                      f"manifest of base {decision.base} unreadable")
+        if decided is not None:
+            decided(decision)
         planned = plan(saveset_id, source, task.exclude, base, decision.base)
         try:
             saveset, changed = self._write(request, decision, saveset_id, now, planned,

@@ -97,7 +97,11 @@ class Listening:
             idle_connection_timeout=self.settings.config.data_path.io_timeout.total_seconds())
         for interface in self.interfaces():
             port = self.settings.config.port_of(interface)
-            self.server.add_sockets(bind_sockets(port, interface.address))
+            try:
+                self.server.add_sockets(bind_sockets(port, interface.address))
+            except OSError as exc:
+                raise OSError(exc.errno, f"{interface.address}:{port} (interface "
+                              f"{interface.name}): {exc.strerror or exc}") from exc
             log.info("RDS %s: data service on %s:%d (interface %s)", self.rds,
                      interface.address, port, interface.name)
         self.service.start()

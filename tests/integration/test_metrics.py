@@ -116,7 +116,9 @@ def test_metrics_on_a_port_in_use_exits_2_naming_it(ended: Fleet) -> None:
         assert done.exit_code == 2 and f"127.0.0.1:{port}" in done.output, done.output
         done = CliRunner().invoke(main, ["up", "-c", config, "--metrics-port", str(port)],
                                   env=env)
-        assert done.exit_code == 2 and f"port {port}" in done.output, done.output
+        assert done.exit_code == 2, done.output
+        assert f"127.0.0.1:{port} (metrics) is in use" in done.output, done.output
+        assert "Invalid value" not in done.output
 
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

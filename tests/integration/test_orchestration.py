@@ -140,6 +140,8 @@ def test_out_of_space_fails_over_once_keeping_what_and_how(fleet: Fleet) -> None
     assert original["error"]["kind"] == "storage_unavailable"
     assert original["error"]["reason"] == "out_of_space"
     assert original["failover_run"] == failover["run_id"]
+    # and says the level it tried: an INC with no FULL yet runs as FULL
+    assert (original["level"], original["effective_level"]) == ("INC", "FULL")
     # the failover run: where from the failover event, what and how from the original
     assert (failover["event"], failover["origin_event"], failover["trigger"]) == (
         "to-spare", "to-tiny", "failover")
