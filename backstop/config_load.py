@@ -37,7 +37,9 @@ def read_config(path: Path) -> tuple[Config, str]:
         data = path.read_bytes()
         text = data.decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(path), ["config file not found"]) from None
+        raise ConfigError(str(path), [
+            "config file not found; give one with -c FILE or $BACKSTOP_CONFIG (else "
+            "./backstop.yaml is read), e.g. -c deploy/examples/quickstart.yaml"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read config file: {exc}"]) from None
     return parse_config(text, str(path)), hashlib.sha256(data).hexdigest()[:12]

@@ -85,7 +85,8 @@ def progress_bar(label: str, quiet: bool) -> Iterator[Callable[[int, int, int, i
     if quiet or not sys.stderr.isatty():
         yield lambda *_: None
         return
-    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), transient=True,
+    with Progress(TextColumn(label), BarColumn(), DownloadColumn(binary_units=True),
+                  transient=True,
                   console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=None)
 
@@ -205,6 +206,8 @@ def diff(ctx: click.Context, config_file: str | None, first: str, second: str,
     for mark, key in (("+", "added"), ("-", "removed"), ("M", "changed")):
         for path in found[key]:
             click.echo(f"{mark} {path}")
+    if not any(found.values()):
+        click.echo(f"no changes from {a.id} to {b.id}", err=True)
 
 
 @click.command("restore")
@@ -300,7 +303,11 @@ def verify(ctx: click.Context, config_file: str | None, saveset_id: str, as_json
         print_json(asdict(result))
     else:
         state = "OK" if result.ok else f"BAD ({len(result.bad)}): " + ", ".join(result.bad[:10])
-        click.echo(f"{result.saveset}: {result.files} files checked, {state}")
+        click.echo(f"{result.saveset}: {result.files} files stored in it checked, archive "
+                   f"and manifest against their recorded hashes: {state}")
+        if saveset.needs:  # an INC/DIFF: the rest of its files are in the chain
+            click.echo(f"its other files are kept in {', '.join(saveset.needs)}; "
+                       "verify those to check the whole chain")
     if not result.ok:
         ctx.exit(EXIT_FAILED)
 

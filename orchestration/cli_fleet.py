@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -137,7 +138,10 @@ def metrics(ctx: click.Context, config_file: str | None, address: str, port: int
                    f"{exc.strerror or exc}", err=True)
         ctx.exit(EXIT_USAGE)
     click.echo(f"metrics on http://{address}:{port}/metrics", err=True)
-    threading.Event().wait()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a clean stop exits 0, like every part
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
 
 
 @click.command()
@@ -223,13 +227,16 @@ def beat(ctx: click.Context, config_file: str | None, loglevel: str) -> None:
                    "$FLOWER_AUTH.")
 @click.pass_context
 def flower(ctx: click.Context, config_file: str | None, port: int, address: str) -> None:
-    """The Flower dashboard for this fleet."""
-    if not is_loopback(address) and not (os.environ.get("FLOWER_BASIC_AUTH")
-                                         or os.environ.get("FLOWER_AUTH")):
+    """The Flower dashboard for this fleet. On loopback without authentication its HTTP API
+    answers as its pages do (ad-hoc starts with curl); anywhere else both need it."""
+    authenticated = bool(os.environ.get("FLOWER_BASIC_AUTH") or os.environ.get("FLOWER_AUTH"))
+    if not is_loopback(address) and not authenticated:
         click.echo(f"backstop: refusing to serve Flower on {address} without authentication; "
                    "set FLOWER_BASIC_AUTH=user:password (or FLOWER_AUTH) or use 127.0.0.1",
                    err=True)
         ctx.exit(EXIT_USAGE)
+    if not authenticated:  # Flower's own switch, read on each API request
+        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
     settings = settings_from(ctx, config_file)
     app = create_app(settings, _broker(settings))
     app.start(["flower", f"--address={address}", f"--port={port}"])

@@ -28,8 +28,8 @@ def gone(processes: list[psutil.Process]) -> bool:
 
 def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
         quickstart: Path, start_up: Callable[..., Up], monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given backstop up on the quickstart config (Flower's API open: it is on loopback)
-    monkeypatch.setenv("FLOWER_UNAUTHENTICATED_API", "true")
+    # Given backstop up on the quickstart config, as the README starts it
+    monkeypatch.delenv("FLOWER_UNAUTHENTICATED_API", raising=False)
     up = start_up(quickstart)
     report = up.wait_live()
     # Then status shows the RDS live, its data service answering on its interface, a control
@@ -66,6 +66,13 @@ def test_up_serves_every_rds_and_ctrl_c_leaves_no_process(
     assert all(f"{key}=" in backup["args"] for key in
                ("event", "occurrence", "run", "level", "pool")), backup["args"]
     assert secret not in shown
+    # And an ad-hoc start through Flower's API works as the docs' curl sends it
+    send = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/task/send-task/backstop.run", method="POST",
+        data=b'{"kwargs": {"event": "demo-often", "level": "FULL"}}',
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(send, timeout=10) as r:
+        assert r.status == 200 and "task-id" in json.loads(r.read())
     # And the metrics exporter up started counts the run, and names no password either
     metrics_port = up.process.args[up.process.args.index("--metrics-port") + 1]  # type: ignore[index]
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:

@@ -133,3 +133,17 @@ def test_store_init_creates_an_empty_store_and_refuses_a_foreign_directory(  # t
     result = cli("store", "init", "b")
     assert result.exit_code == 1
     assert "not empty and has no store marker" in result.output
+
+
+def test_verify_of_an_inc_says_what_it_checked_and_where_its_other_files_are(  # type: ignore[no-untyped-def]
+        cli, chain: list[str]) -> None:
+    done = cli("verify", chain[1])
+    assert done.exit_code == 0, done.output
+    assert "1 files stored in it checked" in done.stdout and "OK" in done.stdout
+    assert f"its other files are kept in {chain[0]}" in done.stdout
+
+
+def test_diff_without_changes_says_so(cli, chain: list[str]) -> None:  # type: ignore[no-untyped-def]
+    done = cli("diff", chain[0], chain[0])
+    assert done.exit_code == 0 and done.stdout == ""
+    assert f"no changes from {chain[0]} to {chain[0]}" in done.stderr
