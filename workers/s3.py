@@ -101,6 +101,11 @@ class S3Store(Store):
                           s3={"addressing_style": "path"},
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"))
+        self.io_timeout_s = io_timeout_s
+        # When a call last found the endpoint stalled or gone (time.monotonic()): aborting
+        # the multipart upload right after it is left to drop_abandoned instead of waiting
+        # out the timeouts again, so a run ends within connect + 2 x io timeout of a stall.
+        self.unreachable_at = -float("inf")
         self.claims: dict[int, int] = {}  # staging -> bytes claimed, in this process
         self.claims_lock = threading.Lock()
         self.checked_lock = False
@@ -119,9 +124,14 @@ class S3Store(Store):
         except ClientError as exc:
             raise self.meaning(exc, doing, saveset_id) from exc
         except BotoCoreError as exc:  # refused, timed out, reset: the endpoint is not there
+            self.unreachable_at = time.monotonic()
             raise StorageUnavailable(Reason.STORE_OFFLINE, f"data store {self.name}: endpoint "
                                      f"{self.location.endpoint} unreachable ({doing}): "
                                      f"{exc}") from exc
+
+    def just_unreachable(self) -> bool:
+        """The endpoint did not answer a call within the last io timeout."""
+        return time.monotonic() - self.unreachable_at < self.io_timeout_s
 
     def meaning(self, exc: ClientError, doing: str, saveset_id: str | None) -> StorageError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -508,6 +518,8 @@ class Upload:
         self._finish()
 
     def abort(self) -> None:
+        if self.upload_id is not None and self.store.just_unreachable():
+            self.upload_id = None  # left to drop_abandoned: the endpoint just did not answer
         if self.upload_id is not None:
             for sending in self.sending:
                 sending.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -274,6 +275,39 @@ def test_a_stopped_server_is_store_offline_within_the_timeouts(
     assert datetime.now(UTC) - started < timedelta(seconds=20)
     own_seaweed.signal(signal.SIGCONT)
     setup.backup(Level.FULL)  # and it is back
+
+
+def test_a_server_stalled_mid_upload_is_found_within_connect_plus_twice_io_timeout(
+        s3_setup: Callable[..., Setup], own_seaweed: Seaweed) -> None:
+    # Given a FULL of several parts to a bucket, with connect 1 s and io 2 s: bound 5 s
+    setup = s3_setup(own_seaweed, io_timeout="2s")
+    for i in range(12):
+        (setup.source / f"big{i}.bin").write_bytes(os.urandom(4 << 20))
+    bucket = setup.settings.config.data_stores[0].s3.bucket  # type: ignore[union-attr]
+    client: Any = own_seaweed.client()
+    stalled_at: list[float] = []
+
+    def stall_when_uploading() -> None:
+        wait_for(lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads"),
+                 "the multipart upload to begin", limit_s=30, every_s=0.05)
+        own_seaweed.signal(signal.SIGSTOP)
+        stalled_at.append(time.monotonic())
+
+    staller = threading.Thread(target=stall_when_uploading)
+    staller.start()
+    # When the server stops answering mid-upload
+    try:
+        with pytest.raises(StorageUnavailable) as caught:
+            setup.backup(Level.FULL)
+        ended_at = time.monotonic()
+    finally:
+        staller.join()
+        own_seaweed.signal(signal.SIGCONT)
+    # Then the run ends store_offline within the bound (with a margin for a loaded machine),
+    # however many calls were still to make (parts in flight, the abort), and stores nothing
+    assert caught.value.reason == "store_offline"
+    assert ended_at - stalled_at[0] < 5 + 5
+    assert setup.catalog.all() == []
 
 
 def test_a_server_killed_mid_upload_is_store_offline_and_leaves_no_saveset(
