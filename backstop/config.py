@@ -51,7 +51,8 @@ class FollowUpWhen(enum.StrEnum):
 class Model(BaseModel):
     """Base of every config entity: immutable, and unknown keys are errors, not ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A field's docstring is its description (docs/configuration.md is made from them).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def check_timezone(name: str) -> str:
@@ -70,20 +71,27 @@ class Interface(Model):
     """A network address of an RDS: its data service listens there, clients send through it."""
 
     name: Name
+    """The interface's name, as events' `interface` names it."""
     address: str = Field(min_length=1)
+    """The address the data service listens on and clients connect to."""
     port: int | None = Field(default=None, ge=1, le=65535)
+    """Its port; default `data_path.port`."""
 
 
 class Rds(Model):
     """A storage node; workers started with ``--rds NAME`` serve its data stores."""
 
     name: Name
+    """The RDS's name: `backstop worker --rds NAME` and `backstop serve --rds NAME`."""
     interfaces: list[Interface] = []
+    """Its network addresses for clients' data; none: only its own workers write to its stores."""
 
 
 class ObjectLock(Model):
     mode: Literal["COMPLIANCE", "GOVERNANCE"]
+    """S3 object lock mode of every object of a saveset."""
     days: int = Field(ge=1)
+    """At least this long; a saveset is locked until its retention ends, whichever is later."""
 
 
 class S3Location(Model):
@@ -91,24 +99,37 @@ class S3Location(Model):
     from the environment variables named here, never from the file."""
 
     endpoint: str = Field(pattern=r"^https?://")
+    """The S3 endpoint URL."""
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    """The bucket."""
     prefix: str = Field(default="", pattern=r"^$|^[A-Za-z0-9_.-][A-Za-z0-9_./-]*/$")
+    """A key prefix inside the bucket, ending in `/`."""
     region: str = "us-east-1"
+    """The region the bucket is in."""
     access_key_env: str
+    """The environment variable holding the access key."""
     secret_key_env: str
+    """The environment variable holding the secret key."""
     object_lock: ObjectLock | None = None
+    """Write savesets immutable (the bucket must have object lock enabled)."""
 
 
 class DataStore(Model):
     name: Name
+    """The store's name."""
     rds: str
+    """The RDS whose workers and data service write to it."""
     path: Path | None = None
+    """A directory on that RDS (or `s3`)."""
     s3: S3Location | None = None
+    """A bucket (or `path`)."""
     capacity: Size | None = None
+    """A quota: the store takes at most this many bytes."""
     reserve: Size = 0
-    # `backstop up` and `backstop worker --rds` create the directory and its store marker at
-    # start when the directory does not exist. A store that goes away later is offline.
+    """Bytes always left free on the file system or under the quota."""
     create: bool = False
+    """`backstop up` and `backstop worker --rds` create the directory and its store marker
+    when it is missing at start; a store that goes away later is offline."""
 
     @model_validator(mode="after")
     def _reserve_below_capacity(self) -> DataStore:
@@ -121,7 +142,9 @@ class DataStore(Model):
 
 class Media(Model):
     count: int | None = Field(default=None, ge=1)
+    """How many media the pool has (labels POOL00001, ...)."""
     size: Size | None = None
+    """The size of each medium."""
 
     @model_validator(mode="after")
     def _something_set(self) -> Media:
@@ -134,44 +157,64 @@ class Media(Model):
 
 class MediaPool(Model):
     name: Name
+    """The pool's name."""
     data_store: str
+    """The data store its savesets are written to."""
     retention: Duration
+    """How long each saveset is kept; a medium whose savesets are all past it is free."""
     media: Media | None = None
+    """Media count and size; none: one medium without limit."""
     failover_pool: str | None = None
+    """Where a run goes when this pool is unavailable and its event has no failover event."""
 
 
 class Drive(Model):
     name: Name
+    """The drive's name."""
     data_store: str
+    """The data store it writes to."""
     channels: int = Field(default=1, ge=1)
+    """How many backups may write through it at once, fleet-wide."""
 
 
 class Client(Model):
     """A host whose tasks are read there, by ``backstop worker --client NAME``."""
 
     name: Name
+    """The client's name: `backstop worker --client NAME`."""
     # The client's own data token (read and write only its tasks' savesets, never delete);
     # without one, the client worker uses the fleet's data token.
     token_file: Path | None = None
+    """The client's own data token (reads and writes only its tasks' savesets, never deletes);
+    default the fleet's."""
 
 
 class Tls(Model):
     """The data service speaks HTTPS with ``cert``/``key``; clients verify it against ``ca``."""
 
     cert: Path
+    """The data service's certificate (PEM)."""
     key: Path
+    """Its private key (PEM)."""
     ca: Path
+    """The CA clients verify the service against."""
 
 
 class DataPath(Model):
     """How clients reach the RDS data services (SPEC section 9)."""
 
     port: int = Field(default=DEFAULT_DATA_PORT, ge=1, le=65535)
+    """The data services' port where an interface names none."""
     # default: state_dir/data-token (created mode 0600 by `backstop up`)
     token_file: Path | None = None
+    """The fleet's data token; default `state_dir/data-token` (made mode 0600 by `backstop up`)."""
     tls: Tls | None = None
+    """HTTPS for the data services."""
     connect_timeout: Duration = timedelta(seconds=10)
+    """A connection to a data service or S3 endpoint not made within this is a failure."""
     io_timeout: Duration = timedelta(seconds=60)
+    """A transfer that stalls this long is a failure; a stall is detected within `connect_timeout`
+    + 2 x `io_timeout`."""
 
     @model_validator(mode="after")
     def _positive_timeouts(self) -> DataPath:
@@ -193,8 +236,11 @@ class NotifyTarget(Model):
     """Where messages go: a webhook (HTTP POST of a JSON object) or an Apprise URL."""
 
     webhook: str | None = None
+    """An http(s) URL that gets a POST of a JSON object."""
     url: str | None = None
+    """An Apprise URL (mail, Slack, Teams, ntfy, ...)."""
     when: list[NotifyWhen] = Field(min_length=1)
+    """Which occurrences it hears of."""
 
     @model_validator(mode="after")
     def _one_target(self) -> NotifyTarget:
@@ -232,21 +278,31 @@ class Task(Model):
     ``client`` (by its client worker), or on the RDS worker when it names none."""
 
     name: Name
+    """The task's name."""
     source: Path
+    """The directory to back up, on the host that reads the task."""
     exclude: list[str] = []
+    """gitignore-style patterns, relative to `source`."""
     client: str | None = None
+    """The client that reads it; none: the RDS worker of the event's pool reads it."""
     # Fill a missing source with a small generated tree when `backstop up` starts (quickstart).
     demo: bool = False
+    """`backstop up` fills a missing source with a small generated tree (the quickstart)."""
 
 
 class Schedule(Model):
     """A 5-field cron expression with an optional time zone, or a fixed interval."""
 
     name: Name
+    """The schedule's name."""
     cron: str | None = None
+    """A 5-field cron expression (or `every`)."""
     timezone: str | None = None
+    """The cron expression's time zone; default the top-level `timezone`."""
     every: Duration | None = None
+    """A fixed interval (or `cron`)."""
     catch_up: Duration = timedelta(hours=1)
+    """A tick missed while no beat ran is run once if at most this old, else recorded as missed."""
 
     @field_validator("cron")
     @classmethod
@@ -274,50 +330,75 @@ class Schedule(Model):
 
 class MigrationTask(Model):
     name: Name
+    """The migration task's name."""
     target_pool: str
+    """The pool a new saveset is copied to after its run succeeded."""
     drive: str | None = None
+    """The drive the copy writes through."""
 
 
 class FollowUp(Model):
     event: str
+    """The event to start."""
     when: FollowUpWhen = FollowUpWhen.SUCCESS
+    """After which outcome of the occurrence."""
 
 
 class EventBase(Model):
     name: Name
+    """The event's name."""
     schedule: str | None = None
+    """The schedule that triggers it; none: ad hoc, follow-up or failover only."""
     priority: int = 0
+    """Of equal events (same task) due at one tick, only the highest runs."""
     follow_ups: list[FollowUp] = []
+    """Events started when this occurrence settles."""
 
 
 class BackupEvent(EventBase):
     """Task + level + options + storage settings; may name a failover event."""
 
     kind: Literal["backup"] = "backup"
+    """The event kind."""
     task: str
+    """What to back up."""
     level: Level = Level.FULL
+    """FULL, DIFF, INC or COPY."""
     enforce_full: bool = False
+    """Upgrade DIFF/INC to FULL after a failed FULL, past `full_interval`, or when the base's store
+    is unavailable."""
     full_interval: Duration | None = None
+    """With `enforce_full`: the longest time between two FULLs."""
     media_pool: str
+    """Where the savesets go."""
     drive: str | None = None
+    """A drive of the pool's data store."""
     interface: str | None = None
+    """The RDS interface a client task's data goes through; default the RDS's first."""
     migration_task: str | None = None
+    """Copy each new saveset with this migration task."""
     failover_event: str | None = None
+    """The event whose storage settings a failover run uses."""
 
 
 class VerifyEvent(EventBase):
     """Restore-test the saveset of the triggering occurrence (or the task's newest saveset)."""
 
     kind: Literal["verify"]
+    """The event kind."""
     task: str | None = None
+    """Verify this task's newest saveset when not triggered by an occurrence."""
 
 
 class CommandEvent(EventBase):
     """Run ``argv`` on a control worker, never through a shell."""
 
     kind: Literal["command"]
+    """The event kind."""
     argv: list[str] = Field(min_length=1)
+    """The command and its arguments."""
     timeout: Duration = timedelta(hours=1)
+    """The command is killed after this long."""
 
 
 EVENT_KINDS: dict[str, type[EventBase]] = {
@@ -357,29 +438,49 @@ class Config(Model):
     """The whole file, with paths as written; :mod:`backstop.settings` resolves them."""
 
     state_dir: Path = Path(".backstop")
+    """Embedded broker data, logs, the data token; relative to the config file."""
     broker_url: str | None = None
+    """Redis/Valkey URL (`redis://`, `rediss://`, `sentinel://`); none: `backstop up` starts an
+    embedded one."""
     # With a broker_url of Sentinels (SPEC section 13): the master's name, the Sentinels'
     # own password if they have one, and how long a ledger or catalog write waits for a
     # replica to have it.
     broker_master_name: str | None = None
+    """With Sentinels: the master's name."""
     broker_sentinel_password: str | None = None
+    """With Sentinels: the Sentinels' own password."""
     broker_wait_ms: int = Field(default=1000, ge=0, le=60_000)
+    """Ledger and catalog writes wait this long for a replica."""
     timezone: str = "UTC"
+    """The time zone of cron schedules."""
     # Hard time limit of one backup run; the broker's visibility timeout is derived from it.
     backup_time_limit: Duration = timedelta(hours=6)
+    """Hard time limit of one backup run."""
     rds: list[Rds] = []
+    """Storage nodes."""
     data_stores: list[DataStore] = []
+    """Directories or buckets that hold savesets."""
     media_pools: list[MediaPool] = []
+    """Groups of media in a data store, with a retention."""
     drives: list[Drive] = []
+    """Write channels of data stores."""
     clients: list[Client] = []
+    """Hosts whose tasks are read there."""
     tasks: list[Task] = []
+    """What to back up."""
     schedules: list[Schedule] = []
+    """When events are triggered."""
     migration_tasks: list[MigrationTask] = []
+    """Copies of new savesets to another pool."""
     events: list[Event] = []
+    """Backup, verify and command events."""
     data_path: DataPath = DataPath()
+    """How clients reach the data services."""
     notify: list[NotifyTarget] = []
+    """Where messages about occurrences go."""
     # Ended runs queued longer ago than this leave the run ledger (SPEC section 10).
     history: Duration = timedelta(days=90)
+    """Ended runs older than this leave the run ledger."""
 
     @field_validator("timezone")
     @classmethod

@@ -15,6 +15,9 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# What the JSON schema says sizes and durations look like.
+SIZE_PATTERN = r"^\d+(\.\d+)?\s*(B|KiB|MiB|GiB|TiB)?$"
+DURATION_PATTERN = r"^(\d+(\.\d+)?(s|m|h|d))+$"
 # Units people write by habit, mapped to the one they most likely mean.
 _SIZE_HINTS = {"K": "KiB", "KB": "KiB", "M": "MiB", "MB": "MiB", "G": "GiB", "GB": "GiB",
                "T": "TiB", "TB": "TiB", "k": "KiB", "kb": "KiB", "mb": "MiB", "gb": "GiB"}
@@ -87,14 +90,13 @@ Size = Annotated[
     int,
     BeforeValidator(parse_size),
     WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
-                              {"type": "string",
-                               "pattern": r"^\d+(\.\d+)?\s*(B|KiB|MiB|GiB|TiB)?$"}],
+                              {"type": "string", "pattern": SIZE_PATTERN}],
                     "description": "bytes, or a number with B, KiB, MiB, GiB or TiB"}),
 ]
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^(\d+(\.\d+)?(s|m|h|d))+$",
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
                     "description": "a duration such as 30s, 15m, 1h30m, 14d"}),
 ]

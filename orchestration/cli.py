@@ -24,6 +24,7 @@ from backstop.orchestration.cli_common import (
     settings_from,
 )
 from backstop.orchestration.status import connect, fleet_status
+from backstop.orchestration.config_reference import reference
 from backstop.orchestration.tables import Column, print_table
 
 
@@ -87,6 +88,12 @@ def config_schema() -> None:
     schema = Config.model_json_schema(mode="validation")
     schema["title"] = "Backstop configuration"
     print_json(schema)
+
+
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown: every key, its type and default)."""
+    click.echo(reference(), nl=False)
 
 
 @main.command()
