@@ -23,8 +23,8 @@ from backstop.orchestration.cli_common import (
     print_json,
     settings_from,
 )
-from backstop.orchestration.status import connect, fleet_status
 from backstop.orchestration.config_reference import reference
+from backstop.orchestration.status import connect, fleet_status
 from backstop.orchestration.tables import Column, print_table
 
 
