@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -14,7 +15,6 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
-from tornado.netutil import bind_sockets
 
 from backstop.config import Interface
 from backstop.errors import BackstopError
@@ -55,6 +55,15 @@ def service_tokens(settings: Settings, rds: str) -> Tokens:
             continue
         clients.append((token, Identity(client.name, tasks)))
     return Tokens(fleet_token(settings, create=not exposed), tuple(clients))
+
+
+def listening_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking socket listening on ``address:port`` (closed again if that fails:
+    tornado's ``bind_sockets`` leaves the socket of a failed bind open)."""
+    family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.create_server((address, port), family=family, backlog=128)
+    sock.setblocking(False)
+    return sock
 
 
 def server_tls(settings: Settings) -> ssl.SSLContext | None:
@@ -98,7 +107,7 @@ class Listening:
         for interface in self.interfaces():
             port = self.settings.config.port_of(interface)
             try:
-                self.server.add_sockets(bind_sockets(port, interface.address))
+                self.server.add_sockets([listening_socket(interface.address, port)])
             except OSError as exc:
                 raise OSError(exc.errno, f"{interface.address}:{port} (interface "
                               f"{interface.name}): {exc.strerror or exc}") from exc

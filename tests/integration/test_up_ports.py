@@ -21,6 +21,16 @@ def taken_port(stack: ExitStack, address: str = "127.0.0.1") -> int:
     return int(sock.getsockname()[1])
 
 
+def config_with_interface(tmp_path: Path, port: int) -> Path:
+    """An RDS whose one interface listens on 127.0.0.2:``port``."""
+    config = tmp_path / "backstop.yaml"
+    config.write_text(f"""
+rds: [{{name: local, interfaces: [{{name: lan, address: 127.0.0.2, port: {port}}}]}}]
+data_stores: [{{name: a, rds: local, path: stores/a, create: true}}]
+""")
+    return config
+
+
 @pytest.fixture
 def ports() -> Iterator[tuple[int, int, int]]:
     with ExitStack() as stack:
@@ -30,11 +40,7 @@ def ports() -> Iterator[tuple[int, int, int]]:
 def test_up_names_every_taken_port_and_starts_nothing(tmp_path: Path,
                                                       ports: tuple[int, int, int]) -> None:
     flower, metrics, data = ports
-    config = tmp_path / "backstop.yaml"
-    config.write_text(f"""
-rds: [{{name: local, interfaces: [{{name: lan, address: 127.0.0.2, port: {data}}}]}}]
-data_stores: [{{name: a, rds: local, path: stores/a, create: true}}]
-""")
+    config = config_with_interface(tmp_path, data)
     done = CliRunner().invoke(main, ["up", "-c", str(config), "--flower-port", str(flower),
                                      "--metrics-port", str(metrics)])
     assert done.exit_code == 2, done.output
@@ -49,11 +55,7 @@ data_stores: [{{name: a, rds: local, path: stores/a, create: true}}]
 def test_serve_on_a_taken_port_names_the_address_and_port(tmp_path: Path,
                                                           ports: tuple[int, int, int]) -> None:
     _, _, data = ports
-    config = tmp_path / "backstop.yaml"
-    config.write_text(f"""
-rds: [{{name: local, interfaces: [{{name: lan, address: 127.0.0.2, port: {data}}}]}}]
-data_stores: [{{name: a, rds: local, path: stores/a, create: true}}]
-""")
+    config = config_with_interface(tmp_path, data)
     done = CliRunner().invoke(main, ["serve", "--rds", "local", "-c", str(config)],
                               env={"BACKSTOP_DATA_TOKEN": "secret-token-for-the-test"})
     assert done.exit_code == 2, done.output
