@@ -49,7 +49,7 @@ events:
 
 def started_by_hand(make_fleet: Callable[[str], Fleet], near_workers: list[str]) -> Fleet:
     """TWO_RDS with a control worker, ``near_workers`` for RDS near, one worker for far and
-    a beat (which sends the watchdog), each its own process."""
+    a beat (which runs the watchdog), each its own process."""
     fleet = make_fleet(TWO_RDS)
     bulk_source(fleet.root / "bulk")
     fleet.start("control", "worker", "--control", "--concurrency", "2")
@@ -129,7 +129,7 @@ def test_a_run_waiting_for_a_drive_in_a_worker_that_dies_runs_without_waiting_mi
     fleet.settled(["first", "waiting"], limit_s=75)
     found = fleet.audit(["first", "waiting"])
     assert (found.savesets, found.failovers, found.restored) == (2, {}, 2)
-    assert "went back on its queue" in (fleet.root / "control.log").read_text()
+    assert "went back on its queue" in (fleet.root / "beat.log").read_text()  # the watchdog
 
 
 @pytest.mark.timeout(300)  # two fleets started, ten backups, and up to 150 s to settle
