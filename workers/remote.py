@@ -14,6 +14,7 @@ import io
 import os
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,6 +68,11 @@ class RemoteStore(Store):
         self._http: httpx.Client | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        # When a call last found the interface refusing, stalled or broken
+        # (time.monotonic()): an abort right after it does not wait out the timeouts again
+        # (the service drops an abandoned staging by itself), so a run ends within
+        # connect + 2 x io timeout of a stall.
+        self.unreachable_at = -float("inf")
 
     @property
     def http(self) -> httpx.Client:
@@ -90,9 +96,14 @@ class RemoteStore(Store):
         try:
             yield
         except httpx.TransportError as exc:
+            self.unreachable_at = time.monotonic()
             where = f"interface {self.endpoint.interface} ({self.endpoint.url})"
             raise StorageUnavailable(Reason.RDS_UNREACHABLE, f"data store {self.name}: "
                                      f"{doing}: {where}: {describe(exc)}") from exc
+
+    def just_unreachable(self) -> bool:
+        """A call found the interface unreachable within the last io timeout."""
+        return time.monotonic() - self.unreachable_at < self.endpoint.io_timeout_s
 
     def request(self, method: str, path: str, doing: str, **options: Any) -> httpx.Response:
         with self.calling(doing):
@@ -226,7 +237,8 @@ class RemoteStaging(Staging):
             return
         self.done = True
         self.sender.shutdown(wait=True, cancel_futures=True)
-        # unreachable or gone: the service drops an untouched staging by itself
+        if self.store.just_unreachable():
+            return  # the service drops an untouched staging by itself
         with suppress(StorageUnavailable, SavesetMissing):
             self.store.request("DELETE", f"/stagings/{self.sid}", "abort")
 

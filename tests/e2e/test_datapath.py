@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,7 @@ def test_a_data_service_stalled_mid_stream_fails_over_and_drops_what_was_staged(
     occur(fleet, "to-near", "stalled")
     mid_stream(fleet, "stalled", fleet.root / "stores" / "near")
     fleet.signal("serve-near", signal.SIGSTOP)
+    stalled_at = datetime.now(UTC)
     try:
         fleet.settled(["stalled"], limit_s=90)
     finally:
@@ -169,6 +171,10 @@ def test_a_data_service_stalled_mid_stream_fails_over_and_drops_what_was_staged(
     assert (original["state"], original["error"]["reason"]) == (
         "storage_unavailable", "rds_unreachable")
     assert "io_timeout" in original["error"]["message"]
+    # within connect_timeout + 2 x io_timeout (2 s + 2 x 3 s) of the stall, with a margin
+    # for a loaded machine
+    ended = datetime.fromisoformat(original["finished_at"]) - stalled_at
+    assert ended < timedelta(seconds=8 + 6), ended
     assert (failover["state"], failover["data_store"]) == ("succeeded", "far-store")
     # once it runs again, the service drops the staging its client abandoned
     wait_for(lambda: staged_bytes(fleet.root / "stores" / "near") == 0,

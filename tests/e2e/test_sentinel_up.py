@@ -142,3 +142,37 @@ def test_the_leading_beat_and_the_master_killed_together_the_schedule_goes_on(
     finally:
         standby.send_signal(signal.SIGTERM)
         standby.wait(timeout=30)
+
+
+PROMOTIONS = 3
+
+
+def test_every_part_of_up_rides_out_several_promotions_under_load(
+        tmp_path: Path, cluster: SentinelCluster, start_up: Callable[..., Up]) -> None:
+    # Given up with every part (Flower and metrics too) on a Sentinel-managed broker
+    config = ha_config(tmp_path, cluster)
+    up = start_up(config)
+    up.wait_live()
+    parts = {p.pid: " ".join(p.cmdline()[3:5]) for p in up.processes()}
+    accepted: list[str] = []
+    # When the master is SIGKILLed three times, each time while occurrences are started
+    for _ in range(PROMOTIONS):
+        old = cluster.master()
+        for i in range(6):
+            if i == 3:
+                old.kill()
+            done = backstop("run", "burst", "--json", config=config, timeout_s=120)
+            if done.returncode == 0:
+                accepted.append(json.loads(done.stdout)["occurrence"])
+        cluster.wait_promoted(old)
+        cluster.revive(old)
+    # Then every accepted occurrence succeeds
+    wait_for(lambda: {str(r["occurrence"]) for r in runs_of(config)
+                      if r["state"] == "succeeded"} >= set(accepted) or None,
+             "every accepted occurrence to succeed", limit_s=180, every_s=2)
+    assert len(accepted) >= PROMOTIONS * 3
+    # And every part of up is the process it was: none exited, none was restarted
+    now = {p.pid for p in up.processes()}
+    assert set(parts) <= now, {pid: what for pid, what in parts.items() if pid not in now}
+    assert "restarting in" not in up.output(), up.output()
+    assert up.stop() == 0
