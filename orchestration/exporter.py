@@ -41,6 +41,7 @@ from backstop.orchestration.growth import sample_pools
 from backstop.orchestration.heartbeat import served_rds
 from backstop.orchestration.metrics import DURATION_BUCKETS, SUM, bucket_label
 from backstop.orchestration.schedules import longest_gap
+from backstop.orchestration.series import served
 from backstop.orchestration.status import fleet_status
 from backstop.orchestration.watchdog import watchdog_counts
 from backstop.runs import utc_now
@@ -75,7 +76,8 @@ class FleetCollector(Collector):
         pipe.hgetall(METRICS_DURATION_KEY)
         pipe.hgetall(METRICS_LAST_SUCCESS_KEY)
         *counters, durations, last_success = [labelled(raw) for raw in pipe.execute()]
-        for name, found in zip(COUNTERS, counters, strict=True):
+        counted = served(dict(zip(COUNTERS, counters, strict=True)), self.settings.config)
+        for name, found in counted.items():
             family = CounterMetricFamily(name, HELP[name], labels=LABELS[name])
             for labels, value in sorted(found.items()):
                 family.add_metric(labels, value)

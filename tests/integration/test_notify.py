@@ -11,9 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -31,6 +29,7 @@ from backstop.settings import load_settings
 from backstop.workers.engine import create_missing_stores
 from tests.integration.conftest import WorkerFleet
 from tests.integration.test_orchestration import CONFIG
+from tests.receiver import Receiver
 from tests.waiting import wait_for
 
 
@@ -38,36 +37,6 @@ def free_port() -> int:
     with closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class Receiver:
-    """An HTTP server on loopback that keeps every POST: (path, JSON body)."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.got: list[tuple[str, dict[str, Any]]] = []
-        got = self.got
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                got.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def at(self, path: str, about: str = "") -> list[dict[str, Any]]:
-        """The messages posted to ``path`` that mention ``about`` (an occurrence, an event)."""
-        return [body for p, body in self.got if p == path and about in json.dumps(body)]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
