@@ -33,7 +33,7 @@ from backstop.constants import (
     TASK_DISPATCH,
     WATCHDOG_INTERVAL_S,
 )
-from backstop.orchestration.broker import redis_client
+from backstop.orchestration.broker import BROKER_ERRORS, redis_client
 from backstop.orchestration.control import Control
 from backstop.orchestration.heartbeat import write_beat_heartbeat
 from backstop.orchestration.leader import LeaderLease
@@ -92,14 +92,25 @@ class Planner:
             state.next_due = NEVER
 
     def tick(self, now: datetime) -> float:
-        """Handle what is due at ``now``; return the seconds until something is due next."""
-        due: list[tuple[Any, datetime]] = []
-        for state in self.states.values():
-            if now >= state.next_due:
-                due += self._due(state, now)
-        for item in suppress(due, self.task_of):
-            self._occur(item.event, item.tick,
-                        OccurrenceState.SUPPRESSED if item.suppressed else None)
+        """Handle what is due at ``now``; return the seconds until something is due next.
+
+        A tick counts as handled only once its occurrences were sent: when the broker fails
+        midway, the planner forgets what it had not recorded and the next tick sends it
+        again (an occurrence's id is its event and tick, so it still happens once)."""
+        handled: dict[str, str] = {}
+        try:
+            due: list[tuple[Any, datetime]] = []
+            for state in self.states.values():
+                if now >= state.next_due:
+                    due += self._due(state, now, handled)
+            for item in suppress(due, self.task_of):
+                self._occur(item.event, item.tick,
+                            OccurrenceState.SUPPRESSED if item.suppressed else None)
+            if handled:
+                self.client.hset(BEAT_LAST_TICK_KEY, mapping=handled)
+        except BROKER_ERRORS:
+            self.load()
+            raise
         if self.watchdog is not None and now >= self.next_watchdog:
             self.next_watchdog = now + timedelta(seconds=WATCHDOG_INTERVAL_S)
             try:
@@ -109,7 +120,8 @@ class Planner:
         soonest = min([s.next_due for s in self.states.values()] + [self.next_watchdog])
         return max(0.0, (soonest - now).total_seconds())
 
-    def _due(self, state: ScheduleState, now: datetime) -> list[tuple[Any, datetime]]:
+    def _due(self, state: ScheduleState, now: datetime,
+             handled: dict[str, str]) -> list[tuple[Any, datetime]]:
         schedule, tz = state.schedule, self.config.timezone
         tick = latest_tick(schedule, tz, now)
         action = tick_action(state.last, tick, now, schedule.catch_up)
@@ -117,7 +129,7 @@ class Planner:
         if state.last is not None and tick <= state.last:
             return []
         state.last = tick
-        self.client.hset(BEAT_LAST_TICK_KEY, schedule.name, tick.isoformat())
+        handled[schedule.name] = tick.isoformat()
         if action is TickAction.MISSED:
             for event in state.events:
                 self._occur(event, tick, OccurrenceState.MISSED)
@@ -156,7 +168,7 @@ class LeaderScheduler(Scheduler):
             if leading and not self.leading:
                 self.planner.load()
             write_beat_heartbeat(self.client, self.lease.holder, leading, self.config_hash)
-        except redis.RedisError as exc:
+        except BROKER_ERRORS as exc:
             log.warning("beat: broker unreachable, not scheduling: %s", exc)
             leading = False
         if leading != self.leading:
@@ -167,8 +179,8 @@ class LeaderScheduler(Scheduler):
             return BEAT_STANDBY_POLL_S
         try:
             wait = self.planner.tick(datetime.now(UTC))
-        except redis.RedisError as exc:
-            log.warning("beat: tick not handled: %s", exc)
+        except BROKER_ERRORS as exc:  # a send that found no master, a lost connection
+            log.warning("beat: tick not handled, tried again shortly: %s", exc)
             wait = BEAT_STANDBY_POLL_S
         return min(wait, LEADER_MAX_INTERVAL_S)
 

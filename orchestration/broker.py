@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
@@ -29,6 +30,9 @@ from backstop.errors import BackstopError, BrokerUnreachable
 from backstop.orchestration.process import spawn, stop_group
 from backstop.settings import Settings
 
+# What a broker that is restarting, or being replaced by a promoted replica, raises: through
+# redis-py (ledger, catalog, leases) or through kombu (sending a task message).
+BROKER_ERRORS = (redis.RedisError, OperationalError)
 BROKER_FILE = "broker.json"
 SENTINEL_PORT = 26379
 

@@ -22,6 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from backstop.config import Config
 from backstop.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
 from backstop.errors import SourceError, StorageUnavailable
+from backstop.orchestration.broker import BROKER_ERRORS
 from backstop.orchestration.control import saveset_id_for
 from backstop.orchestration.ledger import Ledger
 from backstop.runs import ACTIVE, ErrorKind, Progress, Run, RunEnd, RunSpec, RunState, utc_now
@@ -124,8 +125,11 @@ class ProgressReport:
         self.last = now
         progress = Progress(files=files, bytes=done, files_total=total_files,
                             bytes_total=total_bytes)
-        self.ledger.update(self.run_id, progress=progress)
-        self.report(progress)
+        try:
+            self.ledger.update(self.run_id, progress=progress)
+            self.report(progress)
+        except BROKER_ERRORS as exc:  # progress is for the eye: a promotion must not end a run
+            log.warning("run %s: progress not reported: %s", self.run_id, exc)
 
 
 def run_backup(engine_for: Callable[[Run], Engine], ledger: Ledger, channels: Channels,

@@ -85,20 +85,25 @@ class SentinelCluster:
 
     def revive(self, old: Node) -> Node:
         """Start the dead ``old`` again on its port, as a replica of the master now, and wait
-        until it has synced and every Sentinel counts it again (ready for the next
+        until the master (as the Sentinels name it then: they may still be settling) has
+        every replica in sync and every Sentinel counts them (ready for the next
         promotion)."""
-        master = self.master()
         conf = (self.root / f"server-{old.port}.conf").read_text()
         conf = "\n".join(line for line in conf.splitlines() if not line.startswith("replicaof"))
-        conf += f"\nreplicaof 127.0.0.1 {master.port}\n"
+        conf += f"\nreplicaof 127.0.0.1 {self.master().port}\n"
         revived = Node(old.port, self._spawn(f"server-{old.port}", conf))
         self.servers[self.servers.index(old)] = revived
         wait_for(lambda: _pings(revived.client()), f"server on {old.port}")
-        wait_for(lambda: revived.client().info("replication").get("master_link_status") == "up"
-                 and self._online(master) == self.replicas, "the revived server to sync",
-                 limit_s=60)
-        wait_for(lambda: all(self._sentinels_agree(w) for w in self.watchers),
-                 "every Sentinel to count the revived replica", limit_s=60)
+
+        def in_sync() -> bool:
+            try:
+                return (revived.client().info("replication").get("master_link_status") == "up"
+                        and self._online(self.master()) == self.replicas
+                        and all(self._sentinels_agree(w) for w in self.watchers))
+            except (redis.RedisError, StopIteration):
+                return False
+
+        wait_for(in_sync, "the revived server to sync and be counted", limit_s=60)
         return revived
 
     def stop(self) -> None:

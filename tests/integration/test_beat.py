@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
+from kombu.exceptions import OperationalError
 
 from backstop.constants import BEAT_LAST_TICK_KEY, CONTROL_QUEUE, rds_queue
 from backstop.orchestration.app import create_app
@@ -145,3 +146,29 @@ def test_the_leading_beat_runs_the_watchdog_itself_and_counts_its_passes(
     assert after["passes"] - before["passes"] == 2
     assert after["last_pass"] >= time.time() - 60
     assert redis_client.llen(CONTROL_QUEUE) == 0
+
+
+def test_a_tick_whose_send_failed_is_sent_again_on_the_next_tick(
+        beat_fleet: tuple[Settings, BackstopApp], redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, app = beat_fleet
+    beat = planner(settings, app, redis_client)
+    start = datetime.now(UTC)
+    beat.tick(start)  # first sight: the schedule starts with its next tick
+    # Given the broker has no master for a moment: sending a task message fails
+    send = beat.control.send
+
+    def no_master(*args: object, **kwargs: object) -> None:
+        raise OperationalError("No master found for 'backstop'")
+
+    monkeypatch.setattr(beat.control, "send", no_master)
+    # When a tick is due, Then the tick fails and records nothing as handled
+    with pytest.raises(OperationalError):
+        beat.tick(start + timedelta(seconds=3))
+    assert occurrences(redis_client, "high@") == {}
+    # And once the broker answers again, the next tick sends what was due, once
+    monkeypatch.setattr(beat.control, "send", send)
+    beat.tick(start + timedelta(seconds=3.5))
+    beat.tick(start + timedelta(seconds=3.6))
+    wait_for(lambda: occurrences(redis_client, "high@") or None, "the tick's occurrence")
+    assert len(occurrences(redis_client, "high@")) == 1
