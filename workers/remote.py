@@ -69,9 +69,9 @@ class RemoteStore(Store):
         self._pid = os.getpid()
         self._lock = threading.Lock()
         # When a call last found the interface refusing, stalled or broken
-        # (time.monotonic()): an abort right after it does not wait out the timeouts again
-        # (the service drops an abandoned staging by itself), so a run ends within
-        # connect + 2 x io timeout of a stall.
+        # (time.monotonic()): the rest of that staging (its next segment, its abort) does
+        # not wait out the timeouts again (the service drops an abandoned staging by
+        # itself), so a run ends within connect + 2 x io timeout of a stall.
         self.unreachable_at = -float("inf")
 
     @property
@@ -101,9 +101,9 @@ class RemoteStore(Store):
             raise StorageUnavailable(Reason.RDS_UNREACHABLE, f"data store {self.name}: "
                                      f"{doing}: {where}: {describe(exc)}") from exc
 
-    def just_unreachable(self) -> bool:
-        """A call found the interface unreachable within the last io timeout."""
-        return time.monotonic() - self.unreachable_at < self.endpoint.io_timeout_s
+    def unreachable_since(self, since: float) -> bool:
+        """A call found the interface unreachable at or after ``since`` (time.monotonic())."""
+        return self.unreachable_at >= since
 
     def request(self, method: str, path: str, doing: str, **options: Any) -> httpx.Response:
         with self.calling(doing):
@@ -206,6 +206,7 @@ class ResponseStream(io.RawIOBase):
 class RemoteStaging(Staging):
     def __init__(self, store: RemoteStore, sid: str) -> None:
         self.store, self.sid = store, sid
+        self.started = time.monotonic()
         self.writers: list[SegmentWriter] = []
         self.sender = ThreadPoolExecutor(1, thread_name_prefix=f"send-{sid[:6]}")
         self.done = False
@@ -218,7 +219,13 @@ class RemoteStaging(Staging):
     def send(self, part: str, offset: int, chunks: list[bytes | memoryview], size: int
              ) -> None:
         """Append a segment to a part. It goes out chunk by chunk with its length stated:
-        handed to httpx whole, a segment of several MiB is copied several times over."""
+        handed to httpx whole, a segment of several MiB is copied several times over.
+        Right after a segment found the interface unreachable, the next one fails at once
+        instead of waiting out the timeouts again."""
+        if self.store.unreachable_since(self.started):
+            raise StorageUnavailable(Reason.RDS_UNREACHABLE, f"data store {self.store.name}: "
+                                     f"write {part}: interface {self.store.endpoint.interface} "
+                                     "did not answer the segment before")
         self.store.request("PUT", f"/stagings/{self.sid}/{part}", f"write {part}",
                            params={"offset": offset}, content=iter(chunks),
                            headers={"Content-Length": str(size)})
@@ -237,7 +244,7 @@ class RemoteStaging(Staging):
             return
         self.done = True
         self.sender.shutdown(wait=True, cancel_futures=True)
-        if self.store.just_unreachable():
+        if self.store.unreachable_since(self.started):
             return  # the service drops an untouched staging by itself
         with suppress(StorageUnavailable, SavesetMissing):
             self.store.request("DELETE", f"/stagings/{self.sid}", "abort")

@@ -101,9 +101,8 @@ class S3Store(Store):
                           s3={"addressing_style": "path"},
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"))
-        self.io_timeout_s = io_timeout_s
-        # When a call last found the endpoint stalled or gone (time.monotonic()): aborting
-        # the multipart upload right after it is left to drop_abandoned instead of waiting
+        # When a call last found the endpoint stalled or gone (time.monotonic()): the rest
+        # of that upload (its next parts, aborting it: left to drop_abandoned) does not wait
         # out the timeouts again, so a run ends within connect + 2 x io timeout of a stall.
         self.unreachable_at = -float("inf")
         self.claims: dict[int, int] = {}  # staging -> bytes claimed, in this process
@@ -129,9 +128,9 @@ class S3Store(Store):
                                      f"{self.location.endpoint} unreachable ({doing}): "
                                      f"{exc}") from exc
 
-    def just_unreachable(self) -> bool:
-        """The endpoint did not answer a call within the last io timeout."""
-        return time.monotonic() - self.unreachable_at < self.io_timeout_s
+    def unreachable_since(self, since: float) -> bool:
+        """A call found the endpoint unreachable at or after ``since`` (time.monotonic())."""
+        return self.unreachable_at >= since
 
     def meaning(self, exc: ClientError, doing: str, saveset_id: str | None) -> StorageError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -454,6 +453,7 @@ class Upload:
     def __init__(self, staging: S3Staging, object_key: str) -> None:
         self.staging, self.object_key = staging, object_key
         self.store = staging.store
+        self.started = time.monotonic()
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.sending: deque[Future[dict[str, Any]]] = deque()
@@ -486,6 +486,10 @@ class Upload:
 
     def _part(self, number: int, data: bytes) -> dict[str, Any]:
         store = self.store
+        if store.unreachable_since(self.started):  # a part before it found it stalled
+            raise StorageUnavailable(Reason.STORE_OFFLINE, f"data store {store.name}: "
+                                     f"endpoint {store.location.endpoint} did not answer a "
+                                     "part before")
         with store.calling(f"upload {self.staging.key.saveset_id}"):
             done = store.client.upload_part(Bucket=store.bucket, Key=self.object_key,
                                             UploadId=self.upload_id or "", PartNumber=number,
@@ -518,7 +522,7 @@ class Upload:
         self._finish()
 
     def abort(self) -> None:
-        if self.upload_id is not None and self.store.just_unreachable():
+        if self.upload_id is not None and self.store.unreachable_since(self.started):
             self.upload_id = None  # left to drop_abandoned: the endpoint just did not answer
         if self.upload_id is not None:
             for sending in self.sending:
