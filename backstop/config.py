@@ -8,12 +8,14 @@ file is read and every problem collected in :mod:`backstop.config_load`.
 from __future__ import annotations
 
 import enum
+import re
 import zoneinfo
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import bech32
 from croniter import croniter
 from pydantic import (
     BaseModel,
@@ -273,6 +275,36 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{userinfo}{at}{host}{slash}{path}"
 
 
+AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+
+
+def check_recipient(text: str) -> str:
+    """An age X25519 recipient (``age1…``), its bech32 checksum checked."""
+    hrp, data = bech32.bech32_decode(text)
+    if not AGE_RECIPIENT.fullmatch(text) or hrp != "age" or data is None:
+        raise ValueError(f"{text[:16]}… is not an age recipient (age1…, 62 characters; "
+                         "`backstop keys new` makes one)")
+    return text
+
+
+class Encryption(Model):
+    """Savesets encrypted where they are read, to age X25519 recipients: any one of them can
+    read them back; storage nodes, data services and buckets only ever hold ciphertext."""
+
+    recipients: list[str] = Field(min_length=1)
+    """The age recipients (`age1…`) savesets are encrypted to: the hosts' key and, say, an
+    offline recovery key."""
+    identity_file: Path | None = None
+    """The age identity file (private keys) that reads them back; env
+    `BACKSTOP_IDENTITY_FILE` wins. None on a write-only client: it backs up and never
+    reads back."""
+
+    @field_validator("recipients")
+    @classmethod
+    def _valid_recipients(cls, value: list[str]) -> list[str]:
+        return [check_recipient(r) for r in value]
+
+
 class Task(Model):
     """What to back up: a source directory and gitignore-style excludes, read on the task's
     ``client`` (by its client worker), or on the RDS worker when it names none."""
@@ -285,9 +317,11 @@ class Task(Model):
     """gitignore-style patterns, relative to `source`."""
     client: str | None = None
     """The client that reads it; none: the RDS worker of the event's pool reads it."""
-    # Fill a missing source with a small generated tree when `backstop up` starts (quickstart).
     demo: bool = False
     """`backstop up` fills a missing source with a small generated tree (the quickstart)."""
+    encryption: Encryption | Literal["none"] | None = None
+    """The task's own recipients, `none` for plain savesets; default the top-level
+    `encryption`."""
 
 
 class Schedule(Model):
@@ -481,6 +515,8 @@ class Config(Model):
     # Ended runs queued longer ago than this leave the run ledger (SPEC section 10).
     history: Duration = timedelta(days=90)
     """Ended runs older than this leave the run ledger."""
+    encryption: Encryption | None = None
+    """Encryption of every task's savesets unless a task says otherwise."""
 
     @field_validator("timezone")
     @classmethod

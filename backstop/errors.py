@@ -130,3 +130,16 @@ class RestoreRefused(SavesetProblem):
     """A saveset asks for something a restore must never do (e.g. write outside the target)."""
 
     template = "restore of saveset {saveset_id} refused: {detail}"
+
+
+class KeyUnusable(BackstopError):
+    """An encrypted saveset cannot be opened here: no identity for its task, an identity
+    file others may read, or no identity that opens it. A usage problem (exit 2), never
+    damage."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail

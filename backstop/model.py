@@ -49,6 +49,22 @@ class Saveset:
     archive_digest: str = ""
     manifest_bytes: int = 0
     manifest_digest: str = ""
+    # The age recipients its archive and manifest are encrypted to; () for a plain saveset.
+    # The bytes and digests above are then those of the stored ciphertext.
+    recipients: tuple[str, ...] = ()
+    # The saveset its manifest names, where not itself: a copy of an encrypted saveset keeps
+    # its original's manifest as it is (no key rewrote it); what that manifest says its
+    # original holds, the copy holds.
+    manifest_of: str | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
+
+    @property
+    def manifest_names(self) -> str:
+        """The saveset id the manifest's header and its own files' rows name."""
+        return self.manifest_of or self.id
 
     @property
     def key(self) -> SavesetKey:
@@ -63,6 +79,8 @@ class Saveset:
         data["level"] = self.level.value
         data["created_at"] = self.created_at.isoformat()
         data["needs"] = list(self.needs)
+        del data["recipients"]
+        data["encryption"] = {"recipients": list(self.recipients)} if self.recipients else None
         return data
 
     @classmethod
@@ -71,6 +89,7 @@ class Saveset:
         fields["level"] = Level(fields["level"])
         fields["created_at"] = datetime.fromisoformat(fields["created_at"])
         fields["needs"] = tuple(fields.get("needs") or ())
+        fields["recipients"] = tuple((fields.get("encryption") or {}).get("recipients") or ())
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in fields.items() if k in known})
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backstop.config import Config
+from backstop.config import Config, Encryption
 from backstop.config_load import read_config
 
 DEFAULT_CONFIG = "backstop.yaml"
@@ -19,6 +19,7 @@ CONFIG_ENV = "BACKSTOP_CONFIG"
 BROKER_ENV = "BACKSTOP_BROKER_URL"
 DATA_TOKEN_ENV = "BACKSTOP_DATA_TOKEN"
 SENTINEL_PASSWORD_ENV = "BACKSTOP_SENTINEL_PASSWORD"
+IDENTITY_ENV = "BACKSTOP_IDENTITY_FILE"
 # The fleet's data token, in state_dir, when data_path.token_file names no other file.
 DATA_TOKEN_FILE = "data-token"
 
@@ -39,6 +40,8 @@ class Settings:
     # Keys of each S3 data store, from the environment variables its config names
     # ("" where a variable is not set); never shown
     s3_keys: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    # The age identity file the environment names (wins over the config's)
+    identity_file_env: Path | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -51,6 +54,24 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.resolve(self.config.state_dir)
+
+    def encryption_of(self, task: str) -> Encryption | None:
+        """How ``task``'s savesets are encrypted: its own, ``none``, else the default."""
+        own = next(t for t in self.config.tasks if t.name == task).encryption
+        if own == "none":
+            return None
+        return own if isinstance(own, Encryption) else self.config.encryption
+
+    def identity_file_of(self, task: str) -> Path | None:
+        """The identity file that reads ``task``'s savesets on this host, if any:
+        $BACKSTOP_IDENTITY_FILE, else the task's or the default encryption's."""
+        if self.identity_file_env is not None:
+            return self.identity_file_env
+        own = self.encryption_of(task)
+        named = own.identity_file if own else None
+        if named is None and self.config.encryption is not None:
+            named = self.config.encryption.identity_file
+        return self.resolve(named) if named else None
 
     @property
     def data_token_file(self) -> Path:
@@ -73,4 +94,6 @@ def load_settings(option: str | None, environ: Mapping[str, str]) -> Settings:
                                        or config.broker_sentinel_password),
                     s3_keys={s.name: (environ.get(s.s3.access_key_env, ""),
                                       environ.get(s.s3.secret_key_env, ""))
-                             for s in config.data_stores if s.s3 is not None})
+                             for s in config.data_stores if s.s3 is not None},
+                    identity_file_env=(Path(environ[IDENTITY_ENV]).absolute()
+                                       if environ.get(IDENTITY_ENV) else None))

@@ -40,7 +40,7 @@ class RedisCatalog:
         pipe.zadd(CATALOG_INDEX_KEY, {saveset.id: score})
         pipe.zadd(CATALOG_TASK_KEY.format(task=saveset.task), {saveset.id: score})
         pipe.zadd(CATALOG_POOL_KEY.format(pool=saveset.pool), {saveset.id: score})
-        if saveset.level in BASE_LEVELS:
+        if saveset.level in BASE_LEVELS and not saveset.encrypted:  # no file names of those
             pipe.set(CATALOG_MANIFEST_KEY.format(id=saveset.id), manifest)
             pipe.sadd(CATALOG_CACHED_KEY.format(task=saveset.task), saveset.id)
         pipe.execute()

@@ -152,6 +152,7 @@ BackstopGroup.lazy = {
                     "find", "diff")},
     "catalog": "backstop.orchestration.cli_data:catalog_group",
     "store": "backstop.orchestration.cli_data:store_group",
+    "keys": "backstop.orchestration.cli_keys:keys_group",
     **{name: f"backstop.orchestration.cli_runs:{name}" for name in ("run", "drill", "runs")},
 }
 

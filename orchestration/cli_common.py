@@ -13,7 +13,13 @@ from typing import Any, ClassVar, TypeVar
 import click
 import redis
 
-from backstop.errors import AlreadyRunning, BackstopError, BrokerUnreachable, ConfigError
+from backstop.errors import (
+    AlreadyRunning,
+    BackstopError,
+    BrokerUnreachable,
+    ConfigError,
+    KeyUnusable,
+)
 from backstop.runs import utc_now
 from backstop.settings import Settings, load_settings
 from backstop.units import parse_duration
@@ -44,7 +50,7 @@ class BackstopGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ConfigError, BrokerUnreachable, AlreadyRunning) as exc:
+        except (ConfigError, BrokerUnreachable, AlreadyRunning, KeyUnusable) as exc:
             click.echo(f"backstop: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
         except BackstopError as exc:

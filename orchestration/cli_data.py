@@ -49,6 +49,7 @@ from backstop.workers.maintenance import pool_report, rebuild
 from backstop.workers.maintenance import purge as run_purge
 from backstop.workers.remote import reachable_stores
 from backstop.workers.restore import Restorer, RestoreResult
+from backstop.workers.sealing import Keyring
 
 
 class Data:
@@ -58,6 +59,7 @@ class Data:
         self.client = connect(settings)
         self.catalog = RedisCatalog(self.client)
         self.stores = reachable_stores(settings, known_token(settings))
+        self.keyring = Keyring(settings)
 
     def close(self) -> None:
         for store in self.stores.values():
@@ -127,8 +129,8 @@ def manifest_of(data: Data, saveset: Saveset, under: str | None = None) -> Manif
     """A saveset's manifest (only the part at and under ``under``, if given): the catalog's
     copy where it keeps one, else from its store (checked against its recorded hash)."""
     raw = (data.catalog.manifest(saveset.id)
-           or Restorer(data.catalog, data.stores).manifest_bytes(saveset))
-    return manifests.decode(raw, saveset.id, (under or "").strip("/"))
+           or Restorer(data.catalog, data.stores, data.keyring).manifest_bytes(saveset))
+    return manifests.decode(raw, saveset.manifest_names, (under or "").strip("/"))
 
 
 @click.command("ls")
@@ -236,7 +238,7 @@ def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
         result = restore_on_client(data, client, chosen, target, list(include))
     else:
         with progress_bar(f"restoring {chosen.id}", as_json) as update:
-            result = Restorer(data.catalog, data.stores).restore(
+            result = Restorer(data.catalog, data.stores, data.keyring).restore(
                 chosen, target.absolute(), update, include=list(include))
     if as_json:
         print_json(asdict(result))
@@ -298,7 +300,7 @@ def verify(ctx: click.Context, config_file: str | None, saveset_id: str, as_json
     data = data_from(ctx, config_file)
     saveset = data.saveset(saveset_id)
     with progress_bar(f"verifying {saveset.id}", as_json) as update:
-        result = Restorer(data.catalog, data.stores).verify(saveset, update)
+        result = Restorer(data.catalog, data.stores, data.keyring).verify(saveset, update)
     if as_json:
         print_json(asdict(result))
     else:

@@ -33,7 +33,7 @@ def verify_job(engine: Engine, ledger: Ledger, catalog: RedisCatalog, run: Run) 
     if saveset is None:
         return RunEnd.failed(ErrorKind.INTERNAL,
                              "no saveset to verify: the triggering occurrence made none")
-    result = Restorer(catalog, engine.stores).verify(saveset)
+    result = Restorer(catalog, engine.stores, engine.keyring).verify(saveset)
     if result.ok:
         return RunEnd(RunState.SUCCEEDED, saveset=saveset.id, files=result.files)
     bad = RunError(kind=ErrorKind.INTERNAL,
@@ -75,7 +75,7 @@ def migrate_job(engine: Engine, catalog: RedisCatalog, run: Run) -> MigrationOut
     try:
         copy, manifest = engine.migrate(run.saveset, run.migration_task, run.run_id)
         if catalog.get(copy.id) is None:
-            result = Restorer(catalog, engine.stores).verify(copy)
+            result = Restorer(catalog, engine.stores, engine.keyring).verify(copy)
             if not result.ok:
                 engine.stores[copy.data_store].delete(copy.key)
                 return MigrationOutcome(state=RunState.FAILED, saveset=copy.id,

@@ -169,7 +169,7 @@ def restore_here(ctx: Context, saveset_id: str, target: str, client: str,
     saveset = ctx.catalog.get(saveset_id)
     if saveset is None:
         raise SavesetMissing("catalog", saveset_id)
-    restorer = Restorer(ctx.catalog, ctx.remote_stores(client))
+    restorer = Restorer(ctx.catalog, ctx.remote_stores(client), ctx.engine.keyring)
     return asdict(restorer.restore(saveset, Path(target).absolute(), include=include))
 
 

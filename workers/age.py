@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from backstop.errors import BackstopError
+from backstop.errors import BackstopError, KeyUnusable
 
 VERSION_LINE = b"age-encryption.org/v1\n"
 X25519_LABEL = b"age-encryption.org/v1/X25519"
@@ -72,7 +72,7 @@ class HeaderError(AgeError):
     """The header does not parse."""
 
 
-class NoMatch(AgeError):
+class NoMatch(AgeError, KeyUnusable):
     """No identity opens any recipient stanza of the file."""
 
 
@@ -84,7 +84,7 @@ class PayloadError(AgeError):
     """A payload chunk does not authenticate, or the payload is cut short or too long."""
 
 
-class KeyProblem(AgeError):
+class KeyProblem(AgeError, KeyUnusable):
     """A recipient, identity or identity file that is not valid (or not safe to use)."""
 
 
@@ -358,13 +358,23 @@ class Writer:
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.buffer += data
-        while len(self.buffer) > CHUNK:  # a full chunk is sealed once more follows it
-            self._seal(bytes(self.buffer[:CHUNK]), last=False)
-            del self.buffer[:CHUNK]
-        return len(data)
+        """A full chunk is sealed once more data follows it (the last one may be full)."""
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view:
+            if len(self.buffer) == CHUNK:
+                self._seal(self.buffer, last=False)
+                self.buffer = bytearray()
+            if not self.buffer and len(view) > CHUNK:  # straight from the caller's bytes
+                self._seal(view[:CHUNK], last=False)
+                view = view[CHUNK:]
+                continue
+            take = CHUNK - len(self.buffer)
+            self.buffer += view[:take]
+            view = view[take:]
+        return size
 
-    def _seal(self, chunk: bytes, last: bool) -> None:
+    def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> None:
         self.out.write(self.aead.encrypt(_chunk_nonce(self.number, last), chunk, None))
         self.number += 1
 
@@ -413,7 +423,10 @@ class SeekableReader:
 
     def chunk(self, number: int) -> bytes:
         """Plaintext chunk ``number``, authenticated; PayloadError naming it if not."""
-        sealed = self.read_at(self.start + number * SEALED, SEALED)
+        return self.open_chunk(number, self.read_at(self.start + number * SEALED, SEALED))
+
+    def open_chunk(self, number: int, sealed: bytes) -> bytes:
+        """Chunk ``number`` of the payload from its ``sealed`` bytes, authenticated."""
         last = number == self.chunks - 1
         try:
             plain = self.aead.decrypt(_chunk_nonce(number, last), sealed, None)

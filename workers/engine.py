@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -41,12 +41,14 @@ from backstop.model import (
 )
 from backstop.settings import Settings
 from backstop.workers import manifest as manifests
+from backstop.workers.age import Recipient
 from backstop.workers.archive import ArchiveWriter, tar_size
 from backstop.workers.catalog import Catalog
 from backstop.workers.digest import digest_of
 from backstop.workers.levels import LevelDecision, decide_level
 from backstop.workers.media import MediumChoice, choose_medium
 from backstop.workers.retention import protected
+from backstop.workers.sealing import Keyring, LocalManifests, Sealer, opener, sealed
 from backstop.workers.store import ARCHIVE, MANIFEST, META, PathStore, Store
 
 # Pre-flight allowance for the manifest and metadata, per path and in total.
@@ -140,6 +142,8 @@ class Engine:
         self.clock = clock
         # the stores as this host reaches them: directories here, or through data services
         self.stores = stores if stores is not None else stores_of(settings)
+        self.keyring = Keyring(settings)
+        self.local = LocalManifests(settings.state_dir / "manifests")
 
     def store_unavailable(self, name: str) -> bool:
         try:
@@ -171,10 +175,9 @@ class Engine:
         decision = decide_level(request.level, self.catalog.level_facts(
             task.name, now, self.store_unavailable), enforce_full=request.enforce_full,
             full_interval=request.full_interval)
-        base = self.base_manifest(decision.base)
+        base, why = self.base_manifest(decision.base)
         if decision.base and base is None:
-            decision = LevelDecision(request.level, Level.FULL, None,
-                                     f"manifest of base {decision.base} unreadable")
+            decision = LevelDecision(request.level, Level.FULL, None, why)
         if decided is not None:
             decided(decision)
         planned = plan(saveset_id, source, task.exclude, base, decision.base)
@@ -187,22 +190,52 @@ class Engine:
             raise
         if decision.effective is Level.FULL:
             self.catalog.record_full_attempt(task.name, True, now, request.run_id)
-        return BackupResult(saveset, decision, tuple(
-            f"{path}: changed while it was read; its stored copy may mix old and new content"
-            for path in changed))
+        warnings = [f"ran as FULL: {why}"] if base is None and why else []
+        if saveset.encrypted and changed:  # no file name of an encrypted saveset outside it
+            warnings.append(f"{len(changed)} file(s) changed while they were read; their "
+                            "stored copies may mix old and new content")
+        else:
+            warnings += [f"{path}: changed while it was read; its stored copy may mix old "
+                         "and new content" for path in changed]
+        return BackupResult(saveset, decision, tuple(warnings))
 
-    def base_manifest(self, base_id: str | None) -> bytes | None:
-        """The base's manifest as stored: from the catalog's cache, else from its store."""
+    def base_manifest(self, base_id: str | None) -> tuple[bytes | None, str]:
+        """The base's manifest as written (plaintext), and if there is none, why: from the
+        catalog's cache, else this host's own copy (an encrypted base), else its store."""
         if base_id is None:
-            return None
+            return None, ""
         cached = self.catalog.manifest(base_id)
         if cached is not None:
-            return cached
+            return cached, ""
         base = self.catalog.get(base_id)
         if base is None or self.store_unavailable(base.data_store):
-            return None
+            return None, f"manifest of base {base_id} unreadable"
+        if base.encrypted:
+            return self._sealed_base(base)
         with self.stores[base.data_store].read(base.key, MANIFEST) as data:
-            return data.read()
+            return data.read(), ""
+
+    def _sealed_base(self, base: Saveset) -> tuple[bytes | None, str]:
+        kept = self.local.get(base.task, base.id)
+        if kept is not None:
+            return kept, ""
+        if not self.keyring.can_open(base.task):
+            return None, (f"this host keeps no copy of the manifest of base {base.id} and "
+                          "has no identity to read it (a write-only client keeps the one of "
+                          "its own last run)")
+        with opener(self.stores[base.data_store], base, MANIFEST, self.keyring)(0) as data:
+            return data.read(), ""
+
+    def keep_manifest(self, saveset: Saveset, manifest: bytes) -> None:
+        """Catalog the saveset; an encrypted one's manifest stays out of the catalog (no
+        file names there) and is kept on this host as the base of its next INC/DIFF."""
+        if saveset.encrypted:
+            self.catalog.add(saveset, b"")
+            if saveset.level in (Level.FULL, Level.DIFF, Level.INC):
+                self.local.put(saveset.task, saveset.id, manifest,
+                               full=saveset.level is Level.FULL)
+        else:
+            self.catalog.add(saveset, manifest)
 
     def _write(self, request: BackupRequest, decision: LevelDecision, saveset_id: str,
                now: datetime, planned: Plan, progress: Progress | None, source: Path
@@ -217,27 +250,31 @@ class Engine:
         choice = self._choose_medium(pool, estimate, now)
         key = SavesetKey(pool.name, choice.label, saveset_id)
         staging = store.stage(key, estimate, choice.room_bytes)
+        recipients = self.keyring.recipients(request.task)
         try:
-            with staging.open(ARCHIVE) as out, ArchiveWriter(out) as writer:
-                written = archive_files(writer, source, planned, progress)
+            with staging.open(ARCHIVE) as out:
+                written = archive_into(out, recipients, source, planned, progress)
+            stored_manifest = sealed(written.manifest, recipients) if recipients else (
+                written.manifest)
             with staging.open(MANIFEST) as out:
-                out.write(written.manifest)
+                out.write(stored_manifest)
             saveset = Saveset(
                 id=saveset_id, task=request.task, pool=pool.name, data_store=pool.data_store,
                 medium=choice.label, level=decision.effective, run_id=request.run_id,
                 created_at=now, files=written.files, bytes=written.bytes,
                 based_on=decision.base, needs=tuple(sorted(planned.holders - {saveset_id})),
                 archive_bytes=written.archive_bytes, archive_digest=written.archive_digest,
-                manifest_bytes=len(written.manifest),
-                manifest_digest=digest_of(written.manifest))
+                manifest_bytes=len(stored_manifest),
+                manifest_digest=digest_of(stored_manifest),
+                recipients=tuple(str(r) for r in recipients))
             with staging.open(META) as out:
                 out.write(saveset.dumps().encode())
             staging.commit()
         except BaseException:
             staging.abort()
             raise
-        self.catalog.add(saveset, written.manifest)
-        return saveset, writer.changed
+        self.keep_manifest(saveset, written.manifest)
+        return saveset, written.changed
 
     def adopt(self, store_name: str, saveset_id: str) -> Saveset | None:
         """A saveset committed to its store but not cataloged (its writer died in between):
@@ -270,6 +307,8 @@ class Engine:
         source = self.catalog.get(saveset_id)
         if source is None:
             raise StorageError(f"saveset {saveset_id} is not in the catalog")
+        if source.encrypted:
+            return self._copy_sealed(source, copy_id, pool, run_id), b""
         held = self._held_by(self.stored_manifest(source), copy_id)
         encoded = manifests.encode(held)
         now = self.clock()
@@ -281,6 +320,20 @@ class Engine:
                        needs=tuple(sorted(held.holders() - {copy_id})))
         self._copy_archive(source, copy, encoded, choice.room_bytes)
         return copy, encoded
+
+    def _copy_sealed(self, source: Saveset, copy_id: str, pool: MediaPool,
+                     run_id: str | None) -> Saveset:
+        """A copy of an encrypted saveset: archive and manifest copied as stored, without
+        any key; the copy holds what its manifest says the original holds."""
+        with self.stores[source.data_store].read(source.key, MANIFEST) as data:
+            stored_manifest = data.read()
+        now = self.clock()
+        choice = self._choose_medium(pool, source.stored_bytes, now)
+        copy = replace(source, id=copy_id, pool=pool.name, data_store=pool.data_store,
+                       medium=choice.label, run_id=run_id, created_at=now,
+                       migrated_from=source.id, manifest_of=source.manifest_names)
+        self._copy_archive(source, copy, stored_manifest, choice.room_bytes)
+        return copy
 
     @staticmethod
     def _held_by(manifest: Manifest, copy_id: str) -> Manifest:
@@ -499,6 +552,7 @@ class Written:
     bytes: int
     archive_bytes: int
     archive_digest: str
+    changed: list[str]  # files that changed while they were read
 
 
 class _Rows:
@@ -537,6 +591,19 @@ class _Rows:
             waiting.popleft()
 
 
+def archive_into(out: BinaryIO, recipients: list[Recipient], source: Path, planned: Plan,
+                 progress: Progress | None) -> Written:
+    """The archive of ``planned`` into ``out``, sealed to ``recipients`` where there are any
+    (its bytes and digest are then those of the stored ciphertext)."""
+    sealer = Sealer(out, recipients) if recipients else None
+    with ArchiveWriter(cast(BinaryIO, sealer or out)) as writer:
+        written = archive_files(writer, source, planned, progress)
+    if sealer is None:
+        return written
+    stored, digest = sealer.close()
+    return replace(written, archive_bytes=stored, archive_digest=digest)
+
+
 def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
                   progress: Progress | None) -> Written:
     """Stream each file to store into the archive, and every row into the manifest, in
@@ -562,4 +629,5 @@ def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
     rows.emit(everything=True)
     for path in planned.deleted:
         rows.manifest.delete(path)
-    return Written(rows.manifest.finish(), files, stored_bytes, archive_bytes, archive_digest)
+    return Written(rows.manifest.finish(), files, stored_bytes, archive_bytes, archive_digest,
+                   writer.changed)

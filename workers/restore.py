@@ -15,11 +15,11 @@ import os
 import shutil
 import stat
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 import pathspec
 
@@ -48,6 +48,7 @@ from backstop.workers.archive import (
 from backstop.workers.catalog import Catalog
 from backstop.workers.digest import digest_of, new_digest
 from backstop.workers.engine import Progress
+from backstop.workers.sealing import Hashed, Keyring, Opened, opener
 from backstop.workers.store import ARCHIVE, MANIFEST, Store
 
 
@@ -67,6 +68,9 @@ class VerifyResult:
     ok: bool = True
     files: int = 0
     bad: list[str] = field(default_factory=list)
+    # "files": every stored file against its hash; "ciphertext": an encrypted saveset's
+    # stored bytes against the hashes recorded at commit (no identity here)
+    checked: str = "files"
 
 
 def safe_relpath(path: str, saveset_id: str) -> str:
@@ -123,25 +127,44 @@ def check_paths(manifest: Manifest) -> None:
 
 
 class Restorer:
-    def __init__(self, catalog: Catalog, stores: Mapping[str, Store]) -> None:
+    """Reads savesets back; ``keyring`` opens the encrypted ones (without it, or without an
+    identity for their task, they are refused with KeyUnusable; verify then checks their
+    ciphertext)."""
+
+    def __init__(self, catalog: Catalog, stores: Mapping[str, Store],
+                 keyring: Keyring | None = None) -> None:
         self.catalog = catalog
         self.stores = stores
+        self.keyring = keyring
+
+    def open_at(self, saveset: Saveset, part: str) -> Callable[[int], BinaryIO]:
+        """``open(offset)``: the plaintext of ``part`` from that offset."""
+        return opener(self.stores[saveset.data_store], saveset, part, self.keyring)
 
     def manifest(self, saveset: Saveset) -> Manifest:
-        return manifests.decode(self.manifest_bytes(saveset), saveset.id)
+        return manifests.decode(self.manifest_bytes(saveset), saveset.manifest_names)
 
     def manifest_bytes(self, saveset: Saveset) -> bytes:
-        """The saveset's manifest as stored, checked against its recorded hash."""
+        """The saveset's manifest as written, checked against its recorded hash (that of
+        the stored ciphertext, for an encrypted one, which its chunks' tags authenticate
+        as well)."""
+        if saveset.encrypted:
+            with self.open_at(saveset, MANIFEST)(0) as data:
+                return data.read()
         with self.stores[saveset.data_store].read(saveset.key, MANIFEST) as data:
             raw = data.read()
         if digest_of(raw) != saveset.manifest_digest:
             raise CorruptSaveset(saveset.id, "manifest does not match its recorded hash")
         return raw
 
-    def holder(self, saveset_id: str, needed_by: str) -> Saveset:
+    def holder(self, saveset_id: str, needed_by: Saveset) -> Saveset:
+        """The saveset whose archive holds content ``needed_by`` names as ``saveset_id``'s
+        (``needed_by`` itself, where its manifest names its original)."""
+        if saveset_id == needed_by.manifest_names:
+            return needed_by
         found = self.catalog.get(saveset_id)
         if found is None:
-            raise CorruptSaveset(needed_by, f"it needs saveset {saveset_id}, which is gone")
+            raise CorruptSaveset(needed_by.id, f"it needs saveset {saveset_id}, which is gone")
         return found
 
     def restore(self, saveset: Saveset, target: Path, progress: Progress | None = None,
@@ -158,21 +181,21 @@ class Restorer:
         work.mkdir()
         metadata = Metadata()
         try:
-            files, size = self._rebuild(manifest, work, progress, metadata)
+            files, size = self._rebuild(saveset, manifest, work, progress, metadata)
             merge_into(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return RestoreResult(saveset.id, files, size, str(target), metadata.warnings())
 
-    def _rebuild(self, manifest: Manifest, work: Path, progress: Progress | None,
-                 metadata: Metadata) -> tuple[int, int]:
+    def _rebuild(self, saveset: Saveset, manifest: Manifest, work: Path,
+                 progress: Progress | None, metadata: Metadata) -> tuple[int, int]:
         """Directories, then file contents (by holder), then hard links, fifos and device
         nodes, then symlinks; directories' metadata last (deepest first)."""
         entries = sorted(manifest.entries.values(), key=lambda e: e.path)
         for entry in entries:
             if entry.kind == DIR:
                 (work / entry.path).mkdir(parents=True, exist_ok=True)
-        done = self._contents(manifest, entries, work, progress, metadata)
+        done = self._contents(saveset, entries, work, progress, metadata)
         for entry in entries:
             if entry.kind == HARDLINK:
                 os.link(work / entry.target, work / entry.path)
@@ -189,7 +212,7 @@ class Restorer:
                 metadata.apply(work / entry.path, entry)
         return done[0], done[1]
 
-    def _contents(self, manifest: Manifest, entries: list[Entry], work: Path,
+    def _contents(self, saveset: Saveset, entries: list[Entry], work: Path,
                   progress: Progress | None, metadata: Metadata) -> list[int]:
         """Every file's content, read from the archive of its holder; [files, bytes]. A file
         is found in the archive under its path, or, for a hard link restored alone as a
@@ -202,7 +225,7 @@ class Restorer:
                  sum(e.size for w in wanted.values() for e in w.values()))
         done = [0, 0]
         for holder_id, files in wanted.items():
-            holder = self.holder(holder_id, manifest.saveset_id)
+            holder = self.holder(holder_id, saveset)
             self._extract(holder, files, work, done, total, progress, metadata)
         return done
 
@@ -225,13 +248,13 @@ class Restorer:
                  metadata: Metadata) -> None:
         missing = dict(files)
         root = str(work)
-        store = self.stores[holder.data_store]
+        open_at = self.open_at(holder, ARCHIVE)
         with ExitStack() as reading, corruption_of(holder.id):
             if all(e.frame >= 0 for e in files.values()):  # only the frames that hold them
-                members = read_located(lambda offset: store.read(holder.key, ARCHIVE, offset),
+                members = read_located(open_at,
                                        [(e.frame, e.skip, name) for name, e in files.items()])
             else:  # a saveset of a Backstop that did not record frames: read it all
-                members = read_members(reading.enter_context(store.read(holder.key, ARCHIVE)))
+                members = read_members(reading.enter_context(open_at(0)))
             reading.callback(members.close)
             for member, content in members:
                 safe_relpath(member.name, holder.id)
@@ -249,6 +272,12 @@ class Restorer:
                                  f"e.g. {next(iter(missing))!r}")
 
     def verify(self, saveset: Saveset, progress: Progress | None = None) -> VerifyResult:
+        """Every stored file against its hash, and the archive against its recorded hash;
+        an encrypted saveset where this host has no identity for it (a storage node): its
+        stored bytes against the hashes recorded when it was committed."""
+        if saveset.encrypted and (self.keyring is None
+                                  or not self.keyring.can_open(saveset.task)):
+            return self.verify_ciphertext(saveset)
         result = VerifyResult(saveset.id)
         try:
             manifest = self.manifest(saveset)
@@ -257,9 +286,8 @@ class Restorer:
         expected = {e.path: e for e in manifest.stored_here()}
         digest = new_digest()
         try:
-            with self.stores[saveset.data_store].read(saveset.key, ARCHIVE) as raw, \
-                    corruption_of(saveset.id):
-                for member, content in read_members(_Tee(raw, digest)):  # type: ignore[arg-type]
+            with self._archive(saveset, digest) as raw, corruption_of(saveset.id):
+                for member, content in read_members(raw):
                     entry = expected.pop(member.name, None)
                     if entry is None or _digest(content) != entry.digest:
                         result.bad.append(member.name)
@@ -274,17 +302,28 @@ class Restorer:
         result.ok = not result.bad
         return result
 
+    def _archive(self, saveset: Saveset, digest: Any) -> BinaryIO:
+        """The archive's plaintext from its start, ``digest`` hashing the stored bytes."""
+        store = self.stores[saveset.data_store]
+        if not saveset.encrypted:
+            return cast(BinaryIO, Hashed(store.read(saveset.key, ARCHIVE), digest))
+        assert self.keyring is not None
+        return Opened(store, saveset, ARCHIVE, self.keyring.identities(saveset.task),
+                      self.keyring.identity_file(saveset.task)).open(0, digest)
 
-class _Tee:
-    """Reads through to ``source`` and hashes every byte read (the whole compressed file)."""
-
-    def __init__(self, source: IO[bytes], digest: Any) -> None:
-        self.source, self.digest = source, digest
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.digest.update(data)
-        return data
+    def verify_ciphertext(self, saveset: Saveset) -> VerifyResult:
+        """The stored archive and manifest against the hashes recorded at commit."""
+        bad = []
+        store = self.stores[saveset.data_store]
+        for part, recorded in ((ARCHIVE, saveset.archive_digest),
+                               (MANIFEST, saveset.manifest_digest)):
+            digest = new_digest()
+            with store.read(saveset.key, part) as data:
+                while chunk := data.read(CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != recorded:
+                bad.append(f"({part}) does not match its recorded hash")
+        return VerifyResult(saveset.id, ok=not bad, bad=bad, checked="ciphertext")
 
 
 def _digest(content: IO[bytes]) -> str:

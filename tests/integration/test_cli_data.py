@@ -70,7 +70,8 @@ def test_restore_json_and_by_task_at_a_time(cli, chain: list[str], setup: Setup,
 def test_verify_json_and_its_exit_code(cli, chain: list[str], setup: Setup) -> None:  # type: ignore[no-untyped-def]
     ok = cli("verify", chain[0], "--json")
     assert ok.exit_code == 0
-    assert json.loads(ok.stdout) == {"saveset": chain[0], "ok": True, "files": 1, "bad": []}
+    assert json.loads(ok.stdout) == {"saveset": chain[0], "ok": True, "files": 1, "bad": [],
+                                      "checked": "files"}
     saveset = setup.catalog.get(chain[0])
     assert saveset is not None
     path = archive_path(setup, saveset)
