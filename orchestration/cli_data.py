@@ -247,6 +247,10 @@ def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
                    f"{result.saveset} to {result.target}")
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
+    for path in result.damaged:  # left out: their ciphertext did not authenticate
+        click.echo(f"damaged, not restored: {path}", err=True)
+    if result.damaged:
+        ctx.exit(EXIT_FAILED)
 
 
 def restore_on_client(data: Data, client: str, saveset: Saveset, target: Path,

@@ -11,6 +11,7 @@ and existing links in the target are replaced, never followed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -60,6 +61,8 @@ class RestoreResult:
     target: str
     # what could not be given back as it was (e.g. owners, when not restoring as root)
     warnings: list[str] = field(default_factory=list)
+    # files of an encrypted saveset whose ciphertext did not authenticate: not restored
+    damaged: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -185,7 +188,8 @@ class Restorer:
             merge_into(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return RestoreResult(saveset.id, files, size, str(target), metadata.warnings())
+        return RestoreResult(saveset.id, files, size, str(target), metadata.warnings(),
+                             sorted(metadata.damaged))
 
     def _rebuild(self, saveset: Saveset, manifest: Manifest, work: Path,
                  progress: Progress | None, metadata: Metadata) -> tuple[int, int]:
@@ -197,7 +201,9 @@ class Restorer:
                 (work / entry.path).mkdir(parents=True, exist_ok=True)
         done = self._contents(saveset, entries, work, progress, metadata)
         for entry in entries:
-            if entry.kind == HARDLINK:
+            if entry.kind == HARDLINK and entry.target in metadata.damaged:
+                metadata.damaged.add(entry.path)
+            elif entry.kind == HARDLINK:
                 os.link(work / entry.target, work / entry.path)
             elif entry.kind in (FIFO, CHAR_DEVICE, BLOCK_DEVICE):
                 self._special(work / entry.path, entry, metadata)
@@ -246,30 +252,47 @@ class Restorer:
     def _extract(self, holder: Saveset, files: dict[str, Entry], work: Path, done: list[int],
                  total: tuple[int, int], progress: Progress | None,
                  metadata: Metadata) -> None:
-        missing = dict(files)
-        root = str(work)
+        place = Placer(holder.id, dict(files), str(work), done, total, progress, metadata)
         open_at = self.open_at(holder, ARCHIVE)
-        with ExitStack() as reading, corruption_of(holder.id):
-            if all(e.frame >= 0 for e in files.values()):  # only the frames that hold them
-                members = read_located(open_at,
-                                       [(e.frame, e.skip, name) for name, e in files.items()])
-            else:  # a saveset of a Backstop that did not record frames: read it all
-                members = read_members(reading.enter_context(open_at(0)))
-            reading.callback(members.close)
-            for member, content in members:
-                safe_relpath(member.name, holder.id)
-                entry = missing.pop(member.name, None)
-                if entry is None:
-                    continue  # content of a file changed or deleted later
-                write_file(os.path.join(root, entry.path), entry, content, holder.id,
-                           metadata)
-                done[0] += 1
-                done[1] += entry.size
-                if progress is not None:
-                    progress(done[0], done[1], *total)
-        if missing:
-            raise CorruptSaveset(holder.id, f"{len(missing)} file(s) missing from its archive, "
-                                 f"e.g. {next(iter(missing))!r}")
+        located = all(e.frame >= 0 for e in files.values())
+        if holder.encrypted and located:
+            self._extract_sealed(holder.id, files, open_at, place)
+        else:
+            with ExitStack() as reading, corruption_of(holder.id):
+                members = (read_located(open_at, [(e.frame, e.skip, name)
+                                                  for name, e in files.items()])
+                           if located  # only the frames that hold them
+                           else read_members(reading.enter_context(open_at(0))))
+                reading.callback(members.close)
+                for member, content in members:
+                    place(member, content)
+        if place.missing:
+            raise CorruptSaveset(holder.id, f"{len(place.missing)} file(s) missing from its "
+                                 f"archive, e.g. {next(iter(place.missing))!r}")
+
+    @staticmethod
+    def _extract_sealed(holder_id: str, files: dict[str, Entry],
+                        open_at: Callable[[int], BinaryIO], place: Placer) -> None:
+        """Frame by frame: a frame whose ciphertext does not authenticate costs the files
+        that start in it, which are named as damaged and left out; the others are
+        restored. Nothing that did not authenticate is ever kept."""
+        by_frame: dict[int, list[tuple[int, int, str]]] = defaultdict(list)
+        for name, entry in files.items():
+            by_frame[entry.frame].append((entry.frame, entry.skip, name))
+        for frame in sorted(by_frame):
+            try:
+                with corruption_of(holder_id):
+                    members = read_located(open_at, by_frame[frame])
+                    try:
+                        for member, content in members:
+                            place(member, content)
+                    finally:
+                        members.close()
+            except CorruptSaveset:
+                place.damaged()  # the file whose content broke off, if any
+                for _, _, name in by_frame[frame]:
+                    place.damaged(name)
+
 
     def verify(self, saveset: Saveset, progress: Progress | None = None) -> VerifyResult:
         """Every stored file against its hash, and the archive against its recorded hash;
@@ -324,6 +347,46 @@ class Restorer:
             if digest.hexdigest() != recorded:
                 bad.append(f"({part}) does not match its recorded hash")
         return VerifyResult(saveset.id, ok=not bad, bad=bad, checked="ciphertext")
+
+
+@dataclass
+class Placer:
+    """Writes each wanted member of a holder's archive into the work directory."""
+
+    holder_id: str
+    missing: dict[str, Entry]
+    root: str
+    done: list[int]
+    total: tuple[int, int]
+    progress: Progress | None
+    metadata: Metadata
+
+    current: Entry | None = None  # the file being written
+
+    def __call__(self, member: Any, content: IO[bytes]) -> None:
+        safe_relpath(member.name, self.holder_id)
+        entry = self.missing.pop(member.name, None)
+        if entry is None:
+            return  # content of a file changed or deleted later, or restored already
+        self.current = entry
+        write_file(os.path.join(self.root, entry.path), entry, content, self.holder_id,
+                   self.metadata)
+        self.current = None
+        self.done[0] += 1
+        self.done[1] += entry.size
+        if self.progress is not None:
+            self.progress(self.done[0], self.done[1], *self.total)
+
+    def damaged(self, name: str | None = None) -> None:
+        """A wanted file (``name``; else the one being written) whose content did not
+        authenticate: left out, and named."""
+        entry = self.missing.pop(name, None) if name else self.current
+        self.current = None if name is None else self.current
+        if entry is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.root, entry.path))  # what was written of it
+        self.metadata.damaged.add(entry.path)
 
 
 def _digest(content: IO[bytes]) -> str:
@@ -383,6 +446,7 @@ class Metadata:
         self.owners_refused: list[Entry] = []
         self.xattrs_refused: list[tuple[Entry, str]] = []
         self.devices_refused: list[Entry] = []
+        self.damaged: set[str] = set()  # paths whose content did not authenticate
 
     def apply(self, where: Path | int, entry: Entry) -> None:
         """Owner, mode, attributes and mtime of a file (its descriptor), directory, fifo or

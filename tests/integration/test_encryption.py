@@ -59,7 +59,7 @@ def sealed_setup(make_setup: Callable[..., Setup], keys: tuple[Identity, Identit
                                         str(key)))
     (setup.source / "hr").mkdir()
     (setup.source / "hr" / SECRET_NAME).write_bytes(MARKER * 1000)
-    (setup.source / "big.bin").write_bytes(os.urandom(3 << 20))
+    (setup.source / "big.bin").write_bytes(os.urandom(9 << 20))  # a frame and more
     return setup
 
 
@@ -198,11 +198,14 @@ def test_damage_is_named_by_verify_and_nothing_unauthenticated_is_restored(
     found: dict[str, Any] = json.loads(bad.stdout)
     assert bad.exit_code == 1 and not found["ok"]
     assert any("(archive)" in b for b in found["bad"]), found
-    # And a restore never writes what did not authenticate
+    # And a restore gives back the other files, names the damaged one, exits 1, and never
+    # writes what did not authenticate
     done = cli(setup, "restore", "--saveset", saveset.id, "--to",
                str(setup.root / "restored"))
-    assert done.exit_code == 1
+    assert done.exit_code == 1, done.output
+    assert "damaged, not restored: big.bin" in done.output
     assert not (setup.root / "restored" / "big.bin").exists()
+    assert (setup.root / "restored" / "hr" / SECRET_NAME).read_bytes() == MARKER * 1000
 
 
 def test_a_migration_copies_ciphertext_without_a_key_and_the_copy_restores(
