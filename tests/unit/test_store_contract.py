@@ -14,19 +14,22 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backstop.config import S3Location
+from backstop.config import Level, S3Location
 from backstop.errors import SavesetMissing, StorageUnavailable
-from backstop.model import SavesetKey
+from backstop.model import Saveset, SavesetKey
 from backstop.orchestration.broker import free_port
 from backstop.settings import Settings, load_settings
+from backstop.workers.age import CHUNK, Identity
 from backstop.workers.engine import path_store, store_of
 from backstop.workers.remote import Endpoint, RemoteStore
 from backstop.workers.s3 import S3Store
+from backstop.workers.sealing import Opened, Sealer
 from backstop.workers.serve import Listening, service_for
 from backstop.workers.store import PathStore, Store
 from tests.fs import tmpfs
@@ -328,3 +331,30 @@ def test_space_is_measured_while_other_writes_come_and_go(store: Store) -> None:
     stop.set()
     reader.join()
     assert errors == []
+
+
+def test_an_encrypted_part_is_stored_as_ciphertext_and_opens_from_any_offset(
+        store: Store) -> None:
+    # Given an archive sealed where it is written, as the engine seals it
+    identity = Identity.generate()
+    plain = os.urandom(3 * CHUNK + 77)
+    staging = store.stage(KEY, 1 << 20)
+    with staging.open("archive") as out:
+        sealer = Sealer(out, [identity.recipient])
+        sealer.write(plain)
+        stored, _ = sealer.close()
+    with staging.open("manifest.jsonl.zst") as out:
+        out.write(b"manifest")
+    with staging.open("saveset.json") as out:
+        out.write(b"{}")
+    staging.commit()
+    # Then the store holds the ciphertext, and the plaintext opens from any offset
+    assert store.part_size(KEY, "archive") == stored
+    with store.read(KEY, "archive") as data:
+        assert plain[:64] not in data.read()
+    saveset = Saveset(KEY.saveset_id, "docs", KEY.pool, "a", KEY.medium, Level.FULL, None,
+                      datetime.now(UTC), 0, 0, recipients=(str(identity.recipient),))
+    opened = Opened(store, saveset, "archive", [identity], Path("identity"))
+    for offset in (0, 1, CHUNK - 1, CHUNK, 2 * CHUNK + 5, len(plain) - 1):
+        with opened.open(offset) as data:
+            assert data.read() == plain[offset:], offset
