@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import marshal
 import os
 import secrets
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO, cast
 import zstandard
 
 from backstop.config import DataStore, Level, MediaPool, Task
-from backstop.errors import CorruptSaveset, StorageError, StorageUnavailable
+from backstop.errors import CorruptSaveset, SourceError, StorageError, StorageUnavailable
 from backstop.model import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
@@ -55,6 +56,7 @@ from backstop.workers.store import ARCHIVE, MANIFEST, META, PathStore, Store
 MANIFEST_BYTES_PER_ENTRY = 160
 MANIFEST_BYTES_FIXED = 16 << 10
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int, int, int], None]  # files done, bytes done, files, bytes
 
 
@@ -180,10 +182,11 @@ class Engine:
             decision = LevelDecision(request.level, Level.FULL, None, why)
         if decided is not None:
             decided(decision)
-        planned = plan(saveset_id, source, task.exclude, base, decision.base)
         try:
-            saveset, changed = self._write(request, decision, saveset_id, now, planned,
-                                           progress, source)
+            with nameless_if(bool(self.keyring.recipients(task.name)), source):
+                planned = plan(saveset_id, source, task.exclude, base, decision.base)
+                saveset, changed = self._write(request, decision, saveset_id, now, planned,
+                                               progress, source)
         except BaseException:
             if decision.effective is Level.FULL:
                 self.catalog.record_full_attempt(task.name, False, now, request.run_id)
@@ -589,6 +592,21 @@ class _Rows:
             else:
                 return
             waiting.popleft()
+
+
+@contextmanager
+def nameless_if(encrypted: bool, source: Path) -> Iterator[None]:
+    """Keep the names of an encrypted task's files out of its run record: a source error
+    names the source only, and the file it met goes to this host's log."""
+    try:
+        yield
+    except SourceError as exc:
+        if not encrypted or str(exc) == f"source {source} is missing or not a directory":
+            raise
+        log.warning("encrypted task's source %s: %s", source, exc)
+        raise SourceError(f"a file under {source} could not be read (an encrypted task's "
+                          "file names stay out of the run record; this host's worker log "
+                          "names it)") from None
 
 
 def archive_into(out: BinaryIO, recipients: list[Recipient], source: Path, planned: Plan,

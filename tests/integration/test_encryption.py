@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from backstop.config import Level
+from backstop.errors import SourceError
 from backstop.orchestration.cli import main
-from backstop.workers.age import Identity, write_identity
+from backstop.workers.age import Identity, read_identities, write_identity
 from backstop.workers.engine import BackupRequest
 from backstop.workers.store import ARCHIVE, MANIFEST
 from tests.integration.conftest import Setup, snapshot
@@ -233,3 +234,42 @@ def test_a_task_with_encryption_none_writes_plain_savesets(sealed_setup: Setup) 
     setup = sealed_setup
     saveset = setup.engine.backup(BackupRequest("open", Level.FULL, "daily")).saveset
     assert not saveset.encrypted and setup.catalog.manifest(saveset.id) is not None
+
+
+def test_keys_new_writes_a_private_identity_and_which_lists_what_each_recipient_opens(
+        sealed_setup: Setup, keys: tuple[Identity, Identity, Path], tmp_path: Path) -> None:
+    setup = sealed_setup
+    out = tmp_path / "new.key"
+    made = CliRunner().invoke(main, ["keys", "new", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    assert (out.stat().st_mode & 0o777) == 0o600
+    [identity] = read_identities(out)
+    assert made.stdout.strip() == str(identity.recipient)
+    assert identity.encoded() not in made.output
+    again = CliRunner().invoke(main, ["keys", "new", "--out", str(out)])
+    assert again.exit_code == 2 and "exists" in again.output
+    # which: both recipients of the config open the saveset; the plain one is no one's
+    saveset = setup.backup(Level.FULL).saveset
+    setup.engine.backup(BackupRequest("open", Level.FULL, "daily"))
+    host, recovery, _ = keys
+    listed = json.loads(cli(setup, "keys", "which", "--json").stdout)
+    assert sorted(listed, key=lambda r: r["recipient"]) == sorted(
+        [{"recipient": str(host.recipient), "savesets": [saveset.id]},
+         {"recipient": str(recovery.recipient), "savesets": [saveset.id]}],
+        key=lambda r: r["recipient"])
+
+
+def test_a_file_an_encrypted_task_cannot_read_is_not_named_in_its_error(
+        sealed_setup: Setup) -> None:
+    setup = sealed_setup
+    secret = setup.source / "hr" / SECRET_NAME
+
+    def swap(*_: int) -> None:  # after the first file: the next one turns into a directory
+        if secret.is_file():
+            secret.unlink()
+            secret.mkdir()
+
+    with pytest.raises(SourceError) as caught:
+        setup.engine.backup(BackupRequest("docs", Level.FULL, "daily"), progress=swap)
+    assert SECRET_NAME not in str(caught.value)
+    assert str(setup.source) in str(caught.value)
