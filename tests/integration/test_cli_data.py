@@ -57,7 +57,7 @@ def test_restore_json_and_by_task_at_a_time(cli, chain: list[str], setup: Setup,
                                             tmp_path: Path) -> None:
     result = as_json(cli("restore", "--saveset", chain[1], "--to", str(tmp_path / "r1"), "--json"))
     assert result == {"saveset": chain[1], "files": 2, "bytes": 11,
-                      "target": str(tmp_path / "r1"), "warnings": []}
+                      "target": str(tmp_path / "r1"), "warnings": [], "damaged": []}
     first = setup.catalog.get(chain[0])
     assert first is not None
     at = (first.created_at + timedelta(minutes=1)).isoformat()
