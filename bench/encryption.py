@@ -59,8 +59,10 @@ def main() -> None:
 
 def op(work: Path, *args: str) -> dict[str, Any]:
     """One operation in a fresh process: its seconds (scan to commit) and peak RSS."""
-    done = subprocess.run([sys.executable, __file__, "--op", str(work), *args], check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--op", str(work), *args],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -70,11 +72,12 @@ def run_op(work: Path, name: str, *args: str) -> None:
     from backstop.config import Level
     from backstop.orchestration.catalog import RedisCatalog
     from backstop.settings import load_settings
-    from backstop.workers.engine import BackupRequest, Engine
+    from backstop.workers.engine import BackupRequest, Engine, create_missing_stores
     from backstop.workers.restore import Restorer
 
     url = (work / "broker-url").read_text()
     settings = load_settings(str(work / "backstop.yaml"), {"BACKSTOP_BROKER_URL": url})
+    create_missing_stores(settings, ["local"])
     catalog = RedisCatalog(redis.Redis.from_url(url))
     engine = Engine(settings, catalog)
     start = time.perf_counter()

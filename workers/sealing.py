@@ -159,19 +159,12 @@ class Opened:
         with self.store.read(self.saveset.key, self.part, offset) as data:
             return data.read(size)
 
-    def open(self, offset: int = 0, digest: Any = None) -> BinaryIO:
+    def open(self, offset: int = 0) -> BinaryIO:
         """The plaintext from ``offset`` to the end, decrypted chunk by chunk from one read
-        of the store that starts at the chunk holding ``offset``; ``digest`` (from offset
-        0 only) hashes every stored byte read, the header's too."""
+        of the store that starts at the chunk holding ``offset``."""
         first = offset // CHUNK
-        source: BinaryIO | Hashed
-        if digest is None:
-            source = self.store.read(self.saveset.key, self.part,
-                                     self.reader.start + first * SEALED)
-        else:
-            assert offset == 0
-            source = Hashed(self.store.read(self.saveset.key, self.part), digest)
-            source.read(self.reader.start)
+        source = self.store.read(self.saveset.key, self.part,
+                                 self.reader.start + first * SEALED)
         return io.BufferedReader(ChunkStream(self, source, first, offset - first * CHUNK),
                                  CHUNK)
 
@@ -204,8 +197,7 @@ class Hashed:
 class ChunkStream(io.RawIOBase):
     """Plaintext chunks of an :class:`Opened` part, read in order from ``source``."""
 
-    def __init__(self, opened: Opened, source: BinaryIO | Hashed, first: int,
-                 skip: int) -> None:
+    def __init__(self, opened: Opened, source: BinaryIO, first: int, skip: int) -> None:
         self.opened, self.source = opened, source
         self.chunks = self._chunks(first, skip)
         self.pending = memoryview(b"")

@@ -19,6 +19,7 @@ from backstop.errors import SourceError
 from backstop.orchestration.cli import main
 from backstop.workers.age import Identity, read_identities, write_identity
 from backstop.workers.engine import BackupRequest
+from backstop.workers.restore import Restorer
 from backstop.workers.store import ARCHIVE, MANIFEST
 from tests.integration.conftest import Setup, snapshot
 from tests.system_tools import require
@@ -194,11 +195,15 @@ def test_damage_is_named_by_verify_and_nothing_unauthenticated_is_restored(
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 1
     archive.write_bytes(bytes(data))
-    # Then verify with the identity fails naming the archive, exit 1
+    # Then verify with the identity names the damaged file (and no other), exit 1
     bad = cli(setup, "verify", saveset.id, "--json")
     found: dict[str, Any] = json.loads(bad.stdout)
     assert bad.exit_code == 1 and not found["ok"]
-    assert any("(archive)" in b for b in found["bad"]), found
+    assert found["bad"] == ["big.bin"], found
+    # And where there is no identity (a storage node), its stored bytes do not match
+    keyless = Restorer(setup.catalog, setup.engine.stores).verify(saveset)
+    assert (keyless.ok, keyless.checked) == (False, "ciphertext")
+    assert keyless.bad == ["(archive.tar.zst) does not match its recorded hash"]
     # And a restore gives back the other files, names the damaged one, exits 1, and never
     # writes what did not authenticate
     done = cli(setup, "restore", "--saveset", saveset.id, "--to",
@@ -273,3 +278,27 @@ def test_a_file_an_encrypted_task_cannot_read_is_not_named_in_its_error(
         setup.engine.backup(BackupRequest("docs", Level.FULL, "daily"), progress=swap)
     assert SECRET_NAME not in str(caught.value)
     assert str(setup.source) in str(caught.value)
+
+
+def sealed_part(setup: Setup, saveset_id: str, part: str) -> Path:
+    [found] = (setup.root / "stores").rglob(f"{saveset_id}/{part}")
+    return found
+
+
+def test_a_truncated_archive_and_a_swapped_manifest_are_caught(sealed_setup: Setup) -> None:
+    setup = sealed_setup
+    first = setup.backup(Level.FULL).saveset
+    setup.clock.now += timedelta(hours=1)
+    second = setup.backup(Level.FULL).saveset
+    # a cut archive: the file in its lost last chunk is named
+    archive = sealed_part(setup, first.id, ARCHIVE)
+    archive.write_bytes(archive.read_bytes()[:-20])
+    found = json.loads(cli(setup, "verify", first.id, "--json").stdout)
+    assert not found["ok"] and f"hr/{SECRET_NAME}" in found["bad"], found
+    # a manifest swapped for another saveset's (same keys): refused, never used
+    sealed_part(setup, second.id, MANIFEST).write_bytes(
+        sealed_part(setup, first.id, MANIFEST).read_bytes())
+    found = json.loads(cli(setup, "verify", second.id, "--json").stdout)
+    assert not found["ok"] and "(manifest)" in found["bad"][0], found
+    done = cli(setup, "restore", "--saveset", second.id, "--to", str(setup.root / "x"))
+    assert done.exit_code == 1 and "belongs to saveset" in done.output
