@@ -273,24 +273,26 @@ class Restorer:
     @staticmethod
     def _extract_sealed(holder_id: str, files: dict[str, Entry],
                         open_at: Callable[[int], BinaryIO], place: Placer) -> None:
-        """Frame by frame: a frame whose ciphertext does not authenticate costs the files
-        that start in it, which are named as damaged and left out; the others are
-        restored. Nothing that did not authenticate is ever kept."""
-        by_frame: dict[int, list[tuple[int, int, str]]] = defaultdict(list)
-        for name, entry in files.items():
-            by_frame[entry.frame].append((entry.frame, entry.skip, name))
+        """In one pass while the ciphertext authenticates; from the first damage on, frame by
+        frame: a frame whose ciphertext does not authenticate costs the files that start
+        in it (and the one it broke off), which are named as damaged and left out; the
+        others are restored. Nothing that did not authenticate is ever kept."""
+        try:
+            with corruption_of(holder_id):
+                read_all(open_at, files, place)
+            return
+        except CorruptSaveset:
+            place.damaged()  # the file whose content broke off
+        by_frame: dict[int, list[str]] = defaultdict(list)
+        for name in place.missing:
+            by_frame[files[name].frame].append(name)
         for frame in sorted(by_frame):
             try:
                 with corruption_of(holder_id):
-                    members = read_located(open_at, by_frame[frame])
-                    try:
-                        for member, content in members:
-                            place(member, content)
-                    finally:
-                        members.close()
+                    read_all(open_at, {n: files[n] for n in by_frame[frame]}, place)
             except CorruptSaveset:
-                place.damaged()  # the file whose content broke off, if any
-                for _, _, name in by_frame[frame]:
+                place.damaged()
+                for name in by_frame[frame]:
                     place.damaged(name)
 
 
@@ -385,6 +387,17 @@ class Restorer:
             if digest.hexdigest() != recorded:
                 bad.append(f"({part}) does not match its recorded hash")
         return VerifyResult(saveset.id, ok=not bad, bad=bad, checked="ciphertext")
+
+
+def read_all(open_at: Callable[[int], BinaryIO], files: dict[str, Entry],
+             place: Callable[[Any, IO[bytes]], None]) -> None:
+    """Every member of ``files`` that their frames hold, handed to ``place``."""
+    members = read_located(open_at, [(e.frame, e.skip, name) for name, e in files.items()])
+    try:
+        for member, content in members:
+            place(member, content)
+    finally:
+        members.close()
 
 
 @dataclass
