@@ -305,6 +305,21 @@ class Encryption(Model):
         return [check_recipient(r) for r in value]
 
 
+ENCRYPTION_TAGS = ("encryption:none", "encryption:own")
+
+
+def _encryption_kind(value: Any) -> str:
+    return ENCRYPTION_TAGS[0] if value == "none" else ENCRYPTION_TAGS[1]
+
+
+# A task's `encryption:` is `none` or recipients of its own; errors speak of the one meant.
+TaskEncryption = Annotated[
+    Annotated[Literal["none"], Tag(ENCRYPTION_TAGS[0])]
+    | Annotated[Encryption, Tag(ENCRYPTION_TAGS[1])],
+    Discriminator(_encryption_kind),
+]
+
+
 class Task(Model):
     """What to back up: a source directory and gitignore-style excludes, read on the task's
     ``client`` (by its client worker), or on the RDS worker when it names none."""
@@ -319,7 +334,7 @@ class Task(Model):
     """The client that reads it; none: the RDS worker of the event's pool reads it."""
     demo: bool = False
     """`backstop up` fills a missing source with a small generated tree (the quickstart)."""
-    encryption: Encryption | Literal["none"] | None = None
+    encryption: TaskEncryption | None = None
     """The task's own recipients, `none` for plain savesets; default the top-level
     `encryption`."""
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from backstop.config import EVENT_KINDS, SECTIONS, Config, Model
+from backstop.config import ENCRYPTION_TAGS, EVENT_KINDS, SECTIONS, Config, Model
 from backstop.config_refs import check_references, did_you_mean
 from backstop.errors import ConfigError
 
@@ -154,7 +154,8 @@ def format_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("backup", "verify", "command", "function-before[parse_size()]"):
+        elif part in ("backup", "verify", "command", "function-before[parse_size()]",
+                      *ENCRYPTION_TAGS):
             continue  # pydantic's own names for union tags, not part of the file
         else:
             path = f"{path}.{part}" if path else str(part)

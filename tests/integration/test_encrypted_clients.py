@@ -93,6 +93,7 @@ def test_an_encrypted_client_task_leaves_no_content_or_name_outside_its_saveset(
     stored = b"".join(p.read_bytes() for p in (tmp_path / "stores").rglob("*") if p.is_file())
     assert MARKER not in stored and NAME.encode() not in stored
     assert NAME.encode() not in broker_text(redis_client)
+    assert b"AGE-SECRET-KEY" not in broker_text(redis_client)
     # And the savesets open with the identity, on a host that has it
     key = tmp_path / "recovery.key"
     write_identity(key, identity)

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from backstop.config import BackupEvent, CommandEvent, Level, VerifyEvent
 from backstop.config_load import load_config, parse_config
 from backstop.errors import ConfigError
+from backstop.settings import load_settings
+from backstop.workers.age import Identity
 from tests.conftest import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,3 +247,35 @@ def test_a_key_of_another_entity_is_not_suggested_as_itself() -> None:
     problems = problems_of("schedules: [{name: s, every: 5s, media_pool: x, evry: 3}]")
     assert "schedules[0].media_pool: unknown key 'media_pool' (line 1)" in problems
     assert "schedules[0].evry: unknown key 'evry' (did you mean 'every'?) (line 1)" in problems
+
+
+@pytest.mark.parametrize(("encryption", "problem"), [
+    ("{recipients: [age1bad]}", "tasks[0].encryption.recipients: age1bad… is not an age "
+                                "recipient"),
+    ("nothing", "tasks[0].encryption: bad value 'nothing'"),
+    ("{recipients: []}", "tasks[0].encryption.recipients: bad value []"),
+])
+def test_a_bad_encryption_of_a_task_is_named_with_its_path(encryption: str,
+                                                            problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"tasks: [{{name: a, source: s, encryption: {encryption}}}]")
+    assert problem in str(caught.value)
+
+
+def test_a_task_says_none_or_takes_the_default_encryption_or_its_own(tmp_path: Path) -> None:
+    own, default = Identity.generate().recipient, Identity.generate().recipient
+    path = tmp_path / "backstop.yaml"
+    path.write_text(f"""
+encryption: {{recipients: [{default}], identity_file: keys/ops.key}}
+tasks:
+  - {{name: plain, source: s, encryption: none}}
+  - {{name: usual, source: s}}
+  - {{name: hr, source: s, encryption: {{recipients: [{own}]}}}}
+""")
+    settings = load_settings(str(path), {})
+    assert settings.encryption_of("plain") is None
+    assert settings.encryption_of("usual").recipients == [str(default)]  # type: ignore[union-attr]
+    assert settings.encryption_of("hr").recipients == [str(own)]  # type: ignore[union-attr]
+    assert settings.identity_file_of("hr") == tmp_path / "keys" / "ops.key"
+    env = load_settings(str(path), {"BACKSTOP_IDENTITY_FILE": "/k/elsewhere.key"})
+    assert env.identity_file_of("usual") == Path("/k/elsewhere.key")
