@@ -132,14 +132,7 @@ class RestoreRefused(SavesetProblem):
     template = "restore of saveset {saveset_id} refused: {detail}"
 
 
-class KeyUnusable(BackstopError):
+class KeyUnusable(MessageError):
     """An encrypted saveset cannot be opened here: no identity for its task, an identity
     file others may read, or no identity that opens it. A usage problem (exit 2), never
     damage."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return self.detail

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from backstop.errors import BackstopError, KeyUnusable
+from backstop.errors import KeyUnusable, MessageError
 
 VERSION_LINE = b"age-encryption.org/v1\n"
 X25519_LABEL = b"age-encryption.org/v1/X25519"
@@ -57,15 +57,12 @@ IDENTITY_HRP = "age-secret-key-"
 COLUMNS = 64  # base64 characters of a full stanza body line
 
 
-class AgeError(BackstopError):
-    """An age file that cannot be read: ``detail`` says why."""
+class AgeError(MessageError):
+    """An age file that cannot be read: the message says why."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return self.detail
+    @property
+    def detail(self) -> str:
+        return self.message
 
 
 class HeaderError(AgeError):

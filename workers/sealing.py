@@ -20,7 +20,6 @@ from backstop.model import Saveset
 from backstop.settings import Settings
 from backstop.workers.age import (
     CHUNK,
-    NONCE,
     SEALED,
     AgeError,
     Identity,
@@ -30,7 +29,7 @@ from backstop.workers.age import (
     Writer,
     read_identities,
 )
-from backstop.workers.digest import new_digest
+from backstop.workers.archive import HashingSink
 from backstop.workers.store import Store
 
 
@@ -96,28 +95,11 @@ class LocalManifests:
                     old.unlink(missing_ok=True)
 
 
-class CiphertextSink:
-    """Counts and hashes the ciphertext on its way into a store's part."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.digest = new_digest()
-        self.bytes = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.bytes += len(data)
-        return self.out.write(data)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-
 class Sealer:
     """An age writer into a part, with the size and digest of what it stored."""
 
     def __init__(self, out: BinaryIO, recipients: Iterable[Recipient]) -> None:
-        self.sink = CiphertextSink(out)
+        self.sink = HashingSink(out)  # counts and hashes the ciphertext
         self.writer = Writer(self.sink, recipients)  # type: ignore[arg-type]
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -245,4 +227,3 @@ def opener(store: Store, saveset: Saveset, part: str, keyring: Keyring | None
     return opened.open
 
 
-__all__ = ["NONCE", "CiphertextSink", "Keyring", "Opened", "Sealer", "opener", "sealed"]
