@@ -275,6 +275,9 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{userinfo}{at}{host}{slash}{path}"
 
 
+# A command and its arguments, never run through a shell.
+Argv = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
 AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 
 
@@ -337,6 +340,15 @@ class Task(Model):
     encryption: TaskEncryption | None = None
     """The task's own recipients, `none` for plain savesets; default the top-level
     `encryption`."""
+    before: list[Argv] = []
+    """Commands run in order on the host that reads the task, before anything is read
+    (quiesce an application, take a snapshot); one that fails fails the run
+    (`hook_failed`)."""
+    after: list[Argv] = []
+    """Commands run whenever the `before` commands ran, whatever came of the run (with
+    `BACKSTOP_STATE`); one that fails adds a warning."""
+    hook_timeout: Duration = timedelta(minutes=10)
+    """Each hook must finish within this; else it is killed with its children."""
 
 
 class Schedule(Model):

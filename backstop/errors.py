@@ -96,6 +96,10 @@ class SourceError(MessageError):
     """The backup source is missing or unreadable; never a reason to fail over."""
 
 
+class HookFailed(MessageError):
+    """A task's ``before`` command failed or timed out: the run fails, nothing is read."""
+
+
 class SavesetMissing(StorageError):
     """A saveset the caller named is not in the data store (deleted, or never written)."""
 

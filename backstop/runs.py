@@ -77,6 +77,7 @@ class ErrorKind(enum.StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    HOOK_FAILED = "hook_failed"  # a task's `before` command failed or timed out
 
 
 class Record(BaseModel):

@@ -14,16 +14,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from backstop.config import Config
 from backstop.constants import DRIVE_CHANNELS_KEY, RUN_LEASE_RENEW_S, RUN_LEASE_S
-from backstop.errors import SourceError, StorageUnavailable
+from backstop.errors import HookFailed, SourceError, StorageUnavailable
 from backstop.orchestration.broker import BROKER_ERRORS
 from backstop.orchestration.control import saveset_id_for
+from backstop.orchestration.hooks import Hooks
 from backstop.orchestration.ledger import Ledger
 from backstop.runs import ACTIVE, ErrorKind, Progress, Run, RunEnd, RunSpec, RunState, utc_now
 from backstop.workers.engine import BackupRequest, Engine
@@ -153,13 +154,29 @@ def run_backup(engine_for: Callable[[Run], Engine], ledger: Ledger, channels: Ch
     try:
         with lease_kept(ledger, channels, run_id, holder, drive):
             end = (drilled(run) if run.drill_reason is not None else
-                   _back_up(engine_for(run), spec, run_id,
-                            ProgressReport(ledger, run_id, report),
-                            lambda d: ledger.update(run_id, effective_level=d.effective)))
+                   _with_hooks(engine_for(run), run, ledger,
+                               ProgressReport(ledger, run_id, report)))
             ended = ledger.finish(run_id, end, holder) == "done"
     finally:
         channels.release(drive, run_id)
     return Outcome(end.state, end if ended else None)
+
+
+def _with_hooks(engine: Engine, run: Run, ledger: Ledger, progress: ProgressReport) -> RunEnd:
+    """The backup, with the task's ``before`` commands once its level is decided (before
+    anything is read) and its ``after`` commands whenever those ran."""
+    spec = run.spec
+    task = engine.task(spec.task)
+    hooks = Hooks(task, {"BACKSTOP_TASK": task.name, "BACKSTOP_EVENT": run.event,
+                         "BACKSTOP_RUN": run.run_id}, str(engine.settings.base_dir))
+
+    def decided(decision: LevelDecision) -> None:
+        ledger.update(run.run_id, effective_level=decision.effective)
+        hooks.before(decision.effective.value)
+
+    end = _back_up(engine, spec, run.run_id, progress, decided)
+    warnings = hooks.after(end.state.value)
+    return replace(end, warnings=(*(end.warnings or ()), *warnings)) if warnings else end
 
 
 def drilled(run: Run) -> RunEnd:
@@ -181,6 +198,8 @@ def _back_up(engine: Engine, spec: RunSpec, run_id: str, progress: ProgressRepor
         return RunEnd.unavailable(exc.reason, exc.message)
     except SourceError as exc:
         return RunEnd.failed(ErrorKind.SOURCE_ERROR, str(exc))
+    except HookFailed as exc:  # nothing was read: no saveset, no failover
+        return RunEnd.failed(ErrorKind.HOOK_FAILED, str(exc))
     except SoftTimeLimitExceeded:
         return RunEnd.failed(ErrorKind.TIMEOUT, "the run exceeded backup_time_limit")
     except Exception as exc:

@@ -279,3 +279,14 @@ tasks:
     assert settings.identity_file_of("hr") == tmp_path / "keys" / "ops.key"
     env = load_settings(str(path), {"BACKSTOP_IDENTITY_FILE": "/k/elsewhere.key"})
     assert env.identity_file_of("usual") == Path("/k/elsewhere.key")
+
+
+@pytest.mark.parametrize(("hooks", "problem"), [
+    ("before: [[]]", "tasks[0].before[0]: bad value []"),
+    ('after: [[""]]', "tasks[0].after[0][0]: bad value ''"),
+    ("hook_timeout: soon", "tasks[0].hook_timeout"),
+])
+def test_bad_hooks_are_named_with_their_path(hooks: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"tasks: [{{name: a, source: s, {hooks}}}]")
+    assert problem in str(caught.value)
