@@ -27,6 +27,7 @@ from backstop.orchestration.broker import broker_url
 from backstop.orchestration.catalog import RedisCatalog
 from backstop.orchestration.cli_common import (
     EXIT_FAILED,
+    EXIT_USAGE,
     Since,
     config_option,
     json_option,
@@ -50,6 +51,7 @@ from backstop.workers.maintenance import purge as run_purge
 from backstop.workers.remote import reachable_stores
 from backstop.workers.restore import Restorer, RestoreResult
 from backstop.workers.sealing import Keyring
+from backstop.workers.single import NotOneFile, copy_out, one_file
 
 
 class Data:
@@ -218,22 +220,39 @@ def diff(ctx: click.Context, config_file: str | None, first: str, second: str,
 @click.option("--task", default=None, help="Restore the newest saveset of this task ...")
 @click.option("--at", "at", default=None, metavar="ISO-TIME",
               help="... taken at or before this time.")
-@click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--to", "target", default=None,
+              type=click.Path(file_okay=False, path_type=Path))
 @click.option("--client", default=None, metavar="NAME",
               help="Write the files on this client, by its worker (DIR is on the client).")
 @click.option("--include", multiple=True, metavar="PATTERN",
               help="Only paths matching this gitignore-style pattern (repeatable; a directory "
                    "with its contents).")
+@click.option("--stdout", "to_stdout", is_flag=True,
+              help="Write the one file --include matches to standard output (no --to).")
 @json_option
 @click.pass_context
 def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
-            task: str | None, at: str | None, target: Path, client: str | None,
-            include: tuple[str, ...], as_json: bool) -> None:
-    """Rebuild the source as of a saveset, under DIR (never outside it)."""
+            task: str | None, at: str | None, target: Path | None, client: str | None,
+            include: tuple[str, ...], to_stdout: bool, as_json: bool) -> None:
+    """Rebuild the source as of a saveset, under DIR (never outside it); with --stdout, one
+    file to standard output."""
     if (saveset_id is None) == (task is None):
         raise click.UsageError("give --saveset ID or --task T")
+    if to_stdout == (target is not None) or (to_stdout and (not include or client)):
+        raise click.UsageError("give --to DIR, or --stdout with --include PATTERN (and no "
+                               "--client)")
     data = data_from(ctx, config_file)
     chosen = data.saveset(saveset_id) if saveset_id else newest(data.catalog, task or "", at)
+    if to_stdout:
+        restorer = Restorer(data.catalog, data.stores, data.keyring)
+        try:
+            entry = one_file(restorer, chosen, list(include))
+        except NotOneFile as exc:
+            click.echo(f"backstop: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        copy_out(restorer, chosen, entry, sys.stdout.buffer)
+        return
+    assert target is not None
     if client is not None:
         result = restore_on_client(data, client, chosen, target, list(include))
     else:

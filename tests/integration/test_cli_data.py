@@ -148,3 +148,17 @@ def test_diff_without_changes_says_so(cli, chain: list[str]) -> None:  # type: i
     done = cli("diff", chain[0], chain[0])
     assert done.exit_code == 0 and done.stdout == ""
     assert f"no changes from {chain[0]} to {chain[0]}" in done.stderr
+
+
+def test_restore_stdout_writes_exactly_one_file(cli, chain: list[str]) -> None:  # type: ignore[no-untyped-def]
+    done = cli("restore", "--saveset", chain[1], "--include", "b.txt", "--stdout")
+    assert done.exit_code == 0, done.output
+    assert done.stdout_bytes == b"second"
+    # a file the INC keeps from its base comes from the base's archive
+    done = cli("restore", "--task", "docs", "--include", "a.txt", "--stdout")
+    assert done.exit_code == 0 and done.stdout_bytes == b"first"
+    for pattern, matched in (("*.txt", "matches 2"), ("nothing.here", "matches 0")):
+        done = cli("restore", "--saveset", chain[1], "--include", pattern, "--stdout")
+        assert done.exit_code == 2 and matched in done.stderr, done.output
+    done = cli("restore", "--saveset", chain[1], "--stdout")
+    assert done.exit_code == 2 and "--include" in done.output

@@ -302,3 +302,12 @@ def test_a_truncated_archive_and_a_swapped_manifest_are_caught(sealed_setup: Set
     assert not found["ok"] and "(manifest)" in found["bad"][0], found
     done = cli(setup, "restore", "--saveset", second.id, "--to", str(setup.root / "x"))
     assert done.exit_code == 1 and "belongs to saveset" in done.output
+
+
+def test_one_file_of_an_encrypted_saveset_to_standard_output(sealed_setup: Setup) -> None:
+    setup = sealed_setup
+    saveset = setup.backup(Level.FULL).saveset
+    done = cli(setup, "restore", "--saveset", saveset.id, "--include", f"hr/{SECRET_NAME}",
+               "--stdout")
+    assert done.exit_code == 0, done.output
+    assert done.stdout_bytes == MARKER * 1000
