@@ -153,7 +153,10 @@ def test_a_tick_whose_send_failed_is_sent_again_on_the_next_tick(
         monkeypatch: pytest.MonkeyPatch) -> None:
     settings, app = beat_fleet
     beat = planner(settings, app, redis_client)
-    start = datetime.now(UTC)
+    # half a second into an even second: "fast" (every 2 s) has its next tick 1.5 s later,
+    # and the one after 3.5 s later, after every tick below
+    now = datetime.now(UTC)
+    start = now.replace(second=now.second - now.second % 2, microsecond=500_000)
     beat.tick(start)  # first sight: the schedule starts with its next tick
     # Given the broker has no master for a moment: sending a task message fails
     send = beat.control.send
@@ -164,11 +167,11 @@ def test_a_tick_whose_send_failed_is_sent_again_on_the_next_tick(
     monkeypatch.setattr(beat.control, "send", no_master)
     # When a tick is due, Then the tick fails and records nothing as handled
     with pytest.raises(OperationalError):
-        beat.tick(start + timedelta(seconds=3))
+        beat.tick(start + timedelta(seconds=2.8))
     assert occurrences(redis_client, "high@") == {}
     # And once the broker answers again, the next tick sends what was due, once
     monkeypatch.setattr(beat.control, "send", send)
-    beat.tick(start + timedelta(seconds=3.5))
-    beat.tick(start + timedelta(seconds=3.6))
+    beat.tick(start + timedelta(seconds=3.0))
+    beat.tick(start + timedelta(seconds=3.1))
     wait_for(lambda: occurrences(redis_client, "high@") or None, "the tick's occurrence")
     assert len(occurrences(redis_client, "high@")) == 1
