@@ -96,6 +96,10 @@ class SourceError(MessageError):
     """The backup source is missing or unreadable; never a reason to fail over."""
 
 
+class SourceMissing(SourceError):
+    """The task's source itself is missing or not a directory."""
+
+
 class HookFailed(MessageError):
     """A task's ``before`` command failed or timed out: the run fails, nothing is read."""
 

@@ -28,7 +28,13 @@ from typing import Any, BinaryIO, cast
 import zstandard
 
 from backstop.config import DataStore, Level, MediaPool, Task
-from backstop.errors import CorruptSaveset, SourceError, StorageError, StorageUnavailable
+from backstop.errors import (
+    CorruptSaveset,
+    SourceError,
+    SourceMissing,
+    StorageError,
+    StorageUnavailable,
+)
 from backstop.model import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
@@ -600,8 +606,10 @@ def nameless_if(encrypted: bool, source: Path) -> Iterator[None]:
     names the source only, and the file it met goes to this host's log."""
     try:
         yield
+    except SourceMissing:
+        raise  # names the source alone
     except SourceError as exc:
-        if not encrypted or str(exc) == f"source {source} is missing or not a directory":
+        if not encrypted:
             raise
         log.warning("encrypted task's source %s: %s", source, exc)
         raise SourceError(f"a file under {source} could not be read (an encrypted task's "

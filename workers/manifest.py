@@ -32,7 +32,7 @@ import orjson
 import pathspec
 import zstandard
 
-from backstop.errors import CorruptSaveset, SourceError
+from backstop.errors import CorruptSaveset, SourceError, SourceMissing
 from backstop.model import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
@@ -86,7 +86,7 @@ def found(source: Path, patterns: list[str], linked: set[str] | None = None
     Raises SourceError when the source or a directory in it cannot be read.
     """
     if not source.is_dir():
-        raise SourceError(f"source {source} is missing or not a directory")
+        raise SourceMissing(f"source {source} is missing or not a directory")
     spec = excludes(patterns)
     first_names: dict[tuple[int, int], str] = {}  # (device, inode) -> path of its content
     stack = [("", source)]
