@@ -323,14 +323,36 @@ TaskEncryption = Annotated[
 ]
 
 
+class Stream(Model):
+    """A command whose standard output is stored as a file of the saveset (a database
+    dump); run on the host that reads the task, never through a shell."""
+
+    name: str
+    """The file its output is stored as, at the top of the saveset (`app.dump`)."""
+    argv: Argv
+    """The command and its arguments (`[pg_dump, --format=custom, --dbname=app]`)."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if value in ("", ".", "..") or "/" in value or "\0" in value or len(value) > 255:
+            raise ValueError(f"{value!r} is not a file name: a stream is a file at the top "
+                             "of the saveset (no '/', not '.' or '..', at most 255 characters)")
+        return value
+
+
 class Task(Model):
-    """What to back up: a source directory and gitignore-style excludes, read on the task's
-    ``client`` (by its client worker), or on the RDS worker when it names none."""
+    """What to back up: a source directory and gitignore-style excludes, and the output of
+    commands (`streams`), read on the task's ``client`` (by its client worker), or on the
+    RDS worker when it names none."""
 
     name: Name
     """The task's name."""
-    source: Path
-    """The directory to back up, on the host that reads the task."""
+    source: Path | None = None
+    """The directory to back up, on the host that reads the task (or `streams`, or both)."""
+    streams: list[Stream] = []
+    """Commands whose standard output is stored as files of the saveset; a task with
+    streams runs every level as FULL."""
     exclude: list[str] = []
     """gitignore-style patterns, relative to `source`."""
     client: str | None = None
@@ -349,6 +371,12 @@ class Task(Model):
     `BACKSTOP_STATE`); one that fails adds a warning."""
     hook_timeout: Duration = timedelta(minutes=10)
     """Each hook must finish within this; else it is killed with its children."""
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> Task:
+        if self.source is None and not self.streams:
+            raise ValueError("a task needs a source, streams, or both")
+        return self
 
 
 class Schedule(Model):

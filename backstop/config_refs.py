@@ -80,6 +80,9 @@ def check_duplicates(c: RefChecker) -> None:
     for path, rds in c.entries("rds"):
         interfaces = [(f"{path}.interfaces[{i}]", e) for i, e in mappings(rds.get("interfaces"))]
         _check_unique(c, interfaces, "interface")
+    for path, task in c.entries("tasks"):
+        streams = [(f"{path}.streams[{i}]", e) for i, e in mappings(task.get("streams"))]
+        _check_unique(c, streams, "stream")
 
 
 def _check_unique(c: RefChecker, entities: list[tuple[str, Raw]], what: str) -> None:

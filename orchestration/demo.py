@@ -23,8 +23,10 @@ def seed_demo_sources(settings: Settings) -> list[Path]:
     """Create each missing demo source; return the ones created."""
     created = []
     for task in settings.config.tasks:
+        if not task.demo or task.source is None:
+            continue
         source = settings.resolve(task.source)
-        if task.demo and not source.exists():
+        if not source.exists():
             write_demo_tree(source)
             created.append(source)
     return created

@@ -14,6 +14,7 @@ the archive. The frames are compressed in parallel, one per core.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import queue
@@ -499,6 +500,41 @@ class SparseContent(MemberContent):
 
 Members = Generator[tuple[tarfile.TarInfo, IO[bytes]], None, None]
 
+# A stream (a command's output, whose size is known only at its end) longer than one part
+# is stored as consecutive members, one per part (``NAME.part-000001``, …), each marked in
+# its PAX header with the stream's name, its number and whether another part follows;
+# readers join them into the one file NAME again (``cat NAME.part-*`` does the same).
+STREAM_KEY, PART_KEY, MORE_KEY = "BACKSTOP.stream", "BACKSTOP.part", "BACKSTOP.more"
+
+
+class JoinedContent:
+    """The content of a stream stored in parts: the parts' contents, one after another."""
+
+    def __init__(self, ahead: ReadAhead, archive: Any, first: tarfile.TarInfo) -> None:
+        # ``archive``: the tarfile.TarFile being read (whose ``members`` typeshed omits)
+        self.ahead, self.archive = ahead, archive
+        self.name = first.pax_headers[STREAM_KEY]
+        self.part, self.more = 1, first.pax_headers.get(MORE_KEY) == "1"
+        self.current = MemberContent(ahead, first.size)
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        while not self.current.remaining and self.more:
+            self._next_part()
+        return self.current.read(size)
+
+    def _next_part(self) -> None:
+        member = self.archive.next()
+        self.archive.members.clear()
+        self.part += 1
+        if member is None or (member.pax_headers.get(STREAM_KEY),
+                              member.pax_headers.get(PART_KEY)) != (self.name, str(self.part)):
+            raise tarfile.ReadError(f"stream {self.name}: part {self.part} is missing")
+        self.ahead.seek(member.offset_data)
+        self.more = member.pax_headers.get(MORE_KEY) == "1"
+        self.current = MemberContent(self.ahead, member.size)
+
 
 def read_members(source: BinaryIO, skip: int = 0) -> Members:
     """Each regular file of an archive with a reader for its content, in archive order;
@@ -517,9 +553,14 @@ def read_members(source: BinaryIO, skip: int = 0) -> Members:
                           errors="surrogateescape", tarinfo=Header) as archive:
             for member in archive:
                 archive.members.clear()  # keep no list of every header of a huge archive
-                if member.isreg():
-                    ahead.seek(member.offset_data)
-                    if member.sparse:
+                if member.isreg() and PART_KEY not in member.pax_headers:  # a later part
+                    ahead.seek(member.offset_data)                 # is read with its first
+                    if STREAM_KEY in member.pax_headers:
+                        joined = JoinedContent(ahead, archive, member)
+                        whole = copy.copy(member)
+                        whole.name = joined.name
+                        yield whole, joined  # type: ignore[misc]
+                    elif member.sparse:
                         yield member, SparseContent(ahead, member.sparse, member.size)  # type: ignore[misc]
                     else:
                         yield member, MemberContent(ahead, member.size)  # type: ignore[misc]

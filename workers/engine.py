@@ -9,6 +9,7 @@ the run is left to be seen.
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import logging
@@ -57,6 +58,7 @@ from backstop.workers.media import MediumChoice, choose_medium
 from backstop.workers.retention import protected
 from backstop.workers.sealing import Keyring, LocalManifests, Sealer, opener, sealed
 from backstop.workers.store import ARCHIVE, MANIFEST, META, PathStore, Store
+from backstop.workers.streams import StreamFailed, Streams
 
 # Pre-flight allowance for the manifest and metadata, per path and in total.
 MANIFEST_BYTES_PER_ENTRY = 160
@@ -179,18 +181,26 @@ class Engine:
             return BackupResult(existing, LevelDecision(request.level, existing.level,
                                                         existing.based_on, "already taken"))
         task = self.task(request.task)
-        source = self.settings.resolve(task.source)
+        source = None if task.source is None else self.settings.resolve(task.source)
         decision = decide_level(request.level, self.catalog.level_facts(
             task.name, now, self.store_unavailable), enforce_full=request.enforce_full,
             full_interval=request.full_interval)
-        base, why = self.base_manifest(decision.base)
-        if decision.base and base is None:
+        if task.streams and request.level is not Level.FULL:  # every level runs as FULL
+            base, why = None, (f"task {task.name} stores the output of commands (streams), "
+                               "which has no earlier version to compare with")
             decision = LevelDecision(request.level, Level.FULL, None, why)
+        else:
+            base, why = self.base_manifest(decision.base)
+            if decision.base and base is None:
+                decision = LevelDecision(request.level, Level.FULL, None, why)
         if decided is not None:
             decided(decision)
+        streams = Streams(task.streams, self.config.data_path.io_timeout.total_seconds(),
+                          str(self.settings.base_dir))
         try:
             with nameless_if(bool(self.keyring.recipients(task.name)), source):
-                planned = plan(saveset_id, source, task.exclude, base, decision.base)
+                planned = plan(saveset_id, source, task.exclude, base, decision.base,
+                               streams)
                 saveset, changed = self._write(request, decision, saveset_id, now, planned,
                                                progress, source)
         except BaseException:
@@ -247,14 +257,14 @@ class Engine:
             self.catalog.add(saveset, manifest)
 
     def _write(self, request: BackupRequest, decision: LevelDecision, saveset_id: str,
-               now: datetime, planned: Plan, progress: Progress | None, source: Path
-               ) -> tuple[Saveset, list[str]]:
+               now: datetime, planned: Plan, progress: Progress | None,
+               source: Path | None) -> tuple[Saveset, list[str]]:
         """Stage, write and commit the saveset; return it, and the files that changed while
         they were read."""
         pool = self.pool(request.media_pool)
         store = self.stores[pool.data_store]
-        estimate = (planned.tar_bytes + MANIFEST_BYTES_FIXED
-                    + MANIFEST_BYTES_PER_ENTRY * planned.entries)
+        estimate = (planned.tar_bytes + self._streams_estimate(request.task, planned)
+                    + MANIFEST_BYTES_FIXED + MANIFEST_BYTES_PER_ENTRY * planned.entries)
         store.space()  # store_offline before anything else
         choice = self._choose_medium(pool, estimate, now)
         key = SavesetKey(pool.name, choice.label, saveset_id)
@@ -284,6 +294,14 @@ class Engine:
             raise
         self.keep_manifest(saveset, written.manifest)
         return saveset, written.changed
+
+    def _streams_estimate(self, task: str, planned: Plan) -> int:
+        """The streams' size is known only at their end: as large as the task's last
+        saveset's files (those of its source included), for the pre-flight."""
+        if not planned.streams.by_name:
+            return 0
+        last = max(self.catalog.all(task), key=attrgetter("created_at"), default=None)
+        return 0 if last is None else max(last.bytes - planned.file_bytes, 0)
 
     def adopt(self, store_name: str, saveset_id: str) -> Saveset | None:
         """A saveset committed to its store but not cataloged (its writer died in between):
@@ -396,8 +414,9 @@ def read_committed(store: Store, key: SavesetKey) -> tuple[Saveset, bytes]:
 
 # Kinds that go into an archive as a header without content (for tar -x alone).
 HEADER_ONLY = (HARDLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
-# Records of a plan's spool: an entry whose manifest row is final, or a file to store.
-KEEP, STORE = b"K", b"S"
+# Records of a plan's spool: an entry whose manifest row is final, a file to store, or
+# a stream to store (its name).
+KEEP, STORE, STREAM = b"K", b"S", b"P"
 ENTRY_FIELDS = attrgetter(*(f.name for f in fields(Entry)))  # an entry as a plain tuple
 
 
@@ -420,6 +439,7 @@ class Plan:
     holders: set[str] = field(default_factory=set)  # savesets holding kept content
     headers: list[Entry] = field(default_factory=list)  # links, fifos, devices: tar headers
     deleted: list[str] = field(default_factory=list)
+    streams: Streams = field(default_factory=lambda: Streams([], 0))
 
     def __post_init__(self) -> None:
         self.head = manifests.ManifestWriter(self.saveset_id)
@@ -441,19 +461,42 @@ class BaseOutOfOrder(Exception):
 BaseRow = tuple[str, list[Any], bytes]  # path, row, as stored
 
 
-def plan(saveset_id: str, source: Path, exclude: list[str], base: bytes | None,
-         base_id: str | None) -> Plan:
+def plan(saveset_id: str, source: Path | None, exclude: list[str], base: bytes | None,
+         base_id: str | None, streams: Streams | None = None) -> Plan:
     """Walk the source and its base's manifest side by side (both in ``order_key`` order):
-    an unchanged file keeps its base's content, a new or changed one is to be stored. Rows
-    before the first file to store go into the manifest at once; the rest are spooled."""
+    an unchanged file keeps its base's content, a new or changed one is to be stored; the
+    streams take their place among the source's top-level names. Rows before the first
+    file to store go into the manifest at once; the rest are spooled."""
+    streams = streams or Streams([], 0)
     if base is None or base_id is None:
-        return _plan(saveset_id, source, exclude, iter(()))
+        return _plan(saveset_id, source, exclude, iter(()), streams)
     try:
-        return _plan(saveset_id, source, exclude, _base_rows(base, base_id))
+        return _plan(saveset_id, source, exclude, _base_rows(base, base_id), streams)
     except BaseOutOfOrder:  # a manifest not written in walk order: sort it, in memory
         held = sorted(((row[1], row, line) for row, line in manifests.rows(base, base_id)),
                       key=lambda r: manifests.order_key(r[0]))
-        return _plan(saveset_id, source, exclude, iter(held))
+        return _plan(saveset_id, source, exclude, iter(held), streams)
+
+
+def _walk_with(source: Path | None, exclude: list[str], linked: set[str], streams: Streams
+               ) -> Iterator[manifests.Found | str]:
+    """What the walk of the source finds, with the streams' names (files at the top) in
+    their places of walk order; SourceError for a stream named like a path of the source."""
+    walked: Iterator[manifests.Found | str] = (
+        manifests.found(source, exclude, linked) if source is not None else iter(()))
+    last = ""
+    for item in heapq.merge(walked, streams.names(),
+                            key=lambda i: manifests.order_key(_path_of(i))):
+        path = _path_of(item)
+        if path == last:
+            raise SourceError(f"stream {path} has the name of a path of source {source}; "
+                              "rename the stream or exclude the path")
+        last = path
+        yield item
+
+
+def _path_of(item: manifests.Found | str) -> str:
+    return item if isinstance(item, str) else item[0]
 
 
 def _base_rows(base: bytes, base_id: str) -> Iterator[BaseRow]:
@@ -496,24 +539,28 @@ class _Spool:
         else:
             self.head.add_row(line)
 
-    def store(self, record: bytes) -> None:
+    def store(self, record: bytes, kind: bytes = STORE) -> None:
         self.storing = True
-        self.spool.write(STORE + len(record).to_bytes(4, "little") + record)
+        self.spool.write(kind + len(record).to_bytes(4, "little") + record)
 
     def finish(self) -> bytes:
         self.spool.finish()
         return self.out.getvalue()
 
 
-def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[BaseRow]
-          ) -> Plan:
-    planned = Plan(saveset_id)
+def _plan(saveset_id: str, source: Path | None, exclude: list[str], base: Iterator[BaseRow],
+          streams: Streams) -> Plan:
+    planned = Plan(saveset_id, streams=streams)
     linked: set[str] = set()  # first names of files with several
     stored_linked: set[str] = set()
     spool = _Spool(planned.head)
     before = next(base, None)
-    for seen in manifests.found(source, exclude, linked):
+    for seen in _walk_with(source, exclude, linked, streams):
         planned.entries += 1
+        if isinstance(seen, str):  # a stream: its size is known once it is stored
+            spool.store(seen.encode(), STREAM)
+            planned.files += 1
+            continue
         path = seen[0]
         while before is not None and before[0] != path and _walks_before(before[0], path):
             planned.deleted.append(before[0])
@@ -534,17 +581,7 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
             if entry.path in linked:
                 stored_linked.add(entry.path)
             continue
-        if entry.kind == FILE and same is not None:  # unchanged, by an older row
-            row = same[0]
-            planned.holders.add(row[7])
-            line = manifests.row_of(replace(
-                entry, digest=row[6], holder=row[7], frame=row[16] if len(row) == 18 else -1,
-                skip=row[17] if len(row) == 18 else 0))
-        else:
-            if entry.kind in HEADER_ONLY:
-                planned.headers.append(entry)
-            line = manifests.row_of(entry)
-        spool.keep(line)
+        spool.keep(_final_row(entry, same[0] if same is not None else None, planned))
     while before is not None:
         planned.deleted.append(before[0])
         before = next(base, None)
@@ -552,6 +589,20 @@ def _plan(saveset_id: str, source: Path, exclude: list[str], base: Iterator[Base
     planned.headers = [e for e in planned.headers
                        if e.kind != HARDLINK or e.target in stored_linked]
     return planned
+
+
+def _final_row(entry: Entry, older: list[Any] | None, planned: Plan) -> bytes:
+    """The row of an entry whose content is not stored again: a file unchanged since an
+    older row keeps that row's content; a link, fifo or device gets a tar header too."""
+    if entry.kind == FILE and older is not None:
+        planned.holders.add(older[7])
+        return manifests.row_of(replace(
+            entry, digest=older[6], holder=older[7],
+            frame=older[16] if len(older) == 18 else -1,
+            skip=older[17] if len(older) == 18 else 0))
+    if entry.kind in HEADER_ONLY:
+        planned.headers.append(entry)
+    return manifests.row_of(entry)
 
 
 @dataclass
@@ -601,13 +652,13 @@ class _Rows:
 
 
 @contextmanager
-def nameless_if(encrypted: bool, source: Path) -> Iterator[None]:
+def nameless_if(encrypted: bool, source: Path | None) -> Iterator[None]:
     """Keep the names of an encrypted task's files out of its run record: a source error
     names the source only, and the file it met goes to this host's log."""
     try:
         yield
-    except SourceMissing:
-        raise  # names the source alone
+    except (SourceMissing, StreamFailed):
+        raise  # names the source alone, or a stream the config names
     except SourceError as exc:
         if not encrypted:
             raise
@@ -617,7 +668,8 @@ def nameless_if(encrypted: bool, source: Path) -> Iterator[None]:
                           "names it)") from None
 
 
-def archive_into(out: BinaryIO, recipients: list[Recipient], source: Path, planned: Plan,
+def archive_into(out: BinaryIO, recipients: list[Recipient], source: Path | None,
+                 planned: Plan,
                  progress: Progress | None) -> Written:
     """The archive of ``planned`` into ``out``, sealed to ``recipients`` where there are any
     (its bytes and digest are then those of the stored ciphertext)."""
@@ -630,7 +682,7 @@ def archive_into(out: BinaryIO, recipients: list[Recipient], source: Path, plann
     return replace(written, archive_bytes=stored, archive_digest=digest)
 
 
-def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
+def archive_files(writer: ArchiveWriter, source: Path | None, planned: Plan,
                   progress: Progress | None) -> Written:
     """Stream each file to store into the archive, and every row into the manifest, in
     order (rows wait for at most the files of the few frames still compressing)."""
@@ -641,9 +693,14 @@ def archive_files(writer: ArchiveWriter, source: Path, planned: Plan,
         if kind == KEEP:
             rows.keep(record)
             continue
-        entry = Entry(*marshal.loads(record))
-        size, digest, st, (frame, skip) = writer.add(entry.path,
-                                                     os.path.join(root, entry.path))
+        if kind == STREAM:
+            entry = Streams.entry(record.decode())
+            stored = planned.streams.store(writer, entry.path)
+            size, digest, st, (frame, skip) = stored.size, stored.digest, stored.stat, stored.at
+        else:
+            entry = Entry(*marshal.loads(record))
+            size, digest, st, (frame, skip) = writer.add(entry.path,
+                                                         os.path.join(root, entry.path))
         rows.stored(entry, size, digest, st, frame, skip)
         files += 1
         stored_bytes += size

@@ -229,3 +229,20 @@ def test_config_check_of_any_bytes_never_shows_a_traceback(tmp_path: Path,
     result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
     assert result.exit_code in (0, 2), result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(("task", "problem"), [
+    ("{name: docs}", "tasks[0]: a task needs a source, streams, or both"),
+    ("{name: docs, streams: [{name: a.dump, argv: [pg_dump]}, {name: a.dump, argv: [true]}]}",
+     "tasks[0].streams[1].name: duplicate stream name 'a.dump' (first at tasks[0].streams[0])"),
+    ("{name: docs, streams: [{name: a.dump, argv: []}]}", "tasks[0].streams[0].argv: bad value []"),
+    ("{name: docs, streams: [{name: ../etc/x, argv: [true]}]}",
+     "tasks[0].streams[0].name: '../etc/x' is not a file name"),
+])
+def test_check_refuses_a_task_without_anything_to_read_or_with_bad_streams(
+        write_config: Callable[[str], Path], task: str, problem: str) -> None:
+    path = write_config(MINIMAL_CONFIG.replace(
+        '{name: docs, source: data/docs, exclude: ["*.tmp", "cache/"]}', task))
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 2, result.output
+    assert problem in result.output
