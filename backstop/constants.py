@@ -159,6 +159,7 @@ METRICS_DRILLS_KEY = "backstop:metrics:drills_total"
 METRICS_DURATION_KEY = "backstop:metrics:run_duration_seconds"
 METRICS_LAST_SUCCESS_KEY = "backstop:metrics:last_success_timestamp_seconds"
 METRICS_NOTIFY_FAILED_KEY = "backstop:metrics:notifications_failed_total"
+METRICS_ERRORS_KEY = "backstop:metrics:run_errors_total"
 # Hash: the watchdog's passes, what they acted on and the last pass's Unix time
 # (orchestration/watchdog.py).
 METRICS_WATCHDOG_KEY = "backstop:metrics:watchdog"

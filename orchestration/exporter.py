@@ -28,6 +28,7 @@ from backstop.constants import (
     METRICS_BYTES_KEY,
     METRICS_DRILLS_KEY,
     METRICS_DURATION_KEY,
+    METRICS_ERRORS_KEY,
     METRICS_FAILOVERS_KEY,
     METRICS_LAST_SUCCESS_KEY,
     METRICS_NOTIFY_FAILED_KEY,
@@ -213,6 +214,7 @@ COUNTERS = {
     "backstop_drills": METRICS_DRILLS_KEY,
     "backstop_backup_bytes": METRICS_BYTES_KEY,
     "backstop_notifications_failed": METRICS_NOTIFY_FAILED_KEY,
+    "backstop_run_errors": METRICS_ERRORS_KEY,
 }
 LABELS = {
     "backstop_runs": ["event", "task", "trigger", "state"],
@@ -221,6 +223,7 @@ LABELS = {
     "backstop_drills": ["origin_event", "failover_event", "result"],
     "backstop_backup_bytes": ["task", "pool"],
     "backstop_notifications_failed": ["target"],
+    "backstop_run_errors": ["event", "kind"],
 }
 HELP = {
     "backstop_runs": "Runs that ended, by event, task, trigger and state",
@@ -230,6 +233,8 @@ HELP = {
     "backstop_drills": "Failover runs of drills (backstop drill) that ended, by result",
     "backstop_backup_bytes": "Bytes backed up by succeeded backup runs",
     "backstop_notifications_failed": "Notification attempts that did not reach their target",
+    "backstop_run_errors": "Runs that ended with an error, by event and error kind "
+                           "(hook_failed, source_error, …)",
     "backstop_last_success": "When the task's newest backup succeeded (Unix time)",
 }
 

@@ -20,6 +20,7 @@ from backstop.constants import (
     METRICS_BYTES_KEY,
     METRICS_DRILLS_KEY,
     METRICS_DURATION_KEY,
+    METRICS_ERRORS_KEY,
     METRICS_FAILOVERS_KEY,
     METRICS_LAST_SUCCESS_KEY,
     METRICS_RUNS_KEY,
@@ -57,6 +58,8 @@ def counts_of_end(run: Run, end: RunEnd, now: datetime) -> list[Count]:
     counts = [Count(METRICS_RUNS_KEY, (run.event, run.task or "", run.trigger.value,
                                        end.state.value), 1)]
     counts += outage_counts(run, end)
+    if end.error is not None:
+        counts.append(Count(METRICS_ERRORS_KEY, (run.event, end.error.kind.value), 1))
     if run.kind is not RunKind.BACKUP or not run.task:
         return counts
     if end.state is RunState.SUCCEEDED:

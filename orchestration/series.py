@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from backstop.config import BackupEvent, Config
 from backstop.errors import Reason
-from backstop.runs import RunState, Trigger
+from backstop.runs import ErrorKind, RunState, Trigger
 
 Labels = tuple[str, ...]
 RESULTS = ("succeeded", "failed")
@@ -35,6 +35,8 @@ def known_series(config: Config) -> dict[str, set[Labels]]:
         "backstop_drills": {(*pair, result) for pair in pairs for result in RESULTS},
         "backstop_backup_bytes": set(task_pools(config)),
         "backstop_notifications_failed": {(str(n),) for n in range(len(config.notify))},
+        "backstop_run_errors": {(e.name, kind.value) for e in config.events
+                                for kind in ErrorKind},
     }
 
 
@@ -72,7 +74,8 @@ def still_configured(config: Config) -> dict[str, set[str]]:
     return {"backstop_runs": events, "backstop_storage_unavailable": events,
             "backstop_failovers": events, "backstop_drills": events,
             "backstop_backup_bytes": {t.name for t in config.tasks},
-            "backstop_notifications_failed": {str(n) for n in range(len(config.notify))}}
+            "backstop_notifications_failed": {str(n) for n in range(len(config.notify))},
+            "backstop_run_errors": events}
 
 
 def served(stored: dict[str, dict[Labels, float]], config: Config

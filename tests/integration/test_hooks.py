@@ -17,6 +17,7 @@ from backstop.orchestration.ledger import Ledger
 from backstop.settings import load_settings
 from backstop.workers.engine import create_missing_stores
 from tests.integration.conftest import WorkerFleet
+from tests.integration.test_metrics import scrape, value
 from tests.waiting import wait_for
 
 ENV = "echo $BACKSTOP_TASK $BACKSTOP_EVENT $BACKSTOP_RUN $BACKSTOP_LEVEL ${BACKSTOP_STATE:-} >> "
@@ -81,6 +82,11 @@ def test_a_failing_before_fails_the_run_without_saveset_or_failover_and_after_st
                                                                    None)
     assert "before command of task app: sh exited with status 1" in run["error"]["message"]
     assert (fleet.root / "after.log").read_text().split()[-1] == "failed"
+    # And the metrics count it by its kind, every other kind served at 0
+    samples = scrape(fleet)
+    assert value(samples, "backstop_run_errors_total", event="app-now", kind="hook_failed") == 1
+    assert ("backstop_run_errors_total", frozenset({("event", "app-now"),
+                                                    ("kind", "source_error")})) in samples
 
 
 def test_a_failing_after_is_a_warning_of_a_run_that_succeeded(fleet: WorkerFleet) -> None:
