@@ -14,16 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 import zstandard
+from celery.contrib.testing.worker import start_worker
 
 from backstop.config import Level
+from backstop.constants import CONTROL_QUEUE, rds_queue
 from backstop.errors import SourceError
+from backstop.orchestration.app import create_app
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.orchestration.heartbeat import live_workers
+from backstop.orchestration.ledger import Ledger
+from backstop.orchestration.tasks import close_context
+from backstop.settings import load_settings
 from backstop.workers.age import Identity, write_identity
+from backstop.workers.engine import create_missing_stores
 from backstop.workers.restore import Restorer
 from backstop.workers.single import copy_out, one_file
 from backstop.workers.store import ARCHIVE
 from backstop.workers.streams import PART_BYTES
-from tests.integration.conftest import Setup, snapshot
+from tests.integration.conftest import Setup, WorkerFleet, snapshot
+from tests.waiting import wait_for
 
 DUMPGEN = str(Path(__file__).resolve().parents[1] / "dumpgen.py")
 STREAMS_CONFIG = """
@@ -165,3 +176,98 @@ def test_an_encrypted_stream_is_sealed_and_read_back_one_file_alone(
     assert out.getvalue() == dump_bytes(size)
     checked = restorer.verify(saveset)
     assert (checked.ok, checked.checked) == (True, "files")
+
+
+FAILOVER_CONFIG = """
+rds: [{name: local}]
+data_stores:
+  - {name: small, rds: local, path: stores/small, create: true, capacity: 3MiB}
+  - {name: big, rds: local, path: stores/big, create: true}
+media_pools:
+  - {name: daily, data_store: small, retention: 14d}
+  - {name: spare, data_store: big, retention: 14d}
+tasks:
+  - name: db
+    streams:
+      - {name: db.dump, argv: [sh, -c, "echo $$ >> runs.log; head -c 6000000 /dev/urandom"]}
+events:
+  - {name: db-now, task: db, level: INC, media_pool: daily, failover_event: db-spare}
+  - {name: db-spare, task: db, media_pool: spare}
+"""
+
+
+def test_storage_lost_mid_stream_fails_over_and_the_failover_runs_the_command_again(
+        tmp_path: Path, broker_url: str, redis_client: redis.Redis) -> None:
+    (tmp_path / "backstop.yaml").write_text(FAILOVER_CONFIG)
+    settings = load_settings(str(tmp_path / "backstop.yaml"), {"BACKSTOP_BROKER_URL": broker_url})
+    create_missing_stores(settings, ["local"])
+    app = create_app(settings, broker_url)
+    with start_worker(app, queues=[CONTROL_QUEUE, rds_queue("local")], pool="threads",
+                      concurrency=2, perform_ping_check=False, hostname="streams@test"):
+        wait_for(lambda: any("local" in w.rds for w in live_workers(redis_client)),
+                 "the worker's heartbeat")
+        fleet = WorkerFleet(app, Ledger(redis_client), tmp_path)
+        origin, failover = fleet.settled(fleet.occur("db-now"))
+    close_context(app)
+    assert (origin["state"], origin["error"]["reason"]) == ("storage_unavailable", "out_of_space")
+    assert (failover["state"], failover["effective_level"]) == ("succeeded", "FULL")
+    assert len((tmp_path / "runs.log").read_text().split()) == 2  # the command ran twice
+    saveset = RedisCatalog(redis_client).get(failover["saveset"])
+    assert saveset is not None and saveset.pool == "spare" and saveset.bytes == 6_000_000
+    assert not list((tmp_path / "stores" / "small").rglob("pools/*/*/*"))  # nothing left
+
+
+# One backup of task docs in a process of its own, then its one stream read back to a
+# hash: prints the stream's size, the hash, and the process's peak RSS in MiB.
+BACKUP_IN_A_PROCESS = """
+import hashlib, json, resource, sys
+import redis
+from backstop.config import Level
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.settings import load_settings
+from backstop.workers.engine import BackupRequest, Engine, create_missing_stores
+from backstop.workers.restore import Restorer
+from backstop.workers.single import copy_out, one_file
+config, url = sys.argv[1:]
+settings = load_settings(config, {"BACKSTOP_BROKER_URL": url})
+catalog = RedisCatalog(redis.Redis.from_url(url))
+create_missing_stores(settings, ["local"])
+engine = Engine(settings, catalog)
+saveset = engine.backup(BackupRequest("docs", Level.FULL, "daily")).saveset
+class Hashing:
+    digest = hashlib.sha256()
+    def write(self, data): self.digest.update(data)
+    def flush(self): pass
+out = Hashing()
+restorer = Restorer(catalog, engine.stores)
+size = copy_out(restorer, saveset, one_file(restorer, saveset, ["app.dump"]), out)
+print(json.dumps({"size": size, "sha256": out.digest.hexdigest(),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_a_stream_of_hundreds_of_megabytes_comes_back_identical_in_flat_memory(
+        tmp_path: Path, broker_url: str) -> None:
+    peaks = {}
+    for size in (20 << 20, 400 << 20):
+        root = tmp_path / str(size)
+        root.mkdir()
+        (root / "backstop.yaml").write_text(STREAMS_CONFIG.format(
+            streams=f"[{{name: app.dump, argv: {argv(dump_command(size))}}}]")
+            .replace("    source: src\n", ""))
+        done = subprocess.run([sys.executable, "-c", BACKUP_IN_A_PROCESS,
+                               str(root / "backstop.yaml"), broker_url],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        measured = json.loads(done.stdout)
+        expected = hashlib.sha256()
+        with subprocess.Popen(dump_command(size), stdout=subprocess.PIPE) as generated:
+            assert generated.stdout is not None
+            while chunk := generated.stdout.read(1 << 20):
+                expected.update(chunk)
+        assert (measured["size"], measured["sha256"]) == (size, expected.hexdigest())
+        peaks[size] = measured["peak_rss_mib"]
+    # twenty times the stream, the same memory: a part and the frames in flight, not more
+    assert peaks[400 << 20] - peaks[20 << 20] < 40, peaks
+    assert peaks[400 << 20] < 250, peaks
+    print(f"peak RSS of a backup and restore of a stream: {peaks} MiB")
