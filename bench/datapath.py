@@ -68,7 +68,7 @@ def run_op(work: Path, task: str, level: str) -> None:
         remote.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "files": saveset.files, "bytes": saveset.bytes,
-                      "level": saveset.level.value, "peak_rss_mb": usage.ru_maxrss / 1024,
+                      "level": saveset.level.value, "peak_rss_mb": peak_rss_mb(os.getpid()),
                       "cpu_user_s": usage.ru_utime, "cpu_sys_s": usage.ru_stime}))
 
 

@@ -220,7 +220,8 @@ def test_storage_lost_mid_stream_fails_over_and_the_failover_runs_the_command_ag
 # One backup of task docs in a process of its own, then its one stream read back to a
 # hash: prints the stream's size, the hash, and the process's peak RSS in MiB.
 BACKUP_IN_A_PROCESS = """
-import hashlib, json, resource, sys
+import hashlib, json, sys
+from pathlib import Path
 import redis
 from backstop.config import Level
 from backstop.orchestration.catalog import RedisCatalog
@@ -241,8 +242,11 @@ class Hashing:
 out = Hashing()
 restorer = Restorer(catalog, engine.stores)
 size = copy_out(restorer, saveset, one_file(restorer, saveset, ["app.dump"]), out)
+# VmHWM belongs to this process alone; ru_maxrss would carry the parent's peak across exec
+hwm = next(line for line in Path("/proc/self/status").read_text().splitlines()
+           if line.startswith("VmHWM:"))
 print(json.dumps({"size": size, "sha256": out.digest.hexdigest(),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": int(hwm.split()[1]) / 1024}))
 """
 
 
