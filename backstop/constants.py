@@ -63,8 +63,14 @@ BEAT_LEADER_KEY = "backstop:beat:leader"
 # A worker writes its heartbeat this often, in seconds.
 HEARTBEAT_INTERVAL_S = 2.0
 # A worker whose last heartbeat is older than this counts as gone (and with it, the RDS it
-# served, unless another worker serves it).
+# served, unless another worker serves it). Each heartbeat carries its own: these are an
+# RDS or control worker's.
 HEARTBEAT_TTL_S = 10.0
+# A lean client worker (one that serves clients only) beats less often: one command every
+# 15 s per client host, gone after 45 s (two beats missed), well inside the 60 s after which
+# a run of its client ends client_unreachable.
+CLIENT_HEARTBEAT_INTERVAL_S = 15.0
+CLIENT_HEARTBEAT_TTL_S = 45.0
 # Heartbeat entries older than this are dropped from the hash when status is read.
 HEARTBEAT_FORGET_S = 24 * 3600.0
 # The beat leader's lock lives this long unless renewed; a standby takes over after it.
@@ -145,7 +151,8 @@ CLIENT_LOST_AFTER_S = 60.0
 # A control message (dispatch, failover, command, ...) unacknowledged for this long was
 # taken by a worker that died: the watchdog puts it back on its queue. Used only while some
 # live worker does not say in its heartbeat which messages it holds; otherwise a message no
-# live worker holds goes back once it is HEARTBEAT_TTL_S old (orchestration/redeliver.py).
+# live worker holds goes back once it is as old as the longest heartbeat TTL of the live
+# workers (orchestration/redeliver.py).
 CONTROL_REDELIVER_AFTER_S = 60.0
 
 # Metrics (orchestration/metrics.py): hashes whose fields are JSON arrays of label values,

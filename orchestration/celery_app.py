@@ -11,19 +11,26 @@ Choices, each for long backups on a fleet (see the README, "Celery settings"):
   visibility timeout is one hour longer, so an unacknowledged message is never handed out a
   second time while its first run may still be going.
 - Task events and ``task_send_sent_event`` on and ``result_extended``, for Flower.
+
+A worker that serves clients only is lean (:func:`make_lean`): see docs/scale.md.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery import Celery
 from kombu import Queue
 
 from backstop.config import Config
 from backstop.constants import CONTROL_QUEUE, NOTIFY_QUEUE, client_queue, rds_queue
+from backstop.orchestration.broker import patient_client
+from backstop.orchestration.heartbeat import CLIENT_PACE, RDS_PACE, Pace
+from backstop.orchestration.pool import ThreadPool
 from backstop.settings import Settings
 
 # Control-plane tasks are short: dispatch, bookkeeping, follow-ups.
@@ -33,6 +40,15 @@ CONTROL_TIME_LIMIT_S = 120
 VISIBILITY_MARGIN = timedelta(hours=1)
 # Results (and Flower's view of them) are kept this long.
 RESULT_EXPIRES = timedelta(days=7)
+# A lean client worker's BRPOP waits this long for a message before it asks again: a
+# message is taken as soon as it comes; this sets the idle rate (one command per wait) and
+# how long a warm shutdown waits for the last BRPOP's answer (kombu reads it, so that a
+# message popped at that moment is not lost).
+LEAN_POLL_S = 10
+# How often its kombu looks for messages past their visibility timeout (hours): RDS and
+# control workers already look every 100 s, and every unacknowledged message is in the one
+# index they look through.
+LEAN_RESTORE_S = 3600
 
 
 class ExpectedAsWarning(logging.Filter):
@@ -58,6 +74,30 @@ class BackstopApp(Celery):
     """A Celery app that carries the settings it was built from."""
 
     settings: Settings
+    lean = False      # a lean client worker (make_lean)
+    pace: Pace = RDS_PACE
+
+    def shared_client(self) -> redis.Redis:
+        """This process's client of the broker for Backstop's own keys (ledger, catalog,
+        heartbeat in a lean worker): patient through a restart or a promotion."""
+        cached: tuple[int, redis.Redis] | None = getattr(self, "_backstop_client", None)
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1]
+        client = patient_client(self.settings, self.conf.broker_url, socket_timeout=30)
+        self._backstop_client = (os.getpid(), client)
+        return client
+
+    def trim_connections(self) -> None:
+        """Close the idle connections this process keeps to the broker for Backstop's own
+        keys and results, so that an idle lean worker holds none but its consumer's and one
+        for its heartbeat (the next command opens one again)."""
+        cached: tuple[int, redis.Redis] | None = getattr(self, "_backstop_client", None)
+        pools = [cached[1].connection_pool] if cached and cached[0] == os.getpid() else []
+        backend_client = getattr(self.backend, "client", None)
+        if isinstance(backend_client, redis.Redis):
+            pools.append(backend_client.connection_pool)
+        for pool in pools:
+            pool.disconnect(inuse_connections=False)
 
     def send(self, name: str, args: list[Any], queue: str, readable: str,
              countdown: float | None = None, **options: Any) -> None:
@@ -119,3 +159,22 @@ def celery_config(config: Config, broker_url: str,
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": True,
     }
+
+
+def make_lean(app: BackstopApp) -> None:
+    """Make ``app`` a lean client worker's: one process (a thread pool that keeps time
+    limits), no remote control and no task events (Flower sees RDS and control workers),
+    publishing over a connection made for each message, a slow idle poll, and a heartbeat
+    every 15 s through the one client it uses for the ledger. Gossip, mingle and Celery's
+    event heartbeat are switched off on its command line (``backstop worker``)."""
+    app.lean, app.pace = True, CLIENT_PACE
+    transport = dict(app.conf.broker_transport_options,
+                     polling_interval=LEAN_POLL_S, unacked_restore_interval=LEAN_RESTORE_S)
+    app.conf.update({
+        "worker_pool": f"{ThreadPool.__module__}:{ThreadPool.__name__}",
+        "worker_enable_remote_control": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "broker_pool_limit": 0,
+        "broker_transport_options": transport,
+    })

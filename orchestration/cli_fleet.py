@@ -25,6 +25,7 @@ from backstop.errors import BackstopError
 from backstop.orchestration.app import create_app
 from backstop.orchestration.beat import LeaderScheduler
 from backstop.orchestration.broker import broker_url
+from backstop.orchestration.celery_app import make_lean
 from backstop.orchestration.cli_common import EXIT_USAGE, config_option, settings_from
 from backstop.orchestration.exporter import serve_metrics
 from backstop.orchestration.status import connect
@@ -153,12 +154,18 @@ def metrics(ctx: click.Context, config_file: str | None, address: str, port: int
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Backups (or control tasks) run at once; default: number of CPUs.")
 @click.option("--name", default=None, help="Node name; default <role>.<pid>@<host>.")
+@click.option("--events", is_flag=True,
+              help="Send task events for Flower from a client-only worker too (they are on "
+                   "for every other worker).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
            clients: tuple[str, ...], control: bool, concurrency: int | None, name: str | None,
-           loglevel: str) -> None:
-    """One worker of a fleet: serves the given RDS, clients and/or the control plane."""
+           events: bool, loglevel: str) -> None:
+    """One worker of a fleet: serves the given RDS, clients and/or the control plane.
+
+    A worker that serves clients only is lean: one process, three broker connections and a
+    command every few seconds when idle, no task events unless --events."""
     settings = settings_from(ctx, config_file)
     if not rds and not clients and not control:
         raise click.UsageError("say what this worker serves: --rds NAME, --client NAME "
@@ -177,6 +184,11 @@ def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
                     + [f"client-{c}" for c in clients])
     argv = ["worker", "-Q", ",".join(queues), "-n", name or f"{role}.{os.getpid()}@%h",
             "-l", loglevel, "--without-gossip"]
+    if not rds and not control:
+        make_lean(app)
+        argv += ["--without-mingle", "--without-heartbeat"]
+        if events:
+            app.conf.worker_send_task_events = True
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     app.worker_main(argv)

@@ -19,7 +19,6 @@ from backstop.config import BackupEvent, Config, FollowUpWhen, Level
 from backstop.constants import (
     CLIENT_LOST_AFTER_S,
     CONTROL_QUEUE,
-    HEARTBEAT_TTL_S,
     NOTIFY_QUEUE,
     RESEND_QUEUED_AFTER_S,
     TASK_BACKUP,
@@ -35,6 +34,7 @@ from backstop.constants import (
 from backstop.errors import Reason
 from backstop.orchestration.catalog import RedisCatalog
 from backstop.orchestration.events import Unresolvable, failover_spec, resolve
+from backstop.orchestration.heartbeat import Seen
 from backstop.orchestration.ledger import Ledger
 from backstop.runs import (
     ErrorKind,
@@ -93,8 +93,8 @@ class Control:
     rds_live: Callable[[str], bool]
     # finds a saveset a run wrote before its worker died (None: do not look)
     catalog: RedisCatalog | None = None
-    # seconds since a worker serving the client last beat (None: none for a day)
-    client_seen: Callable[[str], float | None] = lambda _: None
+    # when a worker serving the client last beat (None: none for a day)
+    client_seen: Callable[[str], Seen | None] = lambda _: None
 
     # occurrences and dispatch
 
@@ -323,7 +323,7 @@ class Control:
         doing = "queued" if run.state is RunState.QUEUED else "running"
         if run.client is not None:
             seen = self.client_seen(run.client)
-            if seen is None or seen > CLIENT_LOST_AFTER_S:
+            if seen is None or seen.age_s > CLIENT_LOST_AFTER_S:
                 return RunEnd.failed(ErrorKind.CLIENT_UNREACHABLE, f"no worker has served "
                                      f"client {run.client} for {CLIENT_LOST_AFTER_S:.0f} s "
                                      f"while the run was {doing}")
@@ -341,7 +341,7 @@ class Control:
 
     def client_live(self, client: str) -> bool:
         seen = self.client_seen(client)
-        return seen is not None and seen <= HEARTBEAT_TTL_S
+        return seen is not None and seen.live
 
     def _send_again(self, run: Run) -> None:
         log.warning("run %s (%s): sending it again: %s", run.run_id, run.event,

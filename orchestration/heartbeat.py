@@ -1,13 +1,14 @@
 """Worker heartbeats in Redis: who is alive, which RDS it serves, whether it runs control.
 
-Each worker writes ``{name, rds, clients, control, pid, host, at, held}`` into one hash
-every ``HEARTBEAT_INTERVAL_S`` seconds, stamped with the Redis server's clock (so hosts with
-skewed clocks agree), and removes its entry on a clean shutdown. A worker whose stamp is
-older than ``HEARTBEAT_TTL_S`` is gone: killed, hung, or cut off from the broker. Liveness
-of an RDS (or client) is "some live worker serves it". ``held`` lists the delivery tags of
-the messages the worker has taken and not acknowledged yet (running, or waiting for their
-countdown): a message that no live worker holds was taken by one that died
-(orchestration/redeliver.py).
+Each worker writes ``{name, rds, clients, control, pid, host, config_hash, held, ttl, at}``
+into one hash at its own pace (every ``HEARTBEAT_INTERVAL_S`` for RDS and control workers,
+every ``CLIENT_HEARTBEAT_INTERVAL_S`` for a lean client worker), in one command: a script
+that stamps the entry with the Redis server's clock (so hosts with skewed clocks agree). It
+removes its entry on a clean shutdown. A worker whose stamp is older than the ``ttl`` its
+heartbeat carries is gone: killed, hung, or cut off from the broker. Liveness of an RDS (or
+client) is "some live worker serves it". ``held`` lists the delivery tags of the messages
+the worker has taken and not acknowledged yet (running, or waiting for their countdown): a
+message that no live worker holds was taken by one that died (orchestration/redeliver.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from celery import bootsteps
 
 from backstop.constants import (
     BEATS_KEY,
+    CLIENT_HEARTBEAT_INTERVAL_S,
+    CLIENT_HEARTBEAT_TTL_S,
     CLIENT_QUEUE_PREFIX,
     CONTROL_QUEUE,
     HEARTBEAT_FORGET_S,
@@ -33,6 +36,14 @@ from backstop.constants import (
     RDS_QUEUE_PREFIX,
 )
 from backstop.orchestration.broker import redis_client
+
+# HSET KEYS[1] ARGV[1] to ARGV[2] .. the server's time .. ARGV[3]: the entry and its stamp
+# in one command (TIME in a script is allowed since Redis 5: effects are replicated).
+STAMPED_HSET = """
+local now = redis.call('TIME')
+local at = now[1] .. '.' .. string.format('%06d', now[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. at .. ARGV[3])
+"""
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +60,26 @@ class WorkerBeat:
     config_hash: str = ""  # of the config it runs (SPEC section 13)
     # delivery tags it holds unacknowledged; None: a worker that does not say
     held: list[str] | None = None
+    # gone once its stamp is older than this (a worker of an older release says nothing)
+    ttl: float = HEARTBEAT_TTL_S
 
     def age_s(self, now: float) -> float:
         return now - self.at
+
+    def live(self, now: float) -> bool:
+        return self.age_s(now) <= self.ttl
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How often a worker beats, and how long after its last beat it counts as gone."""
+
+    interval_s: float
+    ttl_s: float
+
+
+RDS_PACE = Pace(HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S)
+CLIENT_PACE = Pace(CLIENT_HEARTBEAT_INTERVAL_S, CLIENT_HEARTBEAT_TTL_S)
 
 
 def server_time(client: redis.Redis) -> float:
@@ -65,12 +93,16 @@ def served(queues: list[str], prefix: str) -> list[str]:
 
 
 def write_heartbeat(client: redis.Redis, name: str, queues: list[str],
-                    config_hash: str = "", held: list[str] | None = None) -> None:
+                    config_hash: str = "", held: list[str] | None = None,
+                    ttl_s: float = HEARTBEAT_TTL_S) -> None:
+    """One heartbeat, stamped by the server: a single command."""
     beat = {"name": name, "rds": served(queues, RDS_QUEUE_PREFIX),
             "clients": served(queues, CLIENT_QUEUE_PREFIX), "control": CONTROL_QUEUE in queues,
-            "pid": os.getpid(), "host": socket.gethostname(), "at": server_time(client),
-            "config_hash": config_hash, "held": held}
-    client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
+            "pid": os.getpid(), "host": socket.gethostname(), "config_hash": config_hash,
+            "held": held, "ttl": ttl_s}
+    head = json.dumps(beat)[:-1] + ', "at": '
+    client.register_script(STAMPED_HSET)(keys=[HEARTBEATS_KEY], args=[name, head, "}"],
+                                         client=client)
 
 
 def held_tags(consumer: Any) -> list[str] | None:
@@ -128,7 +160,7 @@ def read_heartbeats(client: redis.Redis) -> tuple[list[WorkerBeat], float]:
 
 def live_workers(client: redis.Redis) -> list[WorkerBeat]:
     beats, now = read_heartbeats(client)
-    return [b for b in beats if b.age_s(now) <= HEARTBEAT_TTL_S]
+    return [b for b in beats if b.live(now)]
 
 
 def served_rds(client: redis.Redis) -> set[str]:
@@ -136,11 +168,22 @@ def served_rds(client: redis.Redis) -> set[str]:
     return {name for worker in live_workers(client) for name in worker.rds}
 
 
-def client_last_seen_s(client: redis.Redis, name: str) -> float | None:
-    """Seconds since a worker serving client ``name`` last beat (None: never, or a day ago)."""
+@dataclass(frozen=True)
+class Seen:
+    """When a client was last served: the age of the freshest heartbeat of a worker serving
+    it, and whether some worker serving it is live (by its own heartbeat's TTL)."""
+
+    age_s: float
+    live: bool
+
+
+def client_seen(client: redis.Redis, name: str) -> Seen | None:
+    """How recently client ``name`` was served (None: never, or a day ago)."""
     beats, now = read_heartbeats(client)
-    ages = [b.age_s(now) for b in beats if name in b.clients]
-    return min(ages) if ages else None
+    serving = [b for b in beats if name in b.clients]
+    if not serving:
+        return None
+    return Seen(min(b.age_s(now) for b in serving), any(b.live(now) for b in serving))
 
 
 class HeartbeatStep(bootsteps.StartStopStep):
@@ -154,22 +197,27 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self.client: redis.Redis | None = None
 
     def start(self, parent: Any) -> None:
-        self.client = redis_client(parent.app.settings, parent.app.conf.broker_url,
-                                   socket_timeout=2, socket_connect_timeout=2)
-        queues = sorted((parent.app.amqp.queues.consume_from or {}).keys())
+        app = parent.app
+        pace: Pace = getattr(app, "pace", RDS_PACE)
+        # a lean client worker beats through the one client it uses for everything else
+        self.client = (app.shared_client() if getattr(app, "lean", False) else
+                       redis_client(app.settings, app.conf.broker_url, socket_timeout=2,
+                                    socket_connect_timeout=2))
+        queues = sorted((app.amqp.queues.consume_from or {}).keys())
         name = parent.hostname
-        settings = getattr(parent.app, "settings", None)
+        settings = getattr(app, "settings", None)
         config_hash = settings.config_hash if settings is not None else ""
 
         def beat() -> None:
             try:
                 assert self.client is not None
-                write_heartbeat(self.client, name, queues, config_hash, held_tags(parent))
+                write_heartbeat(self.client, name, queues, config_hash, held_tags(parent),
+                                pace.ttl_s)
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
 
         beat()
-        self.tref = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, beat)
+        self.tref = parent.timer.call_repeatedly(pace.interval_s, beat)
 
     def stop(self, parent: Any) -> None:
         if self.tref is not None:
@@ -184,5 +232,6 @@ class HeartbeatStep(bootsteps.StartStopStep):
                 self.client.hdel(HEARTBEATS_KEY, parent.hostname)
             except redis.RedisError as exc:
                 log.warning("heartbeat not removed: %s", exc)
-            self.client.close()
+            if not getattr(parent.app, "lean", False):  # the shared one closes with the app
+                self.client.close()
             self.client = None

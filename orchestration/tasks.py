@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import task_revoked, worker_shutdown
+from celery.signals import task_postrun, task_revoked, worker_shutdown
 
 from backstop.config import Config, Level
 from backstop.config_refs import did_you_mean
@@ -34,19 +34,18 @@ from backstop.constants import (
     TASK_WATCHDOG,
 )
 from backstop.errors import Reason, RunFailed, SavesetMissing, StorageUnavailable
-from backstop.orchestration.broker import patient_client
 from backstop.orchestration.catalog import RedisCatalog
 from backstop.orchestration.celery_app import BackstopApp
 from backstop.orchestration.control import Control, start_adhoc
 from backstop.orchestration.events import Unresolvable
-from backstop.orchestration.heartbeat import client_last_seen_s, served_rds
+from backstop.orchestration.heartbeat import Seen, client_seen, served_rds
 from backstop.orchestration.jobs import command_job, migrate_job, verify_job
 from backstop.orchestration.ledger import Ledger
 from backstop.orchestration.notify import Notifier
 from backstop.orchestration.replicas import Replicas
 from backstop.orchestration.runner import Channels, lease_kept, run_backup
 from backstop.orchestration.watchdog import watchdog_pass
-from backstop.runs import Run, RunEnd, RunState, Trigger
+from backstop.runs import Progress, Run, RunEnd, RunState, Trigger
 from backstop.workers.access import client_token
 from backstop.workers.engine import Engine
 from backstop.workers.remote import RemoteStores
@@ -86,7 +85,7 @@ def context(app: BackstopApp) -> Context:
     cached: Context | None = getattr(app, "_backstop_context", None)
     if cached is not None and getattr(app, "_backstop_pid", None) == os.getpid():
         return cached
-    client = patient_client(app.settings, app.conf.broker_url, socket_timeout=30)
+    client = app.shared_client()
     replicas = Replicas(client, app.settings.config.broker_wait_ms)
     catalog = RedisCatalog(client, replicas)
     control = control_for(app, client, catalog, replicas)
@@ -103,12 +102,12 @@ def control_for(app: BackstopApp, client: redis.Redis, catalog: RedisCatalog | N
     def rds_live(rds: str) -> bool:
         return rds in served_rds(client)
 
-    def client_seen(name: str) -> float | None:
-        return client_last_seen_s(client, name)
+    def seen(name: str) -> Seen | None:
+        return client_seen(client, name)
 
     replicas = replicas or Replicas(client, app.settings.config.broker_wait_ms)
     return Control(app.settings.config, Ledger(client, app.settings.config.history, replicas),
-                   app.send, rds_live, catalog or RedisCatalog(client, replicas), client_seen)
+                   app.send, rds_live, catalog or RedisCatalog(client, replicas), seen)
 
 
 def finish_job(ctx: Context, run_id: str, work: Callable[[Run], RunEnd]) -> dict[str, Any]:
@@ -128,9 +127,12 @@ def finish_job(ctx: Context, run_id: str, work: Callable[[Run], RunEnd]) -> dict
 def back_up(app: BackstopApp, task: Task[Any, Any], run_id: str) -> dict[str, Any]:
     ctx = context(app)
     holder = f"{task.request.hostname}:{os.getpid()}:{task.request.id}"
-    outcome = run_backup(ctx.engine_for, ctx.ledger, ctx.channels, run_id, holder,
-                         lambda progress: task.update_state(state="PROGRESS",
-                                                            meta=progress.model_dump()))
+
+    def report(progress: Progress) -> None:  # for Flower, which a lean worker does not tell
+        if not app.lean:
+            task.update_state(state="PROGRESS", meta=progress.model_dump())
+
+    outcome = run_backup(ctx.engine_for, ctx.ledger, ctx.channels, run_id, holder, report)
     if outcome.come_back_in_s is not None:
         raise task.retry(countdown=outcome.come_back_in_s)
     end = outcome.end
@@ -189,6 +191,14 @@ def close_context(app: BackstopApp) -> None:
         for stores in cached.remote.values():
             stores.close()
         cached.remote.clear()
+
+
+@task_postrun.connect
+def on_task_postrun(sender: Any = None, **_: Any) -> None:
+    """A lean worker lets go of the connections a task opened once it has ended."""
+    app = getattr(sender, "app", None)
+    if isinstance(app, BackstopApp) and app.lean:
+        app.trim_connections()
 
 
 @worker_shutdown.connect
