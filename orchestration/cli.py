@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 
 from backstop.config import SECTIONS, Config
 from backstop.config_warnings import failover_warnings
@@ -25,7 +24,6 @@ from backstop.orchestration.cli_common import (
 )
 from backstop.orchestration.config_reference import reference
 from backstop.orchestration.status import connect, fleet_status
-from backstop.orchestration.tables import Column, print_table
 
 
 @click.group(cls=BackstopGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,6 +115,10 @@ def status(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
 
 
 def print_status(report: dict[str, Any]) -> None:
+    from rich.console import Console  # not in every command: a worker does without rich
+
+    from backstop.orchestration.tables import Column, print_table
+
     console = Console()
     if report["config_mismatch"]:
         console.print(f"[bold red]warning:[/] not every process runs the same config: "
@@ -146,7 +148,8 @@ def print_status(report: dict[str, Any]) -> None:
 
 BackstopGroup.lazy = {
     **{name: f"backstop.orchestration.cli_fleet:{name}"
-       for name in ("up", "metrics", "worker", "serve", "beat", "flower")},
+       for name in ("up", "metrics", "serve", "beat", "flower")},
+    "worker": "backstop.orchestration.cli_worker:worker",
     **{name: f"backstop.orchestration.cli_data:{name}"
        for name in ("savesets", "restore", "verify", "pools", "report", "purge", "ls",
                     "find", "diff")},

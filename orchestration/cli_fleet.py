@@ -12,47 +12,25 @@ import threading
 import click
 from rich.logging import RichHandler
 
-from backstop.config_refs import did_you_mean
 from backstop.constants import (
-    CONTROL_QUEUE,
     METRICS_ADDRESS,
     METRICS_PORT,
-    NOTIFY_QUEUE,
-    client_queue,
-    rds_queue,
 )
 from backstop.errors import BackstopError
 from backstop.orchestration.app import create_app
 from backstop.orchestration.beat import LeaderScheduler
 from backstop.orchestration.broker import broker_url
-from backstop.orchestration.celery_app import make_lean
 from backstop.orchestration.cli_common import EXIT_USAGE, config_option, settings_from
+from backstop.orchestration.cli_worker import check_client_names, check_rds_names
 from backstop.orchestration.exporter import serve_metrics
 from backstop.orchestration.status import connect
 from backstop.orchestration.supervisor import Supervisor, owning
 from backstop.settings import Settings
 from backstop.workers.access import known_token
-from backstop.workers.engine import create_missing_stores, drop_abandoned
+from backstop.workers.engine import create_missing_stores
 from backstop.workers.serve import is_loopback, serve_forever
 
 DEFAULT_FLOWER_PORT = 5555
-
-
-def check_names(names: tuple[str, ...], known: list[str], what: str, hint: str) -> list[str]:
-    """``names`` if each is ``known``, or every known one when none is given."""
-    for name in names:
-        if name not in known:
-            raise click.BadParameter(f"unknown {what} {name!r}{did_you_mean(name, known)}",
-                                     param_hint=hint)
-    return list(names) or known
-
-
-def check_rds_names(settings: Settings, names: tuple[str, ...]) -> list[str]:
-    return check_names(names, [r.name for r in settings.config.rds], "RDS", "--rds")
-
-
-def check_client_names(settings: Settings, names: tuple[str, ...]) -> list[str]:
-    return check_names(names, [c.name for c in settings.config.clients], "client", "--client")
 
 
 def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
@@ -147,55 +125,6 @@ def metrics(ctx: click.Context, config_file: str | None, address: str, port: int
 
 @click.command()
 @config_option
-@click.option("--rds", "rds", multiple=True, metavar="NAME", help="Serve this RDS (repeatable).")
-@click.option("--client", "clients", multiple=True, metavar="NAME",
-              help="Back up this client's tasks, read on this host (repeatable).")
-@click.option("--control", is_flag=True, help="Run the control plane (dispatch, failover, ...).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Backups (or control tasks) run at once; default: number of CPUs.")
-@click.option("--name", default=None, help="Node name; default <role>.<pid>@<host>.")
-@click.option("--events", is_flag=True,
-              help="Send task events for Flower from a client-only worker too (they are on "
-                   "for every other worker).")
-@click.option("--loglevel", default="INFO", show_default=True)
-@click.pass_context
-def worker(ctx: click.Context, config_file: str | None, rds: tuple[str, ...],
-           clients: tuple[str, ...], control: bool, concurrency: int | None, name: str | None,
-           events: bool, loglevel: str) -> None:
-    """One worker of a fleet: serves the given RDS, clients and/or the control plane.
-
-    A worker that serves clients only is lean: one process, three broker connections and a
-    command every few seconds when idle, no task events unless --events."""
-    settings = settings_from(ctx, config_file)
-    if not rds and not clients and not control:
-        raise click.UsageError("say what this worker serves: --rds NAME, --client NAME "
-                               "(repeatable) and/or --control")
-    if rds:
-        check_rds_names(settings, rds)
-        for store in create_missing_stores(settings, list(rds)):
-            click.echo(f"created data store {store.name} at {store.root}", err=True)
-        drop_abandoned(settings, list(rds))
-    if clients:
-        check_client_names(settings, clients)
-    app = create_app(settings, _broker(settings))
-    queues = ([CONTROL_QUEUE, NOTIFY_QUEUE] if control else []) + [rds_queue(r) for r in rds]
-    queues += [client_queue(c) for c in clients]
-    role = "+".join((["control"] if control else []) + [f"rds-{r}" for r in rds]
-                    + [f"client-{c}" for c in clients])
-    argv = ["worker", "-Q", ",".join(queues), "-n", name or f"{role}.{os.getpid()}@%h",
-            "-l", loglevel, "--without-gossip"]
-    if not rds and not control:
-        make_lean(app)
-        argv += ["--without-mingle", "--without-heartbeat"]
-        if events:
-            app.conf.worker_send_task_events = True
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    app.worker_main(argv)
-
-
-@click.command()
-@config_option
 @click.option("--rds", "rds", required=True, metavar="NAME",
               help="The RDS whose data stores to serve, on each of its interfaces.")
 @click.pass_context
@@ -259,4 +188,4 @@ def _broker(settings: Settings) -> str:
     return broker_url(settings)
 
 
-COMMANDS = [up, metrics, worker, serve, beat, flower]
+COMMANDS = [up, metrics, serve, beat, flower]

@@ -19,6 +19,8 @@ from backstop.settings import Settings
 # The header every request carries: ``Authorization: Bearer <token>``.
 AUTH_HEADER = "Authorization"
 BEARER = "Bearer "
+# A client sends a part to a data service in segments of at most this many bytes.
+SEGMENT_BYTES = 8 << 20
 
 
 class Forbidden(MessageError):

@@ -42,8 +42,6 @@ T = TypeVar("T")
 ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}"
 # Part names of a saveset (archive.tar.zst, manifest.jsonl.zst, saveset.json, ...).
 PART = r"[a-z][a-z0-9_.-]{0,63}"
-# A client sends a part in segments of at most this many bytes.
-SEGMENT_BYTES = 8 << 20
 # The most of a staging's record (META) kept to check whose task it is.
 RECORD_BYTES = 1 << 20
 # Bytes of a part sent per write while it is read.

@@ -30,8 +30,7 @@ from backstop.config import Interface
 from backstop.errors import CorruptSaveset, Reason, SavesetMissing, StorageUnavailable
 from backstop.model import SavesetKey, Space
 from backstop.settings import Settings
-from backstop.workers.access import AUTH_HEADER, BEARER
-from backstop.workers.dataservice import SEGMENT_BYTES
+from backstop.workers.access import AUTH_HEADER, BEARER, SEGMENT_BYTES
 from backstop.workers.engine import path_store, store_of
 from backstop.workers.store import MARKER, Staging, Store
 

@@ -19,8 +19,8 @@ from tornado.ioloop import IOLoop
 from backstop.config import Interface
 from backstop.errors import BackstopError
 from backstop.settings import Settings
-from backstop.workers.access import Identity, Tokens, fleet_token, read_token
-from backstop.workers.dataservice import RECEIVE_CHUNK, SEGMENT_BYTES, DataService
+from backstop.workers.access import SEGMENT_BYTES, Identity, Tokens, fleet_token, read_token
+from backstop.workers.dataservice import RECEIVE_CHUNK, DataService
 from backstop.workers.engine import store_of
 
 log = logging.getLogger(__name__)
