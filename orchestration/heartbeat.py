@@ -2,9 +2,11 @@
 
 Each worker writes ``{name, rds, clients, control, pid, host, config_hash, held, ttl, at}``
 into one hash at its own pace (every ``HEARTBEAT_INTERVAL_S`` for RDS and control workers,
-every ``CLIENT_HEARTBEAT_INTERVAL_S`` for a lean client worker), in one command: a script
-that stamps the entry with the Redis server's clock (so hosts with skewed clocks agree). It
-removes its entry on a clean shutdown. A worker whose stamp is older than the ``ttl`` its
+every ``CLIENT_HEARTBEAT_INTERVAL_S`` for a lean client worker), in one command, stamped with
+the Redis server's clock (so hosts with skewed clocks agree): the server's TIME is read at
+start and every ``CLOCK_CHECK_S``, and carried forward in between by the host's monotonic
+clock, which a clock step on the host does not move. It removes its entry on a clean
+shutdown. A worker whose stamp is older than the ``ttl`` its
 heartbeat carries is gone: killed, hung, or cut off from the broker. Liveness of an RDS (or
 client) is "some live worker serves it". ``held`` lists the delivery tags of the messages
 the worker has taken and not acknowledged yet (running, or waiting for their countdown): a
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,13 +40,9 @@ from backstop.constants import (
 )
 from backstop.orchestration.broker import redis_client
 
-# HSET KEYS[1] ARGV[1] to ARGV[2] .. the server's time .. ARGV[3]: the entry and its stamp
-# in one command (TIME in a script is allowed since Redis 5: effects are replicated).
-STAMPED_HSET = """
-local now = redis.call('TIME')
-local at = now[1] .. '.' .. string.format('%06d', now[2])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. at .. ARGV[3])
-"""
+# How often a worker reads the server's clock again; in between, its monotonic clock may
+# drift from the server's by what NTP slews at most (500 ppm): 0.3 s over this.
+CLOCK_CHECK_S = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +86,35 @@ def server_time(client: redis.Redis) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
+class ServerClock:
+    """The broker's clock, as this process can tell it without asking each time."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.read_at = -CLOCK_CHECK_S
+        self.offset = 0.0  # server time minus this host's monotonic clock
+
+    def now(self) -> float:
+        if time.monotonic() - self.read_at >= CLOCK_CHECK_S:
+            self.offset = server_time(self.client) - time.monotonic()
+            self.read_at = time.monotonic()
+        return time.monotonic() + self.offset
+
+
 def served(queues: list[str], prefix: str) -> list[str]:
     """The names a worker serves by consuming ``prefix + name`` queues."""
     return sorted(q.removeprefix(prefix) for q in queues if q.startswith(prefix))
 
 
-def write_heartbeat(client: redis.Redis, name: str, queues: list[str],
+def write_heartbeat(client: redis.Redis, name: str, queues: list[str], at: float,
                     config_hash: str = "", held: list[str] | None = None,
                     ttl_s: float = HEARTBEAT_TTL_S) -> None:
-    """One heartbeat, stamped by the server: a single command."""
+    """One heartbeat, stamped ``at`` (the server's clock): a single command."""
     beat = {"name": name, "rds": served(queues, RDS_QUEUE_PREFIX),
             "clients": served(queues, CLIENT_QUEUE_PREFIX), "control": CONTROL_QUEUE in queues,
-            "pid": os.getpid(), "host": socket.gethostname(), "config_hash": config_hash,
-            "held": held, "ttl": ttl_s}
-    head = json.dumps(beat)[:-1] + ', "at": '
-    client.register_script(STAMPED_HSET)(keys=[HEARTBEATS_KEY], args=[name, head, "}"],
-                                         client=client)
+            "pid": os.getpid(), "host": socket.gethostname(), "at": at,
+            "config_hash": config_hash, "held": held, "ttl": ttl_s}
+    client.hset(HEARTBEATS_KEY, name, json.dumps(beat))
 
 
 def held_tags(consumer: Any) -> list[str] | None:
@@ -203,6 +215,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self.client = (app.shared_client() if getattr(app, "lean", False) else
                        redis_client(app.settings, app.conf.broker_url, socket_timeout=2,
                                     socket_connect_timeout=2))
+        clock = ServerClock(self.client)
         queues = sorted((app.amqp.queues.consume_from or {}).keys())
         name = parent.hostname
         settings = getattr(app, "settings", None)
@@ -211,8 +224,8 @@ class HeartbeatStep(bootsteps.StartStopStep):
         def beat() -> None:
             try:
                 assert self.client is not None
-                write_heartbeat(self.client, name, queues, config_hash, held_tags(parent),
-                                pace.ttl_s)
+                write_heartbeat(self.client, name, queues, clock.now(), config_hash,
+                                held_tags(parent), pace.ttl_s)
             except redis.RedisError as exc:
                 log.warning("heartbeat not written: %s", exc)
 
