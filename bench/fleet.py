@@ -390,13 +390,17 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
               f"{w['bytes_s']:>8.0f} {w['own_connections']:>9.2f} {w['own_commands_s']:>9.3f} "
               f"{w['own_bytes_s']:>8.0f} {rss:>7.1f}")
     defaults, same = rows[2][1], rows[3][1]
+
+    def ratio(ours: float, theirs: float) -> str:
+        return f"{ours / theirs:.2f}x" if theirs else "n/a"
+
     print(f"Backstop lean against bare Celery's defaults: connections "
-          f"{lean['own_connections'] / defaults['own_connections']:.2f}x, commands/s "
-          f"{lean['own_commands_s'] / defaults['own_commands_s']:.2f}x, RSS "
-          f"{rows[0][2] / rows[2][2]:.2f}x; against bare Celery with the same switches: "
-          f"connections {lean['own_connections'] / same['own_connections']:.2f}x, commands/s "
-          f"{lean['own_commands_s'] / same['own_commands_s']:.2f}x, RSS "
-          f"{rows[0][2] / rows[3][2]:.2f}x")
+          f"{ratio(lean['own_connections'], defaults['own_connections'])}, commands/s "
+          f"{ratio(lean['own_commands_s'], defaults['own_commands_s'])}, RSS "
+          f"{ratio(rows[0][2], rows[2][2])}; against bare Celery with the same switches: "
+          f"connections {ratio(lean['own_connections'], same['own_connections'])}, commands/s "
+          f"{ratio(lean['own_commands_s'], same['own_commands_s'])}, RSS "
+          f"{ratio(rows[0][2], rows[3][2])}")
     # a client worker's own numbers, the worse of idle and after a backup
     own = {k: max(lean[f"own_{k}"], after[f"own_{k}"])
            for k in ("connections", "commands_s", "bytes_s")}

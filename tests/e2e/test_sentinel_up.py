@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from backstop.orchestration.broker import free_port
 from tests.e2e.conftest import Up, backstop
 from tests.invariants import audit
 from tests.sentinels import MASTER_NAME, SENTINEL_PASSWORD, SentinelCluster
@@ -27,26 +28,31 @@ pytestmark = pytest.mark.e2e
 BURST = 16
 
 
-def ha_config(root: Path, cluster: SentinelCluster) -> Path:
+def ha_config(root: Path, cluster: SentinelCluster, client: bool = False) -> Path:
+    """The fleet on the cluster; with ``client``, also a client host whose lean worker
+    backs up through the RDS's data service (event ``burst-client``)."""
     source = root / "src"
     source.mkdir()
     for i in range(20):
         (source / f"f{i:02}.bin").write_bytes(os.urandom(50_000))
+    interfaces = (f", interfaces: [{{name: lo2, address: 127.0.0.2, "
+                  f"port: {free_port('127.0.0.2')}}}]" if client else "")
     config = root / "backstop.yaml"
     config.write_text(f"""
 state_dir: .backstop
 broker_url: "{cluster.url}"
 broker_master_name: {MASTER_NAME}
 broker_sentinel_password: {SENTINEL_PASSWORD}
-rds: [{{name: local}}]
+rds: [{{name: local{interfaces}}}]
+clients: [{"{name: web1}" if client else ""}]
 data_stores: [{{name: main, rds: local, path: stores/main, create: true}}]
 media_pools: [{{name: daily, data_store: main, retention: 14d}}]
-tasks: [{{name: docs, source: src}}]
+tasks: [{{name: docs, source: src}}{", {name: www, client: web1, source: src}" if client else ""}]
 schedules: [{{name: often, every: 5s, catch_up: 1m}}]
 events:
   - {{name: burst, task: docs, level: FULL, media_pool: daily}}
   - {{name: ticking, schedule: often, task: docs, level: INC, media_pool: daily}}
-""")
+""" + ("  - {name: burst-client, task: www, level: FULL, media_pool: daily}\n" if client else ""))
     return config
 
 
@@ -149,10 +155,13 @@ PROMOTIONS = 3
 
 def test_every_part_of_up_rides_out_several_promotions_under_load(
         tmp_path: Path, cluster: SentinelCluster, start_up: Callable[..., Up]) -> None:
-    # Given up with every part (Flower and metrics too) on a Sentinel-managed broker
-    config = ha_config(tmp_path, cluster)
+    # Given up with every part (Flower, metrics, a lean client worker and a data service
+    # too) on a Sentinel-managed broker
+    config = ha_config(tmp_path, cluster, client=True)
     up = start_up(config)
     up.wait_live()
+    wait_for(lambda: any(c["live"] for c in (up.status() or {}).get("clients", [])) or None,
+             "the client worker")
     parts = {p.pid: " ".join(p.cmdline()[3:5]) for p in up.processes()}
     accepted: list[str] = []
     # When the master is SIGKILLed three times, each time while occurrences are started
@@ -161,7 +170,8 @@ def test_every_part_of_up_rides_out_several_promotions_under_load(
         for i in range(6):
             if i == 3:
                 old.kill()
-            done = backstop("run", "burst", "--json", config=config, timeout_s=120)
+            event = "burst-client" if i % 2 else "burst"
+            done = backstop("run", event, "--json", config=config, timeout_s=120)
             if done.returncode == 0:
                 accepted.append(json.loads(done.stdout)["occurrence"])
         cluster.wait_promoted(old)
