@@ -26,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from scratch import scratch  # bench/scratch.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -180,8 +182,14 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import shutil
+    with scratch(args.workdir) as work:
+        bare, ours, idle_ms, busy_ms = compare(args, work)
+    report(args, bare, ours, idle_ms, busy_ms)
 
+
+def compare(args: argparse.Namespace, work: Path
+            ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
+    """Both sides measured in ``work``: bare Celery, Backstop, and the beat's tick."""
     import redis
 
     from backstop.orchestration.app import create_app
@@ -192,12 +200,6 @@ def run(args: argparse.Namespace) -> None:
     from backstop.workers.engine import create_missing_stores
     from backstop.workers.store import MARKER
 
-    work = args.workdir
-    subprocess.run(["umount", str(work / "out")], capture_output=True, check=False)
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "out").mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", str(work / "out")],
-                   capture_output=True, check=False)
     (work / "tiny").mkdir()
     (work / "tiny" / "f.txt").write_text("tiny source\n")
     (work / "backstop.yaml").write_text(CONFIG)
@@ -224,8 +226,7 @@ def run(args: argparse.Namespace) -> None:
             worker.terminate()
             worker.wait()
         broker.stop()
-        subprocess.run(["umount", str(work / "out")], capture_output=True, check=False)
-    report(args, bare, ours, idle_ms, busy_ms)
+    return bare, ours, idle_ms, busy_ms
 
 
 def report(args: argparse.Namespace, bare: dict[str, Any], ours: dict[str, Any],

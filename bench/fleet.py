@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from scratch import scratch  # bench/scratch.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -186,16 +187,15 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    with scratch(args.workdir) as work:
+        return measure_in(args, work)
+
+
+def measure_in(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import redis
 
     from backstop.orchestration.broker import EmbeddedBroker, free_port
 
-    work = args.workdir
-    subprocess.run(["umount", str(work / "out")], capture_output=True, check=False)
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "out").mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", str(work / "out")],
-                   capture_output=True, check=False)
     for i in range(args.clients):
         (work / "src" / f"c{i:03}").mkdir(parents=True)
         (work / "src" / f"c{i:03}" / "f.txt").write_text(f"client {i}\n" * 100)
@@ -213,8 +213,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stop(processes)
         broker.stop()
-        subprocess.run(["umount", str(work / "out")], capture_output=True, check=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def phases(args: argparse.Namespace, work: Path, client: Any,
