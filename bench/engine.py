@@ -1,4 +1,4 @@
-"""Backstop's backup engine side by side with tar|zstd and restic, in one run.
+"""Backstop's backup engine side by side with tar|zstd, restic and BorgBackup, in one run.
 
     .venv/bin/python bench/engine.py          # 500 MB / 10,000 files, 200,000-file manifest
     .venv/bin/python bench/engine.py --size-mb 100 --files 2000 --manifest-files 20000
@@ -8,8 +8,10 @@ generated once (half compressible):
   FULL            Backstop FULL          vs  tar -cf - | zstd -3 -T0, and the same followed
                                              by a sync of its output (a saveset is on the
                                              disk when its FULL returns)
+  FULL, peers     Backstop FULL          vs  restic backup into an empty repository, and
+                                             borg create (zstd,3, no encryption) likewise
   no-change INC   Backstop INC           vs  restic backup (second run, unchanged tree)
-  restore         Backstop restore       vs  zstd -d | tar -x
+  restore         Backstop restore       vs  zstd -d | tar -x, restic restore, borg extract
   one file        Backstop restore --include of the archive's last file
                                          vs  the full restore, and restic restore --include
 and the peak RSS of each Backstop operation (each runs in its own process), including a
@@ -18,7 +20,8 @@ Everything both sides write (Backstop's store, the .tar.zst, the restic reposito
 restore targets) goes to a tmpfs the bench mounts, so that the software is compared and not
 the moods of a virtual disk (seen here: the same `tar -x` taking 1.8 s, then 6.4 s);
 --on-disk writes to --workdir instead.
-Needs zstd and restic (installed from Debian's packages when missing and run as root).
+Needs zstd, restic and borg (installed from Debian's packages when missing and run as
+root).
 """
 
 from __future__ import annotations
@@ -152,12 +155,15 @@ def run_op(work: Path, op: str, *args: str) -> None:
     print(json.dumps(result))
 
 
+TOOLS = {"zstd": "zstd", "restic": "restic", "tar": "tar", "borg": "borgbackup"}
+
+
 def ensure_tools() -> None:
-    missing = [t for t in ("zstd", "restic", "tar") if shutil.which(t) is None]
+    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
     if missing and os.geteuid() == 0:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
-    missing = [t for t in ("zstd", "restic", "tar") if shutil.which(t) is None]
+    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
     if missing:
         sys.exit(f"bench needs {', '.join(missing)} (apt-get install {' '.join(missing)})")
 
@@ -220,7 +226,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tree, repeat = work / "tree", args.repeat
     out = work / "out"
-    env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=str(out / "restic"))
+    env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=str(out / "restic"),
+               BORG_BASE_DIR=str(out / "borg-home"),
+               BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
     r: dict[str, Any] = {"tree_bytes": sum(p.stat().st_size for p in tree.rglob("*")
                                             if p.is_file()), "files": args.files}
 
@@ -244,7 +252,7 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     r["tar_zstd_bytes"] = (out / "tree.tar.zst").stat().st_size
     r["inc_s"], inc = best(repeat, lambda: backstop_op(work, "backup", "tree", "INC"))
     r["inc_peak_rss_mb"], r["inc_files"] = inc["peak_rss_mb"], inc["files"]
-    sh(f"restic init -q && restic backup -q {tree}", env)
+    peers(r, tree, out, env, repeat)
     r["restic_s"], _ = best(repeat, lambda: sh(f"restic backup -q {tree}", env))
 
     def clear_targets() -> None:
@@ -257,6 +265,10 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         lambda: sh(f"zstd -d -q -c {out}/tree.tar.zst | tar -C {out}/restore-tar -xf -"),
         lambda: backstop_op(work, "restore", full["saveset"], str(out / "restore-backstop")))
     r["restore_peak_rss_mb"] = restored["peak_rss_mb"]
+    r["restic_restore_s"], _ = best(repeat, lambda: sh(
+        f"restic restore -q latest --target {out}/restore-tar", env), clear_targets)
+    r["borg_extract_s"], _ = best(repeat, lambda: sh(
+        f"cd {out}/restore-tar && borg extract {out}/borg::full", env), clear_targets)
     last = "/".join(max(p.relative_to(tree).parts for p in tree.rglob("*") if p.is_file()))
     r["one_file"] = last
     r["one_file_s"], _ = best(repeat, lambda: backstop_op(
@@ -274,6 +286,23 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return r
 
 
+def peers(r: dict[str, Any], tree: Path, out: Path, env: dict[str, str], repeat: int) -> None:
+    """restic's and Borg's first backup of the tree, each into an empty repository; their
+    repositories are left with that backup, for the restores and the no-change INC."""
+    def empty(name: str, make: str) -> Callable[[], None]:
+        def reset() -> None:
+            shutil.rmtree(out / name, ignore_errors=True)
+            sh(make, env)
+        return reset
+
+    r["restic_full_s"], _ = best(repeat, lambda: sh(f"restic backup -q {tree}", env),
+                                 empty("restic", "restic init -q"))
+    r["borg_full_s"], _ = best(
+        repeat, lambda: sh(f"cd {tree} && borg create --compression zstd,3 {out}/borg::full .",
+                           env),
+        empty("borg", f"borg init -q -e none {out}/borg"))
+
+
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     mb = r["tree_bytes"] / 1e6
     rows = [
@@ -282,10 +311,18 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
          r["tar_zstd_s"] / r["full_s"], ">= 1.0"),
         ("", "", f"the same, then sync of it {r['tar_zstd_sync_s']:.2f}s",
          r["tar_zstd_sync_s"] / r["full_s"], "(as durable as a saveset)"),
+        ("", "", f"restic backup {r['restic_full_s']:.2f}s",
+         r["restic_full_s"] / r["full_s"], ">= 1.5"),
+        ("", "", f"borg create {r['borg_full_s']:.2f}s",
+         r["borg_full_s"] / r["full_s"], ">= 1.5"),
         ("no-change INC", f"Backstop {r['inc_s']:.2f}s", f"restic {r['restic_s']:.2f}s",
          r["restic_s"] / r["inc_s"], ">= 8.0"),
         ("restore", f"Backstop {r['restore_s']:.2f}s", f"zstd -d|tar -x {r['untar_s']:.2f}s",
          r["untar_s"] / r["restore_s"], ">= 1.0"),
+        ("", "", f"restic restore {r['restic_restore_s']:.2f}s",
+         r["restic_restore_s"] / r["restore_s"], ">= 1.5"),
+        ("", "", f"borg extract {r['borg_extract_s']:.2f}s",
+         r["borg_extract_s"] / r["restore_s"], ">= 1.5"),
         ("one file", f"Backstop {r['one_file_s']:.3f}s",
          f"restic restore --include {r['restic_one_file_s']:.2f}s",
          r["restic_one_file_s"] / r["one_file_s"], "<= 1 s"),

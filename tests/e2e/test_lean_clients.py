@@ -1,9 +1,10 @@
 """Lean client workers, as `backstop worker --client` starts them: one process, three broker
-connections and a slow heartbeat when idle, whatever it ran before; time limits kept in its
-thread pool; gone from the fleet within the TTL its heartbeat carries."""
+connections and a slow heartbeat when idle, whatever it ran before (backups, a restore);
+time limits kept in its thread pool."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from backstop.constants import (
 from backstop.orchestration.broker import free_port
 from backstop.settings import load_settings
 from backstop.workers.remote import probe_interfaces
-from tests.e2e.conftest import Fleet
+from tests.e2e.conftest import Fleet, backstop
 from tests.fleet import run_records
 from tests.waiting import wait_for
 
@@ -88,8 +89,18 @@ def test_a_lean_client_worker_is_one_process_with_three_connections_after_backup
     assert (beat.ttl, beat.pid) == (CLIENT_HEARTBEAT_TTL_S, worker.pid)
     assert [w.ttl for w in lean.live() if w.control] == [HEARTBEAT_TTL_S]
     for i in range(3):
-        assert occur(lean, "www-full", f"www-{i}")["state"] == "succeeded"
+        last = occur(lean, "www-full", f"www-{i}")
+        assert last["state"] == "succeeded"
     assert worker.children() == []  # a thread pool: no forked children
+    # a restore on the client is written there by its worker, which reports back through
+    # the result backend
+    target = lean.root / "restored"
+    done = backstop("restore", "--saveset", str(last["saveset"]), "--client", "web1", "--to",
+                    str(target), "--json", config=lean.config, env=lean.env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["files"] == 20
+    assert ((target / "page7.html").read_bytes()
+            == (lean.root / "www" / "page7.html").read_bytes())
     # the connections a run opened (ledger, data path, sending to the control plane) are
     # let go once it ended: its consumer's two and the heartbeat's one are left
     wait_for(lambda: broker_connections(lean, worker.pid) <= 3,
