@@ -300,7 +300,7 @@ def peers(r: dict[str, Any], tree: Path, out: Path, env: dict[str, str], repeat:
     r["borg_full_s"], _ = best(
         repeat, lambda: sh(f"cd {tree} && borg create --compression zstd,3 {out}/borg::full .",
                            env),
-        empty("borg", f"borg init -q -e none {out}/borg"))
+        empty("borg", f"borg init -e none {out}/borg"))
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
