@@ -80,19 +80,23 @@ class BackstopApp(Celery):
     def shared_client(self) -> redis.Redis:
         """This process's client of the broker for Backstop's own keys (ledger, catalog,
         heartbeat in a lean worker): patient through a restart or a promotion."""
-        cached: tuple[int, redis.Redis] | None = getattr(self, "_backstop_client", None)
-        if cached is not None and cached[0] == os.getpid():
-            return cached[1]
-        client = patient_client(self.settings, self.conf.broker_url, socket_timeout=30)
-        self._backstop_client = (os.getpid(), client)
+        client = self._own_client()
+        if client is None:
+            client = patient_client(self.settings, self.conf.broker_url, socket_timeout=30)
+            self._backstop_client = (os.getpid(), client)
         return client
+
+    def _own_client(self) -> redis.Redis | None:
+        """The shared client made in this process, if any (a forked child makes its own)."""
+        cached: tuple[int, redis.Redis] | None = getattr(self, "_backstop_client", None)
+        return cached[1] if cached is not None and cached[0] == os.getpid() else None
 
     def trim_connections(self) -> None:
         """Close the idle connections this process keeps to the broker for Backstop's own
         keys and results, so that an idle lean worker holds none but its consumer's and one
         for its heartbeat (the next command opens one again)."""
-        cached: tuple[int, redis.Redis] | None = getattr(self, "_backstop_client", None)
-        pools = [cached[1].connection_pool] if cached and cached[0] == os.getpid() else []
+        own = self._own_client()
+        pools = [own.connection_pool] if own is not None else []
         backend_client = getattr(self.backend, "client", None)
         if isinstance(backend_client, redis.Redis):
             pools.append(backend_client.connection_pool)

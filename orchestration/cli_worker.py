@@ -37,7 +37,6 @@ def check_client_names(settings: Settings, names: tuple[str, ...]) -> list[str]:
     return check_names(names, [c.name for c in settings.config.clients], "client", "--client")
 
 
-
 @click.command()
 @config_option
 @click.option("--rds", "rds", multiple=True, metavar="NAME", help="Serve this RDS (repeatable).")

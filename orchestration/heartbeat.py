@@ -6,11 +6,11 @@ every ``CLIENT_HEARTBEAT_INTERVAL_S`` for a lean client worker), in one command,
 the Redis server's clock (so hosts with skewed clocks agree): the server's TIME is read at
 start and every ``CLOCK_CHECK_S``, and carried forward in between by the host's monotonic
 clock, which a clock step on the host does not move. It removes its entry on a clean
-shutdown. A worker whose stamp is older than the ``ttl`` its
-heartbeat carries is gone: killed, hung, or cut off from the broker. Liveness of an RDS (or
-client) is "some live worker serves it". ``held`` lists the delivery tags of the messages
-the worker has taken and not acknowledged yet (running, or waiting for their countdown): a
-message that no live worker holds was taken by one that died (orchestration/redeliver.py).
+shutdown. A worker whose stamp is older than the ``ttl`` its heartbeat carries is gone:
+killed, hung, or cut off from the broker. Liveness of an RDS (or client) is "some live
+worker serves it". ``held`` lists the delivery tags of the messages the worker has taken and
+not acknowledged yet (running, or waiting for their countdown): a message that no live
+worker holds was taken by one that died (orchestration/redeliver.py).
 """
 
 from __future__ import annotations
@@ -245,6 +245,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
                 self.client.hdel(HEARTBEATS_KEY, parent.hostname)
             except redis.RedisError as exc:
                 log.warning("heartbeat not removed: %s", exc)
-            if not getattr(parent.app, "lean", False):  # the shared one closes with the app
+            # the shared client of a lean worker is the process's: tasks still use it
+            if not getattr(parent.app, "lean", False):
                 self.client.close()
             self.client = None
