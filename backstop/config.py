@@ -545,6 +545,9 @@ class Config(Model):
     # Hard time limit of one backup run; the broker's visibility timeout is derived from it.
     backup_time_limit: Duration = timedelta(hours=6)
     """Hard time limit of one backup run."""
+    backup_jobs: int | None = Field(default=None, ge=1, le=1024)
+    """Processes that read, hash and compress the files of one backup, and write those of one
+    restore, on the host that runs it; none: as many as the host has cores."""
     rds: list[Rds] = []
     """Storage nodes."""
     data_stores: list[DataStore] = []

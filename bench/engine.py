@@ -136,6 +136,8 @@ def run_op(work: Path, op: str, *args: str) -> None:
     settings = load_settings(str(work / "backstop.yaml"), {"BACKSTOP_BROKER_URL": url})
     catalog = RedisCatalog(redis.Redis.from_url(url))
     engine = Engine(settings, catalog)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = before.ru_utime + before.ru_stime
     start = time.perf_counter()
     result: dict[str, Any] = {}
     if op == "backup":
@@ -147,11 +149,16 @@ def run_op(work: Path, op: str, *args: str) -> None:
         saveset_id, target, *include = args
         found = catalog.get(saveset_id)
         assert found is not None
-        restored = Restorer(catalog, engine.stores).restore(found, Path(target),
+        restored = Restorer(catalog, engine.stores, jobs=engine.jobs).restore(found, Path(target),
                                                             include=include or None)
         result = {"files": restored.files, "bytes": restored.bytes}
     result["seconds"] = time.perf_counter() - start
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    result["peak_rss_mb"] = own.ru_maxrss / 1024
+    result["process_peak_rss_mb"] = children.ru_maxrss / 1024  # the largest of its processes
+    result["cpu_s"] = own.ru_utime + own.ru_stime - cpu_before
+    result["processes_cpu_s"] = children.ru_utime + children.ru_stime
     print(json.dumps(result))
 
 

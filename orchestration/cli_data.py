@@ -46,6 +46,7 @@ from backstop.workers import browse
 from backstop.workers import manifest as manifests
 from backstop.workers.access import known_token
 from backstop.workers.engine import store_of
+from backstop.workers.jobs import Jobs
 from backstop.workers.maintenance import pool_report, rebuild
 from backstop.workers.maintenance import purge as run_purge
 from backstop.workers.remote import reachable_stores
@@ -257,7 +258,8 @@ def restore(ctx: click.Context, config_file: str | None, saveset_id: str | None,
         result = restore_on_client(data, client, chosen, target, list(include))
     else:
         with progress_bar(f"restoring {chosen.id}", as_json) as update:
-            result = Restorer(data.catalog, data.stores, data.keyring).restore(
+            result = Restorer(data.catalog, data.stores, data.keyring,
+                              Jobs.of(data.settings.config.backup_jobs)).restore(
                 chosen, target.absolute(), update, include=list(include))
     if as_json:
         print_json(asdict(result))

@@ -171,7 +171,8 @@ def restore_here(ctx: Context, saveset_id: str, target: str, client: str,
     saveset = ctx.catalog.get(saveset_id)
     if saveset is None:
         raise SavesetMissing("catalog", saveset_id)
-    restorer = Restorer(ctx.catalog, ctx.remote_stores(client), ctx.engine.keyring)
+    restorer = Restorer(ctx.catalog, ctx.remote_stores(client), ctx.engine.keyring,
+                        ctx.engine.jobs)
     return asdict(restorer.restore(saveset, Path(target).absolute(), include=include))
 
 

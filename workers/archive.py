@@ -43,15 +43,18 @@ FRAME_BYTES = 8 << 20
 
 
 class HashingSink:
-    """Counts and hashes the compressed bytes on their way into the store."""
+    """Counts and hashes (unless not ``hashed``) the compressed bytes on their way into the
+    store."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, hashed: bool = True) -> None:
         self.out = out
         self.digest = new_digest()
+        self.hashed = hashed
         self.bytes = 0
 
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
+    def write(self, data: bytes | memoryview) -> int:
+        if self.hashed:
+            self.digest.update(data)
         self.bytes += len(data)
         return self.out.write(data)
 
@@ -61,19 +64,25 @@ class HashingSink:
 
 class FrameSink:
     """Cuts the tar stream into zstd frames of ``FRAME_BYTES``, compresses them in parallel
-    threads (zstd releases the GIL) and writes them to ``out`` in order."""
+    threads (zstd releases the GIL) and writes them to ``out`` in order; with no
+    ``threads``, compresses and writes each frame in the calling thread (a process that
+    is one of the engine's jobs: one core's work)."""
 
-    def __init__(self, out: BinaryIO, threads: int) -> None:
-        self.sink = HashingSink(out)
+    def __init__(self, out: BinaryIO, threads: int, hashed: bool = True,
+                 frame: bytearray | None = None) -> None:
+        self.sink = HashingSink(out, hashed)
         self.threads = threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="compress")
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="compress") if threads else None
         # one thread writes the frames, in order, as they are done (off the reading thread)
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="archive-write")
+        self.writer = (ThreadPoolExecutor(1, thread_name_prefix="archive-write") if threads
+                       else None)
         self.local = threading.local()
         self.pending: deque[Future[None]] = deque()
         self.failed = False
         self.spare: deque[bytearray] = deque()  # frame buffers compressed, to fill again
-        self.frame, self.fill = bytearray(FRAME_BYTES), 0
+        # the frame being filled: ``frame`` where the caller has one to reuse (filling a new
+        # one costs a page fault every 4 KiB)
+        self.frame, self.fill = frame or bytearray(FRAME_BYTES), 0
         self.frames = 0  # frames handed to the pool so far
         self.offsets: list[int] = []  # compressed offset of each frame written
 
@@ -108,24 +117,41 @@ class FrameSink:
         self.spare.append(frame)
         return compressed
 
-    def _write(self, compressed: Future[bytes]) -> None:
+    def _write(self, compressed: Future[bytes] | bytes | memoryview,
+               offsets: list[int] | None = None) -> None:
+        """A compressed frame, or several (``offsets``: where each starts in them)."""
         if self.failed:  # an earlier frame could not be written: write nothing after it
             return
         try:
-            data = compressed.result()
-            self.offsets.append(self.sink.bytes)
+            data = compressed.result() if isinstance(compressed, Future) else compressed
+            self.offsets.extend(self.sink.bytes + o for o in offsets or [0])
             self.sink.write(data)
         except BaseException:
             self.failed = True
             raise
 
     def _cut(self) -> None:
-        compressed = self.pool.submit(self._compress, self.frame, self.fill)
-        self.pending.append(self.writer.submit(self._write, compressed))
+        if self.pool is None or self.writer is None:
+            self._write(self._compress(self.frame, self.fill))
+        else:
+            compressed = self.pool.submit(self._compress, self.frame, self.fill)
+            self.pending.append(self.writer.submit(self._write, compressed))
         self.frames += 1
         self.frame = self.spare.popleft() if self.spare else bytearray(FRAME_BYTES)
         self.fill = 0
         self._drain(self.threads + 1)
+
+    def append(self, frames: memoryview, offsets: list[int]) -> int:
+        """Frames compressed elsewhere (another of the engine's processes): ``frames``, each
+        starting at its offset in ``offsets``, after the frame being filled (cut short,
+        where it holds anything). Returns the number of the first."""
+        if self.fill:
+            self._cut()
+        self._drain(0)
+        first = self.frames
+        self._write(frames, offsets)  # here: ``frames`` may be reused once this returns
+        self.frames += len(offsets)
+        return first
 
     def _drain(self, keep: int) -> None:
         """Wait for written frames (raising what writing them raised) until at most
@@ -144,8 +170,9 @@ class FrameSink:
 
     def shutdown(self) -> None:
         self.failed = True  # what is still queued (after an error) is not written
-        self.pool.shutdown(cancel_futures=True)
-        self.writer.shutdown(cancel_futures=True)
+        for pool in (self.pool, self.writer):
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
 
 class ArchiveWriter:
@@ -154,8 +181,10 @@ class ArchiveWriter:
     Use it as a context manager (or call ``close``): it runs compression threads.
     """
 
-    def __init__(self, out: BinaryIO, threads: int | None = None) -> None:
-        self.stream = FrameSink(out, threads or os.cpu_count() or 1)
+    def __init__(self, out: BinaryIO, threads: int | None = None, hashed: bool = True,
+                 frame: bytearray | None = None) -> None:
+        self.stream = FrameSink(out, (os.cpu_count() or 1) if threads is None else threads,
+                                hashed, frame)
         # files that changed while they were read (their stored copy may mix versions)
         self.changed: list[str] = []
         self.closed = False
@@ -282,6 +311,14 @@ class ArchiveWriter:
         info.uid, info.gid = max(entry.uid, 0), max(entry.gid, 0)
         info.devmajor, info.devminor = os.major(entry.rdev), os.minor(entry.rdev)
         self.stream.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def close_slice(self) -> list[int]:
+        """End the last frame, not the tar: a slice of an archive, whose frames
+        (``FrameSink.append``) another writer adds to its own. Returns where each frame
+        starts in ``out``."""
+        self.stream.close()
+        self.closed = True
+        return self.stream.offsets
 
     def close(self) -> tuple[int, str]:
         """End the tar and its last zstd frame; return the archive's size and digest."""

@@ -14,11 +14,13 @@ import io
 import json
 import logging
 import marshal
+import mmap
 import os
 import secrets
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -50,9 +52,11 @@ from backstop.model import (
 from backstop.settings import Settings
 from backstop.workers import manifest as manifests
 from backstop.workers.age import Recipient
-from backstop.workers.archive import ArchiveWriter, tar_size
+from backstop.workers.archive import CHUNK, FRAME_BYTES, ArchiveWriter, tar_size
 from backstop.workers.catalog import Catalog
 from backstop.workers.digest import digest_of
+from backstop.workers.jobs import Jobs, Processes
+from backstop.workers.jobs import state as handed_state
 from backstop.workers.levels import LevelDecision, decide_level
 from backstop.workers.media import MediumChoice, choose_medium
 from backstop.workers.retention import protected
@@ -63,6 +67,7 @@ from backstop.workers.streams import StreamFailed, Streams
 # Pre-flight allowance for the manifest and metadata, per path and in total.
 MANIFEST_BYTES_PER_ENTRY = 160
 MANIFEST_BYTES_FIXED = 16 << 10
+SLICE_RECORDS = 20_000  # records (manifest rows among them) of a backup's slice at most
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, int, int], None]  # files done, bytes done, files, bytes
@@ -154,6 +159,7 @@ class Engine:
         self.stores = stores if stores is not None else stores_of(settings)
         self.keyring = Keyring(settings)
         self.local = LocalManifests(settings.state_dir / "manifests")
+        self.jobs = Jobs.of(settings.config.backup_jobs)
 
     def store_unavailable(self, name: str) -> bool:
         try:
@@ -272,7 +278,7 @@ class Engine:
         recipients = self.keyring.recipients(request.task)
         try:
             with staging.open(ARCHIVE) as out:
-                written = archive_into(out, recipients, source, planned, progress)
+                written = archive_into(out, recipients, source, planned, progress, self.jobs)
             stored_manifest = sealed(written.manifest, recipients) if recipients else (
                 written.manifest)
             with staging.open(MANIFEST) as out:
@@ -417,7 +423,9 @@ HEADER_ONLY = (HARDLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
 # Records of a plan's spool: an entry whose manifest row is final, a file to store, or
 # a stream to store (its name).
 KEEP, STORE, STREAM = b"K", b"S", b"P"
+HERE = b"H"  # a file to store that is a slice of its own: stored by the run's own process
 ENTRY_FIELDS = attrgetter(*(f.name for f in fields(Entry)))  # an entry as a plain tuple
+ENTRY_PATH, ENTRY_SIZE = ([f.name for f in fields(Entry)].index(name) for name in ("path", "size"))
 
 
 @dataclass
@@ -619,10 +627,12 @@ class _Rows:
     """The manifest's rows in order: a stored file's row waits until the frame its member
     starts in is written (its offset is known then), and the rows after it with it."""
 
-    def __init__(self, writer: ArchiveWriter, planned: Plan) -> None:
-        self.writer, self.saveset_id = writer, planned.saveset_id
+    def __init__(self, writer: ArchiveWriter, planned: Plan, progress: Progress | None) -> None:
+        self.writer, self.planned, self.progress = writer, planned, progress
+        self.saveset_id = planned.saveset_id
         self.manifest = planned.head  # its first rows are in already
         self.waiting: deque[bytes | tuple[Entry, int, str, os.stat_result, int, int]] = deque()
+        self.files = self.bytes = 0  # stored so far
 
     def keep(self, row: bytes) -> None:
         if self.waiting:
@@ -631,10 +641,20 @@ class _Rows:
         else:  # no stored file's row before it: at once
             self.manifest.add_row(row)
 
+    def stream(self, record: bytes) -> None:
+        """The stream of ``record``, read into the archive where it stands, and its row."""
+        entry = Streams.entry(record.decode())
+        stored = self.planned.streams.store(self.writer, entry.path)
+        self.stored(entry, stored.size, stored.digest, stored.stat, *stored.at)
+
     def stored(self, entry: Entry, size: int, digest: str, st: os.stat_result, frame: int,
                skip: int) -> None:
         self.waiting.append((entry, size, digest, st, frame, skip))
         self.emit()
+        self.files += 1
+        self.bytes += size
+        if self.progress is not None:
+            self.progress(self.files, self.bytes, self.planned.files, self.planned.file_bytes)
 
     def emit(self, everything: bool = False) -> None:
         waiting, writer = self.waiting, self.writer
@@ -669,13 +689,18 @@ def nameless_if(encrypted: bool, source: Path | None) -> Iterator[None]:
 
 
 def archive_into(out: BinaryIO, recipients: list[Recipient], source: Path | None,
-                 planned: Plan,
-                 progress: Progress | None) -> Written:
+                 planned: Plan, progress: Progress | None, jobs: Jobs) -> Written:
     """The archive of ``planned`` into ``out``, sealed to ``recipients`` where there are any
-    (its bytes and digest are then those of the stored ciphertext)."""
+    (its bytes and digest are then those of the stored ciphertext); its files read, hashed
+    and compressed by ``jobs``' processes."""
     sealer = Sealer(out, recipients) if recipients else None
-    with ArchiveWriter(cast(BinaryIO, sealer or out)) as writer:
-        written = archive_files(writer, source, planned, progress)
+    parallel = jobs.processes > 1 and planned.tar_bytes >= jobs.backup_from_bytes
+    # one process: this one, on one core (each frame compressed as it is cut); a small
+    # backup: here, its frames compressed on a thread per process it could have had
+    threads = 0 if jobs.processes == 1 else jobs.processes
+    with ArchiveWriter(cast(BinaryIO, sealer or out), threads) as writer:
+        written = (archive_sliced(writer, source, planned, progress, jobs) if parallel
+                   else archive_files(writer, source, planned, progress))
     if sealer is None:
         return written
     stored, digest = sealer.close()
@@ -686,31 +711,188 @@ def archive_files(writer: ArchiveWriter, source: Path | None, planned: Plan,
                   progress: Progress | None) -> Written:
     """Stream each file to store into the archive, and every row into the manifest, in
     order (rows wait for at most the files of the few frames still compressing)."""
-    rows = _Rows(writer, planned)
+    rows = _Rows(writer, planned, progress)
     root = str(source)
-    files = stored_bytes = 0
     for kind, record in planned.records():
         if kind == KEEP:
             rows.keep(record)
-            continue
-        if kind == STREAM:
-            entry = Streams.entry(record.decode())
-            stored = planned.streams.store(writer, entry.path)
-            size, digest, st, (frame, skip) = stored.size, stored.digest, stored.stat, stored.at
+        elif kind == STREAM:
+            rows.stream(record)
         else:
             entry = Entry(*marshal.loads(record))
             size, digest, st, (frame, skip) = writer.add(entry.path,
                                                          os.path.join(root, entry.path))
-        rows.stored(entry, size, digest, st, frame, skip)
-        files += 1
-        stored_bytes += size
-        if progress is not None:
-            progress(files, stored_bytes, planned.files, planned.file_bytes)
+            rows.stored(entry, size, digest, st, frame, skip)
+    return _finish(writer, rows, planned)
+
+
+def _finish(writer: ArchiveWriter, rows: _Rows, planned: Plan) -> Written:
+    """The tar headers of links, fifos and devices, the tar's end; the manifest's last rows."""
     for entry in planned.headers:  # for tar -x alone: links, fifos, devices
         writer.add_header(entry)
     archive_bytes, archive_digest = writer.close()
     rows.emit(everything=True)
     for path in planned.deleted:
         rows.manifest.delete(path)
-    return Written(rows.manifest.finish(), files, stored_bytes, archive_bytes, archive_digest,
-                   writer.changed)
+    return Written(rows.manifest.finish(), rows.files, rows.bytes, archive_bytes,
+                   archive_digest, writer.changed)
+
+
+Slice = list[tuple[bytes, bytes]]  # (kind, record) of a plan, in order
+Stored = tuple[int, str, os.stat_result, tuple[int, int]]  # what ArchiveWriter.add returns
+SliceDone = tuple[int, list[int], list[Stored], list[str]]  # what _store_slice returns
+
+
+def archive_sliced(writer: ArchiveWriter, source: Path | None, planned: Plan,
+                   progress: Progress | None, jobs: Jobs) -> Written:
+    """As ``archive_files``, the files read, hashed, put in tar members and compressed by
+    ``jobs``' processes: the plan's records are cut into slices of about ``slice_bytes`` of
+    files, each stored by a process into frames of its own (the last one short) in a slot
+    of memory shared with this process, which appends them to the archive in order (the tar
+    stays one stream: a slice holds whole members) with their rows. A stream, or a file of
+    a slice's size or more, is read here, between two slices, its frames compressed on a
+    thread per process."""
+    rows = _Rows(writer, planned, progress)
+    slots = _Slots(2 * jobs.processes, 2 * jobs.slice_bytes + jobs.slice_bytes // 64 + CHUNK)
+    # each process's frame buffer: made once, filled again for each of its slices
+    frame = bytearray(FRAME_BYTES)
+    with slots, Processes(jobs.processes, (str(source), slots, frame), "backup") as processes:
+        slices = _Slices(writer, rows, processes, slots)
+        for piece in _slices(planned, jobs.slice_bytes):
+            slices.add(piece, os.path.join(str(source), ""))
+        slices.append_done(keep=0)
+    return _finish(writer, rows, planned)
+
+
+class _Slots:
+    """Memory shared with the engine's processes (an anonymous shared mapping, which they
+    inherit): one slot for each slice on its way, where its process writes its frames."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self.memory = mmap.mmap(-1, count * size)
+        self.free = deque(range(count))
+
+    def __enter__(self) -> _Slots:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.memory.close()
+
+    def view(self, slot: int, length: int) -> memoryview:
+        return memoryview(self.memory)[slot * self.size:slot * self.size + length]
+
+
+class _SlotWriter:
+    """A file-like writer into one slot (in one of the engine's processes)."""
+
+    def __init__(self, slots: _Slots, slot: int) -> None:
+        self.slots, self.start, self.length = slots, slot * slots.size, 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.length + len(data) > self.slots.size:  # bounded by the slice's size: a bug
+            raise RuntimeError(f"a slice's frames outgrew their slot ({self.slots.size} bytes)")
+        at = self.start + self.length
+        self.slots.memory[at:at + len(data)] = data
+        self.length += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Slices:
+    """The slices on their way, appended to the archive in order as they are done."""
+
+    def __init__(self, writer: ArchiveWriter, rows: _Rows, processes: Processes,
+                 slots: _Slots) -> None:
+        self.writer, self.rows, self.processes, self.slots = writer, rows, processes, slots
+        self.waiting: deque[tuple[Slice, int, Future[SliceDone] | None]] = deque()
+
+    def add(self, piece: Slice, root: str) -> None:
+        kind, record = piece[0]
+        if kind in (STREAM, HERE):  # where it lies in the tar: after the slices before
+            self.append_done(keep=0)
+            if kind == STREAM:
+                self.rows.stream(record)
+            else:
+                entry = Entry(*marshal.loads(record))
+                size, digest, st, (frame, skip) = self.writer.add(entry.path, root + entry.path)
+                self.rows.stored(entry, size, digest, st, frame, skip)
+            return
+        to_store = [record for kind, record in piece if kind == STORE]
+        if not to_store:  # rows alone
+            self.waiting.append((piece, -1, None))
+            return
+        while not self.slots.free:
+            self.append_done(keep=len(self.waiting) - 1)
+        slot = self.slots.free.popleft()
+        self.waiting.append((piece, slot, self.processes.submit(_store_slice, slot, to_store)))
+        self.append_done(keep=len(self.waiting))  # what is done already
+
+    def append_done(self, keep: int) -> None:
+        """Append the oldest slices while they are done, or more than ``keep`` wait."""
+        waiting = self.waiting
+        while waiting and (len(waiting) > keep or waiting[0][2] is None
+                           or waiting[0][2].done()):
+            piece, slot, future = waiting.popleft()
+            self._append(piece, slot, None if future is None else self.processes.result(future))
+
+    def _append(self, piece: Slice, slot: int, done: SliceDone | None) -> None:
+        first, stored = 0, cast(Iterator[Stored], iter(()))
+        if done is not None:
+            length, offsets, files, changed = done
+            with self.slots.view(slot, length) as frames:
+                first = self.writer.stream.append(frames, offsets)
+            self.slots.free.append(slot)
+            self.writer.changed.extend(changed)
+            stored = iter(files)
+        for kind, record in piece:
+            if kind == KEEP:
+                self.rows.keep(record)
+                continue
+            size, digest, st, (frame, skip) = next(stored)
+            self.rows.stored(Entry(*marshal.loads(record)), size, digest, st, first + frame,
+                             skip)
+
+
+def _slices(planned: Plan, slice_bytes: int) -> Iterator[Slice]:
+    """The plan's records in slices: about ``slice_bytes`` of files to store each (with
+    the rows between them); a stream alone, and a file of ``slice_bytes`` or more alone,
+    as HERE."""
+    piece: Slice = []
+    size = 0
+    for kind, record in planned.records():
+        if kind == STORE:
+            member = tar_size([marshal.loads(record)[ENTRY_SIZE]]) - 2 * 512
+            if member >= slice_bytes:
+                kind = HERE
+            else:
+                size += member
+        if kind in (STREAM, HERE):
+            if piece:
+                yield piece
+            yield [(kind, record)]
+            piece, size = [], 0
+            continue
+        piece.append((kind, record))
+        if size >= slice_bytes or len(piece) >= SLICE_RECORDS:
+            yield piece
+            piece, size = [], 0
+    if piece:
+        yield piece
+
+
+def _store_slice(slot: int, records: list[bytes]) -> SliceDone:
+    """In one of the engine's processes: the files of ``records`` as tar members in frames
+    of their own, into ``slot``; the frames' length, each one's offset, what ``add`` found
+    of each file, the files that changed while they were read."""
+    root, slots, frame = handed_state()
+    out = _SlotWriter(slots, slot)
+    writer = ArchiveWriter(cast(BinaryIO, out), 0, hashed=False, frame=frame)
+    stored = []
+    for record in records:
+        path = marshal.loads(record)[ENTRY_PATH]
+        stored.append(writer.add(path, os.path.join(root, path)))
+    offsets = writer.close_slice()
+    return out.length, offsets, stored, writer.changed

@@ -49,6 +49,8 @@ from backstop.workers.archive import (
 from backstop.workers.catalog import Catalog
 from backstop.workers.digest import digest_of, new_digest
 from backstop.workers.engine import Progress
+from backstop.workers.jobs import Jobs, Processes
+from backstop.workers.jobs import state as handed_state
 from backstop.workers.sealing import Hashed, Keyring, opener
 from backstop.workers.store import ARCHIVE, MANIFEST, Store
 
@@ -135,10 +137,11 @@ class Restorer:
     ciphertext)."""
 
     def __init__(self, catalog: Catalog, stores: Mapping[str, Store],
-                 keyring: Keyring | None = None) -> None:
+                 keyring: Keyring | None = None, jobs: Jobs | None = None) -> None:
         self.catalog = catalog
         self.stores = stores
         self.keyring = keyring
+        self.jobs = jobs or Jobs.of(None)
 
     def open_at(self, saveset: Saveset, part: str) -> Callable[[int], BinaryIO]:
         """``open(offset)``: the plaintext of ``part`` from that offset."""
@@ -230,9 +233,26 @@ class Restorer:
         total = (sum(len(w) for w in wanted.values()),
                  sum(e.size for w in wanted.values() for e in w.values()))
         done = [0, 0]
-        for holder_id, files in wanted.items():
-            holder = self.holder(holder_id, saveset)
-            self._extract(holder, files, work, done, total, progress, metadata)
+        holders = {holder_id: self.holder(holder_id, saveset) for holder_id in wanted}
+        jobs = self.jobs
+        if jobs.processes == 1 or (total[0] < jobs.restore_from_files
+                                   and total[1] < jobs.restore_from_bytes) or any(
+                e.frame < 0 for files in wanted.values() for e in files.values()):
+            for holder_id, files in wanted.items():
+                self._extract(holders[holder_id], files, work, done, total, progress, metadata)
+            return done
+        handed = {holder_id: (self.open_at(holders[holder_id], ARCHIVE), files, str(work),
+                              holders[holder_id].encrypted)
+                  for holder_id, files in wanted.items()}
+        with Processes(jobs.processes, handed, "restore") as processes:
+            for holder_id, files in wanted.items():
+                place = Placer(holder_id, dict(files), str(work), done, total, progress,
+                               metadata)
+                pieces = _pieces(files, 4 * jobs.processes)
+                for names, future in [(names, processes.submit(_restore_piece, holder_id, names))
+                                      for names in pieces]:
+                    place.merge(names, processes.result(future))
+                place.check()
         return done
 
     @staticmethod
@@ -266,9 +286,7 @@ class Restorer:
                 reading.callback(members.close)
                 for member, content in members:
                     place(member, content)
-        if place.missing:
-            raise CorruptSaveset(holder.id, f"{len(place.missing)} file(s) missing from its "
-                                 f"archive, e.g. {next(iter(place.missing))!r}")
+        place.check()
 
     @staticmethod
     def _extract_sealed(holder_id: str, files: dict[str, Entry],
@@ -428,6 +446,25 @@ class Placer:
         if self.progress is not None:
             self.progress(self.done[0], self.done[1], *self.total)
 
+    def check(self) -> None:
+        """CorruptSaveset if a wanted file was not found in the archive."""
+        if self.missing:
+            raise CorruptSaveset(self.holder_id, f"{len(self.missing)} file(s) missing from "
+                                 f"its archive, e.g. {next(iter(self.missing))!r}")
+
+    def merge(self, names: list[str], done: PieceDone) -> None:
+        """What one of the engine's processes placed of ``names`` (see ``_restore_piece``)."""
+        (files, size), missing, metadata = done
+        kept = set(missing)
+        for name in names:
+            if name not in kept:
+                self.missing.pop(name, None)
+        self.done[0] += files
+        self.done[1] += size
+        self.metadata.merge(metadata)
+        if self.progress is not None:
+            self.progress(self.done[0], self.done[1], *self.total)
+
     def damaged(self, name: str | None = None) -> None:
         """A wanted file (``name``; else the one being written) whose content did not
         authenticate: left out, and named."""
@@ -438,6 +475,43 @@ class Placer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.root, entry.path))  # what was written of it
         self.metadata.damaged.add(entry.path)
+
+
+PieceDone = tuple[list[int], list[str], "Metadata"]  # what _restore_piece returns
+
+
+def _pieces(files: dict[str, Entry], count: int) -> list[list[str]]:
+    """The files in about ``count`` pieces of about the same size (a tar header counted as
+    a block), each the files whose members start in a run of neighbouring frames."""
+    by_frame: dict[int, list[str]] = defaultdict(list)
+    for name, entry in files.items():
+        by_frame[entry.frame].append(name)
+    each = sum(e.size + 512 for e in files.values()) // count + 1
+    pieces: list[list[str]] = [[]]
+    size = 0
+    for frame in sorted(by_frame):
+        if size >= each:
+            pieces.append([])
+            size = 0
+        pieces[-1] += by_frame[frame]
+        size += sum(files[name].size + 512 for name in by_frame[frame])
+    return pieces
+
+
+def _restore_piece(holder_id: str, names: list[str]) -> PieceDone:
+    """In one of the engine's processes: the files ``names`` of holder ``holder_id``'s
+    archive written into the work directory; ([files, bytes] written, names not found,
+    what could not be given back)."""
+    open_at, files, root, encrypted = handed_state()[holder_id]
+    wanted = {name: files[name] for name in names}
+    metadata = Metadata()
+    place = Placer(holder_id, dict(wanted), root, [0, 0], (0, 0), None, metadata)
+    if encrypted:
+        Restorer._extract_sealed(holder_id, wanted, open_at, place)
+    else:
+        with corruption_of(holder_id):
+            read_all(open_at, wanted, place)
+    return place.done, list(place.missing), metadata
 
 
 def _digest(content: IO[bytes]) -> str:
@@ -531,6 +605,12 @@ class Metadata:
                     os.setxattr(where, name, value, follow_symlinks=False)
             except OSError as exc:
                 self.xattrs_refused.append((entry, f"{name}: {exc.strerror or exc}"))
+
+    def merge(self, other: Metadata) -> None:
+        self.owners_refused += other.owners_refused
+        self.xattrs_refused += other.xattrs_refused
+        self.devices_refused += other.devices_refused
+        self.damaged |= other.damaged
 
     def warnings(self) -> list[str]:
         found = []

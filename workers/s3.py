@@ -23,10 +23,11 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -93,7 +94,7 @@ class S3Store(Store):
         self.keys_missing = [env for env, value in ((location.access_key_env, access_key),
                                                     (location.secret_key_env, secret_key))
                              if not value]
-        self.client: S3Client = boto3.client(
+        self._connect: Callable[[], S3Client] = lambda: boto3.client(
             "s3", endpoint_url=location.endpoint, region_name=location.region,
             aws_access_key_id=access_key, aws_secret_access_key=secret_key,
             config=Config(connect_timeout=connect_timeout_s, read_timeout=io_timeout_s,
@@ -101,6 +102,7 @@ class S3Store(Store):
                           s3={"addressing_style": "path"},
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"))
+        self._client, self._pid = self._connect(), os.getpid()
         # When a call last found the endpoint stalled or gone (time.monotonic()): the rest
         # of that upload (its next parts, aborting it: left to drop_abandoned) does not wait
         # out the timeouts again, so a run ends within connect + 2 x io timeout of a stall.
@@ -331,8 +333,17 @@ class S3Store(Store):
         days = timedelta(days=lock.days)
         return datetime.now(UTC) + max(days, self.retention.get(pool, days))
 
+    @property
+    def client(self) -> S3Client:
+        """This process's client: a process forked from the one that made the store (the
+        engine's processes of a restore) makes its own, never sharing a connection."""
+        if self._pid != os.getpid():
+            self._client, self._pid = self._connect(), os.getpid()
+        return self._client
+
     def close(self) -> None:
-        self.client.close()
+        if self._pid == os.getpid():
+            self._client.close()
 
 
 ABANDONED_AFTER = timedelta(hours=1)

@@ -22,6 +22,7 @@ from backstop.orchestration.ledger import Ledger
 from backstop.runs import Occurrence
 from backstop.settings import Settings, load_settings
 from backstop.workers.engine import BackupRequest, BackupResult, Engine, create_missing_stores
+from backstop.workers.jobs import Jobs
 from backstop.workers.restore import Restorer
 from tests.fleet import run_records
 from tests.waiting import wait_for
@@ -36,6 +37,13 @@ media_pools:
   - {name: spare, data_store: b, retention: 14d}
 tasks: [{name: docs, source: src, exclude: ["*.tmp", "cache/"]}]
 """
+
+
+# The engine's processes for every backup and restore, however small, in slices of a few
+# files: each test runs through the parallel engine (a file of 64 KiB or more is a slice
+# of its own, stored by the run's own process).
+PARALLEL = Jobs(2, slice_bytes=64 << 10, backup_from_bytes=0, restore_from_bytes=0,
+                restore_from_files=0)
 
 
 class Clock:
@@ -78,9 +86,10 @@ def make_setup(tmp_path: Path, broker_url: str, redis_client: redis.Redis
         catalog = RedisCatalog(redis_client)
         clock = Clock()
         engine = Engine(settings, catalog, clock=clock)
+        engine.jobs = PARALLEL
         create_missing_stores(settings, ["local"])
-        return Setup(settings, engine, Restorer(catalog, engine.stores), catalog, clock,
-                     tmp_path)
+        return Setup(settings, engine, Restorer(catalog, engine.stores, jobs=PARALLEL), catalog,
+                     clock, tmp_path)
 
     return make
 

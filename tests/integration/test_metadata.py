@@ -72,9 +72,10 @@ from backstop.settings import load_settings
 from backstop.orchestration.catalog import RedisCatalog
 from backstop.workers.engine import Engine
 from backstop.workers.restore import Restorer
+from tests.integration.conftest import PARALLEL
 settings = load_settings(sys.argv[1], {"BACKSTOP_BROKER_URL": sys.argv[2]})
 catalog = RedisCatalog(redis.Redis.from_url(sys.argv[2]))
-restorer = Restorer(catalog, Engine(settings, catalog).stores)
+restorer = Restorer(catalog, Engine(settings, catalog).stores, jobs=PARALLEL)
 result = restorer.restore(catalog.get(sys.argv[3]), Path(sys.argv[4]))
 print(json.dumps(result.warnings))
 """

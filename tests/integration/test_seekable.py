@@ -15,6 +15,7 @@ import zstandard
 from backstop.config import Level
 from backstop.model import SavesetKey
 from backstop.workers.archive import FRAME_BYTES
+from backstop.workers.jobs import Jobs
 from backstop.workers.restore import Restorer
 from backstop.workers.store import ARCHIVE, PathStore, Store
 from tests.integration.conftest import Setup, snapshot
@@ -58,10 +59,11 @@ class CountingStore(PathStore):
 
 
 def counting(setup: Setup) -> tuple[Restorer, list[int]]:
-    """A restorer over the setup's stores, and the archive bytes it has read."""
+    """A restorer over the setup's stores, and the archive bytes it has read (in this
+    process: one job)."""
     counted = [0]
     stores = {name: CountingStore(s, counted) for name, s in setup.engine.stores.items()}
-    return Restorer(setup.catalog, stores), counted
+    return Restorer(setup.catalog, stores, jobs=Jobs(1)), counted
 
 
 def big_tree(src: Path) -> None:
