@@ -208,7 +208,8 @@ class ArchiveWriter:
         """Store the file at ``path`` as ``name``; return its size, digest, stat, and where
         its member starts: (frame number, offset in that frame; see ``frame_offset``)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # never waits: a file that became a fifo since the walk is refused below
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
         try:

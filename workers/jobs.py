@@ -97,12 +97,19 @@ class Processes:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, work: Callable[..., T], *args: Any) -> Future[T]:
-        return self.executor.submit(work, *args)
+        """ProcessDied if one of the processes has died."""
+        try:
+            return self.executor.submit(work, *args)
+        except BrokenProcessPool:
+            raise self.died() from None
 
     def result(self, future: Future[T]) -> T:
         """What the work returned, or raised; ProcessDied if its process died."""
         try:
             return future.result()
         except BrokenProcessPool:
-            raise ProcessDied(f"a process of this {self.what} ended before its work was done "
-                              "(killed, or out of memory); nothing of it was kept") from None
+            raise self.died() from None
+
+    def died(self) -> ProcessDied:
+        return ProcessDied(f"a process of this {self.what} ended before its work was done "
+                           "(killed, or out of memory); nothing of it was kept")

@@ -1,0 +1,176 @@
+"""The engine's processes: a backup and a restore shared out to them give the saveset and
+the tree one process gives; one that dies fails the run and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+import zstandard
+
+from backstop.config import Level
+from backstop.errors import SourceError
+from backstop.model import SavesetKey
+from backstop.workers.engine import BackupRequest
+from backstop.workers.jobs import Jobs, ProcessDied
+from backstop.workers.restore import Restorer
+from backstop.workers.store import ARCHIVE, PathStore, Store
+from tests.integration.conftest import PARALLEL, Setup, snapshot
+
+
+def children() -> list[int]:
+    """This process's forked children (of any of its threads): the engine's processes,
+    not the broker's server or other programs the tests started."""
+    me, found = Path("/proc/self/cmdline").read_bytes(), []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as listed:
+            for pid in listed.read().split():
+                with suppress(FileNotFoundError):
+                    if Path(f"/proc/{pid}/cmdline").read_bytes() == me:
+                        found.append(int(pid))
+    return found
+
+
+def kill_children_soon(after_s: float) -> None:
+    def kill() -> None:
+        time.sleep(after_s)
+        for pid in children():
+            os.kill(pid, signal.SIGKILL)
+    threading.Thread(target=kill, daemon=True).start()
+
+
+def tree(src: Path, files: int = 60) -> None:
+    for i in range(files):
+        (src / f"d{i % 4}").mkdir(exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i:03}.bin").write_bytes(os.urandom(20_000 + 997 * i))
+    (src / "big.bin").write_bytes(os.urandom(300_000))  # a slice of its own (PARALLEL)
+
+
+def tar_of(setup: Setup, saveset_id: str) -> bytes:
+    saveset = setup.catalog.get(saveset_id)
+    assert saveset is not None
+    with setup.engine.stores[saveset.data_store].read(saveset.key, ARCHIVE) as archive:
+        return zstandard.ZstdDecompressor().stream_reader(
+            archive, read_across_frames=True).read()
+
+
+def frames_of(setup: Setup, saveset_id: str) -> int:
+    saveset = setup.catalog.get(saveset_id)
+    assert saveset is not None
+    with setup.engine.stores[saveset.data_store].read(saveset.key, ARCHIVE) as archive:
+        data, count = archive.read(), 0
+    while data:
+        size = zstandard.frame_header_size(data)  # a frame at the start of data
+        assert size
+        compressed = zstandard.ZstdDecompressor().decompressobj()
+        compressed.decompress(data)
+        data = compressed.unused_data
+        count += 1
+    return count
+
+
+def test_a_backup_in_slices_is_the_tar_one_process_writes(setup: Setup, tmp_path: Path
+                                                          ) -> None:
+    tree(setup.source)
+    # Given the same tree backed up by one process and by two, in slices of a few files
+    setup.engine.jobs = Jobs(1)
+    one = setup.backup(Level.FULL).saveset
+    setup.engine.jobs = PARALLEL
+    setup.clock.now = setup.clock.now.replace(hour=13)
+    two = setup.backup(Level.FULL).saveset
+    # Then their tar streams are the same, byte for byte, in frames of each slice's own
+    assert tar_of(setup, one.id) == tar_of(setup, two.id)
+    assert frames_of(setup, one.id) == 1
+    assert frames_of(setup, two.id) > 10
+    # And zstd -d | tar -x restores it without Backstop
+    out = tmp_path / "tar"
+    out.mkdir()
+    with setup.engine.stores[two.data_store].read(two.key, ARCHIVE) as archive:
+        subprocess.run(f"zstd -d -q | tar -C {out} -xf -", shell=True, check=True,
+                       input=archive.read())
+    assert {p: v[3] for p, v in snapshot(out).items() if v[0] == "file"} == {
+        p: v[3] for p, v in snapshot(setup.source).items() if v[0] == "file"}
+    # And a restore by two processes rebuilds the tree, as one process's does
+    setup.restorer.restore(two, tmp_path / "two")
+    Restorer(setup.catalog, setup.engine.stores, jobs=Jobs(1)).restore(two, tmp_path / "one")
+    assert snapshot(tmp_path / "two") == snapshot(setup.source) == snapshot(tmp_path / "one")
+
+
+def kill_children() -> None:
+    """SIGKILL to the engine's processes, and wait until they are gone."""
+    for pid in children():
+        os.kill(pid, signal.SIGKILL)
+    while children():  # a killed process's cmdline reads empty
+        time.sleep(0.01)
+
+
+def test_a_process_killed_mid_backup_fails_the_run_and_leaves_no_saveset(
+        setup: Setup) -> None:
+    tree(setup.source)
+
+    killed = []
+
+    def progress(*_: int) -> None:
+        # the first slice is in (the processes have started), dozens are to come: kill them
+        if not killed and children():
+            kill_children()
+            killed.append(True)
+
+    with pytest.raises(ProcessDied, match="a process of this backup ended"):
+        setup.engine.backup(BackupRequest("docs", Level.FULL, "daily"), progress)
+    assert setup.catalog.all() == []
+    store = setup.engine.stores["a"]
+    assert isinstance(store, PathStore)
+    assert [p.name for p in store.root.rglob("*") if p.is_file() and
+            not p.name.startswith(".backstop")] == []
+    assert children() == []
+
+
+def test_a_file_that_became_a_fifo_since_the_walk_is_refused_not_waited_for(
+        setup: Setup) -> None:
+    tree(setup.source)
+    late = setup.source / "d2" / "f030.bin"  # in a slice of its own process
+
+    def progress(files: int, *_: int) -> None:
+        if late.is_file():
+            late.unlink()
+            os.mkfifo(late)
+
+    with pytest.raises(SourceError, match=r"f030\.bin changed into something other than a"):
+        setup.engine.backup(BackupRequest("docs", Level.FULL, "daily"), progress)
+    assert setup.catalog.all() == []
+
+
+class StallingStore(PathStore):
+    """A directory store whose archive, read past its start, stalls (in the engine's
+    processes: the pieces of a restore other than the first)."""
+
+    def __init__(self, store: Store) -> None:
+        assert isinstance(store, PathStore)
+        super().__init__(store.name, store.root, store.capacity_bytes, store.reserve_bytes)
+
+    def read(self, key: SavesetKey, part: str, offset: int = 0) -> BinaryIO:
+        if part == ARCHIVE and offset > 0:
+            time.sleep(60)
+        return super().read(key, part, offset)
+
+
+def test_a_process_killed_mid_restore_fails_it_and_leaves_nothing_in_the_target(
+        setup: Setup, tmp_path: Path) -> None:
+    tree(setup.source)
+    full = setup.backup(Level.FULL).saveset
+    stores = {name: StallingStore(s) for name, s in setup.engine.stores.items()}
+    restorer = Restorer(setup.catalog, stores, jobs=PARALLEL)
+    target = tmp_path / "target"
+    kill_children_soon(1.0)
+    with pytest.raises(ProcessDied, match="a process of this restore ended"):
+        restorer.restore(full, target)
+    assert list(target.iterdir()) == []  # not even its work directory
+    assert children() == []
