@@ -115,10 +115,13 @@ def sh(command: str, env: dict[str, str] | None = None) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def backstop_op(work: Path, *args: str) -> dict[str, Any]:
-    """One Backstop operation in a fresh process; returns its timing and peak RSS."""
+def backstop_op(work: Path, *args: str, jobs: int | None = None) -> dict[str, Any]:
+    """One Backstop operation in a fresh process (with ``jobs`` processes; default: the
+    bench's --jobs, else backup_jobs' default); returns its timing, CPU and peak RSS."""
+    jobs = jobs or JOBS[0]
+    env = dict(os.environ, BENCH_JOBS=str(jobs)) if jobs else None
     done = subprocess.run([sys.executable, __file__, "--op", str(work), *args],
-                          check=True, capture_output=True, text=True)
+                          check=True, capture_output=True, text=True, env=env)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -130,12 +133,15 @@ def run_op(work: Path, op: str, *args: str) -> None:
     from backstop.orchestration.catalog import RedisCatalog
     from backstop.settings import load_settings
     from backstop.workers.engine import BackupRequest, Engine
+    from backstop.workers.jobs import Jobs
     from backstop.workers.restore import Restorer
 
     url = (work / "broker-url").read_text()
     settings = load_settings(str(work / "backstop.yaml"), {"BACKSTOP_BROKER_URL": url})
     catalog = RedisCatalog(redis.Redis.from_url(url))
     engine = Engine(settings, catalog)
+    if os.environ.get("BENCH_JOBS"):
+        engine.jobs = Jobs(int(os.environ["BENCH_JOBS"]))
     before = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = before.ru_utime + before.ru_stime
     start = time.perf_counter()
@@ -153,6 +159,7 @@ def run_op(work: Path, op: str, *args: str) -> None:
                                                             include=include or None)
         result = {"files": restored.files, "bytes": restored.bytes}
     result["seconds"] = time.perf_counter() - start
+    result["jobs"] = engine.jobs.processes
     own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
                                                           resource.RUSAGE_CHILDREN))
     result["peak_rss_mb"] = own.ru_maxrss / 1024
@@ -162,6 +169,7 @@ def run_op(work: Path, op: str, *args: str) -> None:
     print(json.dumps(result))
 
 
+JOBS: list[int | None] = [None]  # --jobs
 TOOLS = {"zstd": "zstd", "restic": "restic", "tar": "tar", "borg": "borgbackup"}
 
 
@@ -182,6 +190,8 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=500)
     parser.add_argument("--manifest-files", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--jobs", type=int, help="Backstop's processes (default: backup_jobs' "
+                        "default, one per core); FULL and restore are measured with one too")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/backstop-bench"))
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--on-disk", action="store_true",
@@ -193,6 +203,7 @@ def main() -> None:
         run_op(Path(args.op[0]), args.op[1], *args.op[2:])
         return
     ensure_tools()
+    JOBS[0] = args.jobs
     measure(args)
 
 
@@ -250,12 +261,17 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         create_missing_stores(load_settings(str(work / "backstop.yaml"), {}), ["local"])
 
     tar_zstd = f"tar -C {tree} -cf - . | zstd -3 -T0 -q -f -o {out}/tree.tar.zst"
-    (r["tar_zstd_s"], _), (r["tar_zstd_sync_s"], _), (r["full_s"], full) = in_turns(
+    (r["tar_zstd_s"], _), (r["tar_zstd_sync_s"], _), (r["full_one_job_s"], _), (
+        r["full_s"], full) = in_turns(
         repeat, fresh_store, lambda: sh(tar_zstd),
         # as durable as a saveset, which is on the disk when its FULL returns
         lambda: sh(f"{tar_zstd} && sync {out}/tree.tar.zst"),
-        lambda: backstop_op(work, "backup", "tree", "FULL"))
+        lambda: backstop_op(work, "backup", "tree", "FULL", jobs=1),
+        lambda: backstop_op(work, "backup", "tree", "FULL"))  # last: the one kept
+    r["jobs"] = full["jobs"]
     r["full_stored_bytes"], r["full_peak_rss_mb"] = full["stored"], full["peak_rss_mb"]
+    r["full_process_peak_rss_mb"] = full["process_peak_rss_mb"]
+    r["full_cpu_s"] = full["cpu_s"] + full["processes_cpu_s"]
     r["tar_zstd_bytes"] = (out / "tree.tar.zst").stat().st_size
     r["inc_s"], inc = best(repeat, lambda: backstop_op(work, "backup", "tree", "INC"))
     r["inc_peak_rss_mb"], r["inc_files"] = inc["peak_rss_mb"], inc["files"]
@@ -267,11 +283,14 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             shutil.rmtree(out / name, ignore_errors=True)
         (out / "restore-tar").mkdir()
 
-    (r["untar_s"], _), (r["restore_s"], restored) = in_turns(
+    (r["untar_s"], _), (r["restore_one_job_s"], _), (r["restore_s"], restored) = in_turns(
         repeat, clear_targets,
         lambda: sh(f"zstd -d -q -c {out}/tree.tar.zst | tar -C {out}/restore-tar -xf -"),
+        lambda: backstop_op(work, "restore", full["saveset"], str(out / "restore-backstop"),
+                            jobs=1),
         lambda: backstop_op(work, "restore", full["saveset"], str(out / "restore-backstop")))
     r["restore_peak_rss_mb"] = restored["peak_rss_mb"]
+    r["restore_process_peak_rss_mb"] = restored["process_peak_rss_mb"]
     r["restic_restore_s"], _ = best(repeat, lambda: sh(
         f"restic restore -q latest --target {out}/restore-tar", env), clear_targets)
     r["borg_extract_s"], _ = best(repeat, lambda: sh(
@@ -335,6 +354,12 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
          r["restic_one_file_s"] / r["one_file_s"], "<= 1 s"),
         ("", "", f"Backstop full restore {r['restore_s']:.2f}s",
          r["restore_s"] / r["one_file_s"], ""),
+        (f"{r['jobs']} jobs vs 1", f"FULL {r['full_s']:.2f}s",
+         f"Backstop, one job {r['full_one_job_s']:.2f}s",
+         r["full_one_job_s"] / r["full_s"], ">= 1.6 (2 jobs)"),
+        ("", f"restore {r['restore_s']:.2f}s",
+         f"Backstop, one job {r['restore_one_job_s']:.2f}s",
+         r["restore_one_job_s"] / r["restore_s"], ">= 1.6 (2 jobs)"),
     ]
     print(f"\ntree: {args.files} files, {mb:.0f} MB; best of {args.repeat}; "
           f"{os.cpu_count()} CPUs; outputs on {r['outputs_on']}")
@@ -343,8 +368,11 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"{name:15} {ours:32} {theirs:36} {ratio:>10.2f}x  {target}")
     print(f"stored: Backstop {r['full_stored_bytes'] / 1e6:.0f} MB, tar.zst "
           f"{r['tar_zstd_bytes'] / 1e6:.0f} MB")
-    print(f"peak RSS: FULL {r['full_peak_rss_mb']:.0f} MB, INC {r['inc_peak_rss_mb']:.0f} MB, "
-          f"restore {r['restore_peak_rss_mb']:.0f} MB")
+    print(f"peak RSS: FULL {r['full_peak_rss_mb']:.0f} MB (its largest job "
+          f"{r['full_process_peak_rss_mb']:.0f} MB), INC {r['inc_peak_rss_mb']:.0f} MB, "
+          f"restore {r['restore_peak_rss_mb']:.0f} MB (its largest job "
+          f"{r['restore_process_peak_rss_mb']:.0f} MB); FULL used {r['full_cpu_s']:.2f} "
+          "CPU-seconds")
     print(f"{r['manifest_files']}-file tree: FULL {r['manifest_full_s']:.1f}s / "
           f"{r['manifest_full_peak_rss_mb']:.0f} MB peak RSS, no-change INC "
           f"{r['manifest_inc_s']:.1f}s / {r['manifest_inc_peak_rss_mb']:.0f} MB peak RSS "

@@ -14,6 +14,7 @@ the archive. The frames are compressed in parallel, one per core.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import os
@@ -418,14 +419,17 @@ class ReadAhead:
     ``zstd -d | tar -x`` pipeline. Errors of the source are raised in the caller's thread.
     """
 
-    def __init__(self, source: IO[bytes], chunk: int = CHUNK, depth: int = 8) -> None:
+    def __init__(self, source: IO[bytes], chunk: int = CHUNK, depth: int = 8,
+                 threaded: bool = True) -> None:
         self.source, self.chunk = source, chunk
         self.queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
         self.stopped = threading.Event()
         self.buffer, self.offset, self.eof = b"", 0, False
         self.position = 0
-        self.thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
-        self.thread.start()
+        self.thread: threading.Thread | None = None
+        if threaded:  # else: read in the caller's thread, when it needs more (one core)
+            self.thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
+            self.thread.start()
 
     def _fill(self) -> None:
         while not self.stopped.is_set():
@@ -479,7 +483,7 @@ class ReadAhead:
             return False
         if self.eof:
             return True
-        item = self.queue.get()
+        item = self.queue.get() if self.thread is not None else self.source.read(self.chunk)
         if isinstance(item, BaseException):
             self.eof = True
             raise item
@@ -487,7 +491,12 @@ class ReadAhead:
         return self.eof
 
     def close(self) -> None:
+        if self.thread is None:
+            return
         self.stopped.set()
+        with contextlib.suppress(queue.Empty):  # room for the chunk it may be putting
+            while True:
+                self.queue.get_nowait()
         self.thread.join()
 
 
@@ -574,15 +583,16 @@ class JoinedContent:
         self.current = MemberContent(self.ahead, member.size)
 
 
-def read_members(source: BinaryIO, skip: int = 0) -> Members:
+def read_members(source: BinaryIO, skip: int = 0, threaded: bool = True) -> Members:
     """Each regular file of an archive with a reader for its content, in archive order;
     with ``skip``, of the archive from that many uncompressed bytes on (``source`` then
-    starts at a frame boundary, and a member at ``skip``).
+    starts at a frame boundary, and a member at ``skip``); decompressed ahead on a thread
+    of its own, unless not ``threaded`` (one of the engine's processes: one core).
 
     Damage shows up while reading, in the caller's loop: wrap it in ``corruption_of``.
     """
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    ahead = ReadAhead(reader)
+    ahead = ReadAhead(reader, threaded=threaded)
     try:
         ahead.seek(skip)
         # "r:" reads each member's content in one call, where stream mode ("r|") goes
@@ -618,8 +628,8 @@ class Counted:
         return data
 
 
-def read_located(open_at: Callable[[int], IO[bytes]], wanted: list[tuple[int, int, str]]
-                 ) -> Members:
+def read_located(open_at: Callable[[int], IO[bytes]], wanted: list[tuple[int, int, str]],
+                 threaded: bool = True) -> Members:
     """The members named in ``wanted`` — (frame, skip, name) of each, as the manifest
     records them — read frame by frame: an archive stream is opened (``open_at``, a
     compressed offset) at the frame of the next wanted member, and read on as long as the
@@ -633,7 +643,7 @@ def read_located(open_at: Callable[[int], IO[bytes]], wanted: list[tuple[int, in
         before = done
         with open_at(frame) as raw:
             counted = Counted(raw, frame)
-            members = read_members(counted, skip)  # type: ignore[arg-type]
+            members = read_members(counted, skip, threaded)  # type: ignore[arg-type]
             try:
                 for member, content in members:
                     yield member, content

@@ -425,7 +425,7 @@ HEADER_ONLY = (HARDLINK, FIFO, CHAR_DEVICE, BLOCK_DEVICE)
 KEEP, STORE, STREAM = b"K", b"S", b"P"
 HERE = b"H"  # a file to store that is a slice of its own: stored by the run's own process
 ENTRY_FIELDS = attrgetter(*(f.name for f in fields(Entry)))  # an entry as a plain tuple
-ENTRY_PATH, ENTRY_SIZE = ([f.name for f in fields(Entry)].index(name) for name in ("path", "size"))
+ENTRY_SIZE = [f.name for f in fields(Entry)].index("size")
 
 
 @dataclass
@@ -631,7 +631,9 @@ class _Rows:
         self.writer, self.planned, self.progress = writer, planned, progress
         self.saveset_id = planned.saveset_id
         self.manifest = planned.head  # its first rows are in already
-        self.waiting: deque[bytes | tuple[Entry, int, str, os.stat_result, int, int]] = deque()
+        # rows, and stored files' row heads with where their members start (frame number,
+        # offset in it)
+        self.waiting: deque[bytes | tuple[bytes, int, int]] = deque()
         self.files = self.bytes = 0  # stored so far
 
     def keep(self, row: bytes) -> None:
@@ -649,7 +651,12 @@ class _Rows:
 
     def stored(self, entry: Entry, size: int, digest: str, st: os.stat_result, frame: int,
                skip: int) -> None:
-        self.waiting.append((entry, size, digest, st, frame, skip))
+        self.stored_head(manifests.stored_head(entry, size, digest, st, self.saveset_id), size,
+                         frame, skip)
+
+    def stored_head(self, head: bytes, size: int, frame: int, skip: int) -> None:
+        """A stored file's row but for where its member lies (``manifests.stored_head``)."""
+        self.waiting.append((head, frame, skip))
         self.emit()
         self.files += 1
         self.bytes += size
@@ -662,10 +669,10 @@ class _Rows:
             head = waiting[0]
             if isinstance(head, bytes):
                 self.manifest.add_row(head)
-            elif everything or head[4] < writer.frames_written():
-                entry, size, digest, st, frame, skip = head
-                self.manifest.add_row(manifests.stored_row(
-                    entry, size, digest, st, self.saveset_id, writer.frame_offset(frame), skip))
+            elif everything or head[1] < writer.frames_written():
+                row, frame, skip = head
+                self.manifest.add_row(row + manifests.stored_tail(writer.frame_offset(frame),
+                                                                  skip))
             else:
                 return
             waiting.popleft()
@@ -739,7 +746,7 @@ def _finish(writer: ArchiveWriter, rows: _Rows, planned: Plan) -> Written:
 
 
 Slice = list[tuple[bytes, bytes]]  # (kind, record) of a plan, in order
-Stored = tuple[int, str, os.stat_result, tuple[int, int]]  # what ArchiveWriter.add returns
+Stored = tuple[int, bytes, int, int]  # a file's size, row head, frame and offset in it
 SliceDone = tuple[int, list[int], list[Stored], list[str]]  # what _store_slice returns
 
 
@@ -756,7 +763,8 @@ def archive_sliced(writer: ArchiveWriter, source: Path | None, planned: Plan,
     slots = _Slots(2 * jobs.processes, 2 * jobs.slice_bytes + jobs.slice_bytes // 64 + CHUNK)
     # each process's frame buffer: made once, filled again for each of its slices
     frame = bytearray(FRAME_BYTES)
-    with slots, Processes(jobs.processes, (str(source), slots, frame), "backup") as processes:
+    handed = (os.path.join(str(source), ""), slots, frame, planned.saveset_id)
+    with slots, Processes(jobs.processes, handed, "backup") as processes:
         slices = _Slices(writer, rows, processes, slots)
         for piece in _slices(planned, jobs.slice_bytes):
             slices.add(piece, os.path.join(str(source), ""))
@@ -851,9 +859,8 @@ class _Slices:
             if kind == KEEP:
                 self.rows.keep(record)
                 continue
-            size, digest, st, (frame, skip) = next(stored)
-            self.rows.stored(Entry(*marshal.loads(record)), size, digest, st, first + frame,
-                             skip)
+            size, head, frame, skip = next(stored)
+            self.rows.stored_head(head, size, first + frame, skip)
 
 
 def _slices(planned: Plan, slice_bytes: int) -> Iterator[Slice]:
@@ -885,14 +892,17 @@ def _slices(planned: Plan, slice_bytes: int) -> Iterator[Slice]:
 
 def _store_slice(slot: int, records: list[bytes]) -> SliceDone:
     """In one of the engine's processes: the files of ``records`` as tar members in frames
-    of their own, into ``slot``; the frames' length, each one's offset, what ``add`` found
-    of each file, the files that changed while they were read."""
-    root, slots, frame = handed_state()
+    of their own, into ``slot``; the frames' length, each one's offset, of each file its
+    size, its row's head and where its member starts (frame, offset in it), and the files
+    that changed while they were read."""
+    root, slots, frame, saveset_id = handed_state()
     out = _SlotWriter(slots, slot)
     writer = ArchiveWriter(cast(BinaryIO, out), 0, hashed=False, frame=frame)
     stored = []
     for record in records:
-        path = marshal.loads(record)[ENTRY_PATH]
-        stored.append(writer.add(path, os.path.join(root, path)))
+        entry = Entry(*marshal.loads(record))
+        size, digest, st, (at, skip) = writer.add(entry.path, root + entry.path)
+        stored.append((size, manifests.stored_head(entry, size, digest, st, saveset_id), at,
+                       skip))
     offsets = writer.close_slice()
     return out.length, offsets, stored, writer.changed

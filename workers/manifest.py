@@ -274,10 +274,20 @@ def stored_row(e: Entry, size: int, digest: str, st: os.stat_result, holder: str
                frame: int, skip: int) -> bytes:
     """``row_of`` the entry of a file as the archive stored it: its size, digest and lstat
     when read, where its member lies (one call per stored file: no copy of the entry)."""
-    return _line([e.kind, e.path, size, st.st_mtime_ns, st.st_ino, e.mode, digest, holder,
-                  e.target, e.uid, e.gid, st.st_ctime_ns, e.user, e.group,
-                  {k: base64.b64encode(v).decode() for k, v in e.xattrs}, e.rdev, frame,
-                  skip])
+    return stored_head(e, size, digest, st, holder) + stored_tail(frame, skip)
+
+
+def stored_head(e: Entry, size: int, digest: str, st: os.stat_result, holder: str) -> bytes:
+    """``stored_row`` up to where its member lies, which ``stored_tail`` adds (made by one
+    of the engine's processes, before that is known)."""
+    return _encode([e.kind, e.path, size, st.st_mtime_ns, st.st_ino, e.mode, digest, holder,
+                    e.target, e.uid, e.gid, st.st_ctime_ns, e.user, e.group,
+                    {k: base64.b64encode(v).decode() for k, v in e.xattrs},
+                    e.rdev])[:-1].encode()
+
+
+def stored_tail(frame: int, skip: int) -> bytes:
+    return b",%d,%d]\n" % (frame, skip)
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every row

@@ -17,7 +17,6 @@ import shutil
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -242,7 +241,7 @@ class Restorer:
                 self._extract(holders[holder_id], files, work, done, total, progress, metadata)
             return done
         handed = {holder_id: (self.open_at(holders[holder_id], ARCHIVE), files, str(work),
-                              holders[holder_id].encrypted)
+                              holders[holder_id])
                   for holder_id, files in wanted.items()}
         with Processes(jobs.processes, handed, "restore") as processes:
             for holder_id, files in wanted.items():
@@ -274,30 +273,31 @@ class Restorer:
                  metadata: Metadata) -> None:
         place = Placer(holder.id, dict(files), str(work), done, total, progress, metadata)
         open_at = self.open_at(holder, ARCHIVE)
-        located = all(e.frame >= 0 for e in files.values())
-        if holder.encrypted and located:
-            self._extract_sealed(holder.id, files, open_at, place)
+        # one job: this process alone, on one core; else decompressed ahead on a thread
+        threaded = self.jobs.processes > 1
+        if all(e.frame >= 0 for e in files.values()):  # only the frames that hold them
+            extract_located(holder, files, open_at, place, threaded)
         else:
-            with ExitStack() as reading, corruption_of(holder.id):
-                members = (read_located(open_at, [(e.frame, e.skip, name)
-                                                  for name, e in files.items()])
-                           if located  # only the frames that hold them
-                           else read_members(reading.enter_context(open_at(0))))
-                reading.callback(members.close)
-                for member, content in members:
-                    place(member, content)
+            with corruption_of(holder.id), open_at(0) as raw:
+                members = read_members(raw, threaded=threaded)
+                try:
+                    for member, content in members:
+                        place(member, content)
+                finally:
+                    members.close()
         place.check()
 
     @staticmethod
     def _extract_sealed(holder_id: str, files: dict[str, Entry],
-                        open_at: Callable[[int], BinaryIO], place: Placer) -> None:
+                        open_at: Callable[[int], BinaryIO], place: Placer, threaded: bool
+                        ) -> None:
         """In one pass while the ciphertext authenticates; from the first damage on, frame by
         frame: a frame whose ciphertext does not authenticate costs the files that start
         in it (and the one it broke off), which are named as damaged and left out; the
         others are restored. Nothing that did not authenticate is ever kept."""
         try:
             with corruption_of(holder_id):
-                read_all(open_at, files, place)
+                read_all(open_at, files, place, threaded)
             return
         except CorruptSaveset:
             place.damaged()  # the file whose content broke off
@@ -307,7 +307,7 @@ class Restorer:
         for frame in sorted(by_frame):
             try:
                 with corruption_of(holder_id):
-                    read_all(open_at, {n: files[n] for n in by_frame[frame]}, place)
+                    read_all(open_at, {n: files[n] for n in by_frame[frame]}, place, threaded)
             except CorruptSaveset:
                 place.damaged()
                 for name in by_frame[frame]:
@@ -407,10 +407,21 @@ class Restorer:
         return VerifyResult(saveset.id, ok=not bad, bad=bad, checked="ciphertext")
 
 
+def extract_located(holder: Saveset, files: dict[str, Entry],
+                    open_at: Callable[[int], BinaryIO], place: Placer, threaded: bool) -> None:
+    """The files of ``holder``'s archive whose frames the manifest records, to ``place``."""
+    if holder.encrypted:
+        Restorer._extract_sealed(holder.id, files, open_at, place, threaded)
+    else:
+        with corruption_of(holder.id):
+            read_all(open_at, files, place, threaded)
+
+
 def read_all(open_at: Callable[[int], BinaryIO], files: dict[str, Entry],
-             place: Callable[[Any, IO[bytes]], None]) -> None:
+             place: Callable[[Any, IO[bytes]], None], threaded: bool = True) -> None:
     """Every member of ``files`` that their frames hold, handed to ``place``."""
-    members = read_located(open_at, [(e.frame, e.skip, name) for name, e in files.items()])
+    members = read_located(open_at, [(e.frame, e.skip, name) for name, e in files.items()],
+                           threaded)
     try:
         for member, content in members:
             place(member, content)
@@ -502,15 +513,11 @@ def _restore_piece(holder_id: str, names: list[str]) -> PieceDone:
     """In one of the engine's processes: the files ``names`` of holder ``holder_id``'s
     archive written into the work directory; ([files, bytes] written, names not found,
     what could not be given back)."""
-    open_at, files, root, encrypted = handed_state()[holder_id]
+    open_at, files, root, holder = handed_state()[holder_id]
     wanted = {name: files[name] for name in names}
     metadata = Metadata()
     place = Placer(holder_id, dict(wanted), root, [0, 0], (0, 0), None, metadata)
-    if encrypted:
-        Restorer._extract_sealed(holder_id, wanted, open_at, place)
-    else:
-        with corruption_of(holder_id):
-            read_all(open_at, wanted, place)
+    extract_located(holder, wanted, open_at, place, threaded=False)
     return place.done, list(place.missing), metadata
 
 
