@@ -49,9 +49,9 @@ class Jobs:
     it, starting them costs more than they save)."""
 
     processes: int
-    slice_bytes: int = 4 * FRAME_BYTES
-    backup_from_bytes: int = 8 * FRAME_BYTES
-    restore_from_bytes: int = 8 * FRAME_BYTES
+    slice_bytes: int = 2 * FRAME_BYTES
+    backup_from_bytes: int = 4 * FRAME_BYTES
+    restore_from_bytes: int = 4 * FRAME_BYTES
     restore_from_files: int = 2_000
 
     @classmethod

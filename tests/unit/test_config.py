@@ -181,6 +181,7 @@ def test_a_key_written_twice_is_reported() -> None:
     ("rds: [local]\n", "rds[0]: bad value 'local': input should be a valid dictionary"),
     ("colour: blue\n", "colour: unknown key 'colour'"),
     ("timezone: Moon/Base\n", "timezone: unknown time zone 'Moon/Base'"),
+    ("backup_jobs: 0\n", "backup_jobs: bad value 0"),
 ])
 def test_wrong_shapes_are_named(text: str, expected: str) -> None:
     problems = problems_of(text)
