@@ -89,6 +89,18 @@ class Processes:
         self.executor = ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("fork"),
             initializer=_adopt, initargs=(handed,))
+        # Started now: a Celery pool process is "daemonic" to multiprocessing, which then
+        # refuses it children, lest they outlive it; these die with it (PR_SET_PDEATHSIG).
+        config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+        daemonic = config.pop("daemon", None)
+        try:
+            self.result(self.executor.submit(os.getpid))
+        except BaseException:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            if daemonic is not None:
+                config["daemon"] = daemonic
 
     def __enter__(self) -> Processes:
         return self

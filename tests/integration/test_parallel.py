@@ -3,6 +3,7 @@ the tree one process gives; one that dies fails the run and leaves nothing behin
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -10,15 +11,18 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
+import redis
 import zstandard
 
 from backstop.config import Level
 from backstop.errors import SourceError
 from backstop.model import SavesetKey
-from backstop.workers.engine import BackupRequest
+from backstop.orchestration.catalog import RedisCatalog
+from backstop.settings import load_settings
+from backstop.workers.engine import BackupRequest, Engine
 from backstop.workers.jobs import Jobs, ProcessDied
 from backstop.workers.restore import Restorer
 from backstop.workers.store import ARCHIVE, PathStore, Store
@@ -174,3 +178,29 @@ def test_a_process_killed_mid_restore_fails_it_and_leaves_nothing_in_the_target(
         restorer.restore(full, target)
     assert list(target.iterdir()) == []  # not even its work directory
     assert children() == []
+
+
+def _backup_in_a_daemon(config: str, broker_url: str, done: Any) -> None:
+    """In a daemonic process, as a Celery pool's: a FULL through the engine's processes."""
+    catalog = RedisCatalog(redis.Redis.from_url(broker_url))
+    settings = load_settings(config, {"BACKSTOP_BROKER_URL": broker_url})
+    engine = Engine(settings, catalog)
+    engine.jobs = PARALLEL
+    try:
+        done.put(engine.backup(BackupRequest("docs", Level.FULL, "daily")).saveset.files)
+    except Exception as exc:
+        done.put(repr(exc))
+
+
+def test_a_daemonic_process_a_celery_pool_runs_its_backup_through_them(
+        setup: Setup, broker_url: str) -> None:
+    tree(setup.source)
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+    daemon = context.Process(target=_backup_in_a_daemon, daemon=True,
+                             args=(str(setup.settings.config_path), broker_url, done))
+    daemon.start()
+    assert done.get(timeout=60) == 61
+    daemon.join(10)
+    assert daemon.exitcode == 0
+
