@@ -34,7 +34,7 @@ from backstop.workers.maintenance import purge
 from backstop.workers.restore import Restorer
 from backstop.workers.s3 import S3Store
 from backstop.workers.store import ARCHIVE, MANIFEST, META
-from tests.integration.conftest import Setup, WorkerFleet, snapshot
+from tests.integration.conftest import PARALLEL, Setup, WorkerFleet, snapshot
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 from tests.waiting import wait_for
 
@@ -116,7 +116,8 @@ def test_a_full_local_pool_fails_over_to_a_bucket_and_restores_from_it(
     saveset = catalog.get(failover["saveset"])
     assert saveset is not None and saveset.data_store == "cloud"
     stores = stores_of(settings_of(fleet))
-    restorer = Restorer(catalog, stores)
+    # through the engine's processes: each makes its own S3 client, never sharing the run's
+    restorer = Restorer(catalog, stores, jobs=PARALLEL)
     restorer.restore(saveset, tmp_path / "back")
     assert snapshot(tmp_path / "back") == snapshot(fleet.root / "src")
     assert restorer.verify(saveset).ok
