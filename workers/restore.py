@@ -287,32 +287,6 @@ class Restorer:
                     members.close()
         place.check()
 
-    @staticmethod
-    def _extract_sealed(holder_id: str, files: dict[str, Entry],
-                        open_at: Callable[[int], BinaryIO], place: Placer, threaded: bool
-                        ) -> None:
-        """In one pass while the ciphertext authenticates; from the first damage on, frame by
-        frame: a frame whose ciphertext does not authenticate costs the files that start
-        in it (and the one it broke off), which are named as damaged and left out; the
-        others are restored. Nothing that did not authenticate is ever kept."""
-        try:
-            with corruption_of(holder_id):
-                read_all(open_at, files, place, threaded)
-            return
-        except CorruptSaveset:
-            place.damaged()  # the file whose content broke off
-        by_frame: dict[int, list[str]] = defaultdict(list)
-        for name in place.missing:
-            by_frame[files[name].frame].append(name)
-        for frame in sorted(by_frame):
-            try:
-                with corruption_of(holder_id):
-                    read_all(open_at, {n: files[n] for n in by_frame[frame]}, place, threaded)
-            except CorruptSaveset:
-                place.damaged()
-                for name in by_frame[frame]:
-                    place.damaged(name)
-
 
     def verify(self, saveset: Saveset, progress: Progress | None = None) -> VerifyResult:
         """Every stored file against its hash, and the archive against its recorded hash;
@@ -411,10 +385,35 @@ def extract_located(holder: Saveset, files: dict[str, Entry],
                     open_at: Callable[[int], BinaryIO], place: Placer, threaded: bool) -> None:
     """The files of ``holder``'s archive whose frames the manifest records, to ``place``."""
     if holder.encrypted:
-        Restorer._extract_sealed(holder.id, files, open_at, place, threaded)
+        extract_sealed(holder.id, files, open_at, place, threaded)
     else:
         with corruption_of(holder.id):
             read_all(open_at, files, place, threaded)
+
+
+def extract_sealed(holder_id: str, files: dict[str, Entry],
+                   open_at: Callable[[int], BinaryIO], place: Placer, threaded: bool) -> None:
+    """In one pass while the ciphertext authenticates; from the first damage on, frame by
+    frame: a frame whose ciphertext does not authenticate costs the files that start
+    in it (and the one it broke off), which are named as damaged and left out; the
+    others are restored. Nothing that did not authenticate is ever kept."""
+    try:
+        with corruption_of(holder_id):
+            read_all(open_at, files, place, threaded)
+        return
+    except CorruptSaveset:
+        place.damaged()  # the file whose content broke off
+    by_frame: dict[int, list[str]] = defaultdict(list)
+    for name in place.missing:
+        by_frame[files[name].frame].append(name)
+    for frame in sorted(by_frame):
+        try:
+            with corruption_of(holder_id):
+                read_all(open_at, {n: files[n] for n in by_frame[frame]}, place, threaded)
+        except CorruptSaveset:
+            place.damaged()
+            for name in by_frame[frame]:
+                place.damaged(name)
 
 
 def read_all(open_at: Callable[[int], BinaryIO], files: dict[str, Entry],
