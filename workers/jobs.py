@@ -53,6 +53,9 @@ class Jobs:
     backup_from_bytes: int = 4 * FRAME_BYTES
     restore_from_bytes: int = 4 * FRAME_BYTES
     restore_from_files: int = 2_000
+    # paths of a manifest a restore holds in memory at a time: a bigger one is read in
+    # chunks of this many, so that memory stays flat however many paths it has
+    restore_chunk: int = 50_000
 
     @classmethod
     def of(cls, configured: int | None) -> Jobs:

@@ -12,11 +12,14 @@ and existing links in the target are replaced, never followed.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
 import shutil
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
@@ -103,6 +106,103 @@ def selected(manifest: Manifest, patterns: list[str]) -> Manifest:
     return Manifest(manifest.saveset_id, kept)
 
 
+def total_of(files: list[Entry]) -> tuple[int, int]:
+    return len(files), sum(e.size for e in files)
+
+
+class Scan:
+    """A manifest too big to hold in memory (more than ``restore_chunk`` paths), read one
+    row at a time: twice before anything is written, for the checks of ``check_paths``
+    and what ``selected`` keeps, then chunk by chunk (``chunks``). What it keeps is small
+    next to the paths: the directories, the paths that have paths under them, the hard
+    links with their files, and the savesets holding the contents."""
+
+    def __init__(self, raw: bytes, saveset_id: str, include: list[str] | None) -> None:
+        self.raw, self.saveset_id = raw, saveset_id
+        self.spec = pathspec.GitIgnoreSpec.from_lines(include) if include else None
+        self.above: set[str] = set()  # every path with a path under it
+        self.links: dict[str, str] = {}  # hard link -> the path its content is stored under
+        self.dirs = self._first_read()
+        self.linked: dict[str, Entry] = {}  # the entries of the hard links' files
+        self.holders: set[str] = set()  # the savesets holding what the restore writes
+        self.total = self._second_read()
+
+    def _first_read(self) -> dict[str, Entry]:
+        """Every path checked to stay inside; the paths above others; hard links; the
+        directories the restore makes (with include: those it keeps, and those above)."""
+        dirs: dict[str, Entry] = {}
+        kept_above: set[str] = set()
+        for row, _ in manifests.rows(self.raw, self.saveset_id):
+            kind, path = row[0], safe_relpath(row[1], self.saveset_id)
+            _add_parents(path, self.above)
+            if kind == DIR:
+                dirs[path] = manifests.entry_of(row, self.saveset_id)
+            elif kind == HARDLINK:
+                self.links[path] = safe_relpath(str(row[8]), self.saveset_id)
+            if self.spec is not None and self.kept(path, kind):
+                _add_parents(path, kept_above)
+        return {p: e for p, e in dirs.items() if self.kept(p, DIR) or p in kept_above}
+
+    def _second_read(self) -> tuple[int, int]:
+        """No path under a file or a symlink; every hard link's file is a file of the
+        saveset; the files and bytes the restore writes, and their holders."""
+        files = size = 0
+        targets = set(self.links.values())
+        for entry in self.entries():
+            if entry.kind != DIR and entry.path in self.above:
+                raise RestoreRefused(self.saveset_id, f"a path lies under {entry.path!r}, "
+                                     "which is not a directory")
+            if entry.path in targets:
+                self.linked[entry.path] = entry
+            if entry.kind == FILE and self.kept(entry.path, FILE):
+                self.holders.add(entry.holder)
+                files, size = files + 1, size + entry.size
+        for path, target in self.links.items():
+            linked = self.linked.get(target)
+            if linked is None or linked.kind != FILE:
+                raise RestoreRefused(self.saveset_id, f"hard link {path!r} names {target!r}, "
+                                     "which is no file of the saveset")
+            if self.kept(path, HARDLINK) and not self.kept(target, FILE):
+                self.holders.add(linked.holder)  # restored as a file of that content
+                files, size = files + 1, size + linked.size
+        return files, size
+
+    def kept(self, path: str, kind: str) -> bool:
+        """Whether the restore writes ``path`` (``include`` matches it, or there is none);
+        directories above kept paths are in ``dirs``."""
+        return self.spec is None or self.spec.match_file(path + "/" if kind == DIR else path)
+
+    def entries(self) -> Iterator[Entry]:
+        for row, _ in manifests.rows(self.raw, self.saveset_id):
+            yield manifests.entry_of(row, self.saveset_id)
+
+    def chunks(self, size: int) -> Iterator[list[Entry]]:
+        """What the restore writes but directories, ``size`` entries at a time, in the
+        manifest's order; a kept hard link whose file is left out is a file of its content."""
+        chunk: list[Entry] = []
+        for entry in self.entries():
+            if entry.kind == DIR or not self.kept(entry.path, entry.kind):
+                continue
+            if entry.kind == HARDLINK and not self.kept(entry.target, FILE):
+                entry = replace(self.linked[entry.target], path=entry.path,
+                                target=entry.target)
+            chunk.append(entry)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def _add_parents(path: str, found: set[str]) -> None:
+    """The parents of ``path`` into ``found`` (up to the first one found already: its own
+    parents are there with it)."""
+    for parent in parents_of(path):
+        if parent in found:
+            return
+        found.add(parent)
+
+
 def parents_of(path: str) -> Iterator[str]:
     """``a/b/c`` -> ``a/b``, ``a``."""
     while "/" in path:
@@ -175,18 +275,29 @@ class Restorer:
     def restore(self, saveset: Saveset, target: Path, progress: Progress | None = None,
                 include: list[str] | None = None) -> RestoreResult:
         """Rebuild ``saveset`` under ``target``; with ``include`` (gitignore-style patterns),
-        only the matching paths (a directory with its contents) and their parents."""
-        manifest = self.manifest(saveset)
-        check_paths(manifest)
-        if include:
-            manifest = selected(manifest, include)
+        only the matching paths (a directory with its contents) and their parents. A
+        manifest of more than ``restore_chunk`` paths is read in chunks (see ``Scan``)."""
+        raw, names = self.manifest_bytes(saveset), saveset.manifest_names
+        head = list(itertools.islice(manifests.rows(raw, names), self.jobs.restore_chunk + 1))
+        rebuild: Callable[[Path, Progress | None, Metadata], tuple[int, int]]
+        if len(head) <= self.jobs.restore_chunk:  # all of it, in memory
+            manifest = Manifest(names, {e.path: e for e in (
+                manifests.entry_of(row, names) for row, _ in head)})
+            check_paths(manifest)
+            if include:
+                manifest = selected(manifest, include)
+            rebuild = functools.partial(self._rebuild, saveset, manifest)
+        else:
+            del head
+            rebuild = functools.partial(self._rebuild_in_chunks, saveset,
+                                        Scan(raw, names, include))
         target.mkdir(parents=True, exist_ok=True)
         work = target / f".backstop-restore-{saveset.id}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         metadata = Metadata()
         try:
-            files, size = self._rebuild(saveset, manifest, work, progress, metadata)
+            files, size = rebuild(work, progress, metadata)
             merge_into(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -201,7 +312,50 @@ class Restorer:
         for entry in entries:
             if entry.kind == DIR:
                 (work / entry.path).mkdir(parents=True, exist_ok=True)
-        done = self._contents(saveset, entries, work, progress, metadata)
+        files = [e for e in entries if e.kind == FILE]
+        done = self._contents(saveset, files, work, progress, metadata, total_of(files))
+        self._others(entries, work, metadata)
+        for entry in reversed(entries):
+            if entry.kind == DIR:
+                metadata.apply(work / entry.path, entry)
+        return done[0], done[1]
+
+    def _rebuild_in_chunks(self, saveset: Saveset, scan: Scan, work: Path,
+                           progress: Progress | None, metadata: Metadata) -> tuple[int, int]:
+        """As ``_rebuild``, the manifest read again chunk by chunk: in each, the file
+        contents, then its hard links (those whose file comes later, at the end), fifos,
+        devices and symlinks. The engine's processes are started once, for every chunk."""
+        dirs = sorted(scan.dirs.values(), key=lambda e: e.path)
+        for entry in dirs:
+            (work / entry.path).mkdir(parents=True, exist_ok=True)
+        done = [0, 0]
+        later: list[Entry] = []  # hard links whose file is not written yet
+        with ExitStack() as stack:
+            processes = None
+            if self.jobs.processes > 1 and scan.holders:
+                handed = {holder_id: (self.open_at(self.holder(holder_id, saveset), ARCHIVE),
+                                      None, str(work), self.holder(holder_id, saveset))
+                          for holder_id in scan.holders}
+                processes = stack.enter_context(
+                    Processes(self.jobs.processes, handed, "restore"))
+            for chunk in scan.chunks(self.jobs.restore_chunk):
+                files = [e for e in chunk if e.kind == FILE]
+                self._contents(saveset, files, work, progress, metadata, scan.total, done,
+                               processes)
+                now = []
+                for entry in chunk:
+                    if entry.kind == HARDLINK and not os.path.lexists(work / entry.target):
+                        later.append(entry)
+                    else:
+                        now.append(entry)
+                self._others(now, work, metadata)
+        self._others(later, work, metadata)
+        for entry in reversed(dirs):
+            metadata.apply(work / entry.path, entry)
+        return done[0], done[1]
+
+    def _others(self, entries: list[Entry], work: Path, metadata: Metadata) -> None:
+        """Hard links, fifos and device nodes, then symlinks, of ``entries``."""
         for entry in entries:
             if entry.kind == HARDLINK and entry.target in metadata.damaged:
                 metadata.damaged.add(entry.path)
@@ -209,47 +363,52 @@ class Restorer:
                 os.link(work / entry.target, work / entry.path)
             elif entry.kind in (FIFO, CHAR_DEVICE, BLOCK_DEVICE):
                 self._special(work / entry.path, entry, metadata)
-            elif entry.kind == SYMLINK:
+        for entry in entries:
+            if entry.kind == SYMLINK:
                 os.symlink(entry.target, work / entry.path)
                 metadata.owner(work / entry.path, entry)
                 metadata.xattrs(work / entry.path, entry)
                 os.utime(work / entry.path, ns=(entry.mtime_ns, entry.mtime_ns),
                          follow_symlinks=False)
-        for entry in reversed(entries):
-            if entry.kind == DIR:
-                metadata.apply(work / entry.path, entry)
-        return done[0], done[1]
 
     def _contents(self, saveset: Saveset, entries: list[Entry], work: Path,
-                  progress: Progress | None, metadata: Metadata) -> list[int]:
-        """Every file's content, read from the archive of its holder; [files, bytes]. A file
-        is found in the archive under its path, or, for a hard link restored alone as a
-        file, under the path its content is stored under (its ``target``)."""
+                  progress: Progress | None, metadata: Metadata, total: tuple[int, int],
+                  done: list[int] | None = None, processes: Processes | None = None
+                  ) -> list[int]:
+        """Every file's content, read from the archive of its holder; [files, bytes] (added
+        to ``done``). A file is found in the archive under its path, or, for a hard link
+        restored alone as a file, under the path its content is stored under (its
+        ``target``). With ``processes`` (started for every chunk of a restore), the files
+        travel to them with their work."""
         wanted: dict[str, dict[str, Entry]] = defaultdict(dict)
         for entry in entries:
-            if entry.kind == FILE:
-                wanted[entry.holder][entry.target or entry.path] = entry
-        total = (sum(len(w) for w in wanted.values()),
-                 sum(e.size for w in wanted.values() for e in w.values()))
-        done = [0, 0]
-        holders = {holder_id: self.holder(holder_id, saveset) for holder_id in wanted}
+            wanted[entry.holder][entry.target or entry.path] = entry
+        done = [0, 0] if done is None else done
         jobs = self.jobs
-        if jobs.processes == 1 or (total[0] < jobs.restore_from_files
-                                   and total[1] < jobs.restore_from_bytes) or any(
-                e.frame < 0 for files in wanted.values() for e in files.values()):
+        if jobs.processes == 1 or (len(entries) < jobs.restore_from_files and sum(
+                e.size for e in entries) < jobs.restore_from_bytes) or any(
+                e.frame < 0 for e in entries):
             for holder_id, files in wanted.items():
-                self._extract(holders[holder_id], files, work, done, total, progress, metadata)
+                self._extract(self.holder(holder_id, saveset), files, work, done, total,
+                              progress, metadata)
             return done
-        handed = {holder_id: (self.open_at(holders[holder_id], ARCHIVE), files, str(work),
-                              holders[holder_id])
-                  for holder_id, files in wanted.items()}
-        with Processes(jobs.processes, handed, "restore") as processes:
+        with ExitStack() as stack:
+            if processes is None:
+                handed = {holder_id: (self.open_at(self.holder(holder_id, saveset), ARCHIVE),
+                                      files, str(work), self.holder(holder_id, saveset))
+                          for holder_id, files in wanted.items()}
+                processes = stack.enter_context(Processes(jobs.processes, handed, "restore"))
+                carried = False
+            else:
+                carried = True
             for holder_id, files in wanted.items():
                 place = Placer(holder_id, dict(files), str(work), done, total, progress,
                                metadata)
                 pieces = _pieces(files, 4 * jobs.processes)
-                for names, future in [(names, processes.submit(_restore_piece, holder_id, names))
-                                      for names in pieces]:
+                futures = [processes.submit(_restore_piece, holder_id, (
+                    {name: files[name] for name in names} if carried else names))
+                    for names in pieces]
+                for names, future in zip(pieces, futures, strict=True):
                     place.merge(names, processes.result(future))
                 place.check()
         return done
@@ -508,12 +667,13 @@ def _pieces(files: dict[str, Entry], count: int) -> list[list[str]]:
     return pieces
 
 
-def _restore_piece(holder_id: str, names: list[str]) -> PieceDone:
-    """In one of the engine's processes: the files ``names`` of holder ``holder_id``'s
+def _restore_piece(holder_id: str, piece: list[str] | dict[str, Entry]) -> PieceDone:
+    """In one of the engine's processes: the files of ``piece`` (their names in the
+    holder's files it was handed, or the files themselves) of holder ``holder_id``'s
     archive written into the work directory; ([files, bytes] written, names not found,
     what could not be given back)."""
     open_at, files, root, holder = handed_state()[holder_id]
-    wanted = {name: files[name] for name in names}
+    wanted = piece if isinstance(piece, dict) else {name: files[name] for name in piece}
     metadata = Metadata()
     place = Placer(holder_id, dict(wanted), root, [0, 0], (0, 0), None, metadata)
     extract_located(holder, wanted, open_at, place, threaded=False)

@@ -41,9 +41,10 @@ tasks: [{name: docs, source: src, exclude: ["*.tmp", "cache/"]}]
 
 # The engine's processes for every backup and restore, however small, in slices of a few
 # files: each test runs through the parallel engine (a file of 64 KiB or more is a slice
-# of its own, stored by the run's own process).
+# of its own, stored by the run's own process); and a manifest of more than four paths is
+# restored in chunks of four.
 PARALLEL = Jobs(2, slice_bytes=64 << 10, backup_from_bytes=0, restore_from_bytes=0,
-                restore_from_files=0)
+                restore_from_files=0, restore_chunk=4)
 
 
 class Clock:

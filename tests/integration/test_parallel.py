@@ -3,6 +3,7 @@ the tree one process gives; one that dies fails the run and leaves nothing behin
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -204,3 +205,26 @@ def test_a_daemonic_process_a_celery_pool_runs_its_backup_through_them(
     daemon.join(10)
     assert daemon.exitcode == 0
 
+
+
+def test_a_restore_in_chunks_is_the_restore_in_memory(setup: Setup, tmp_path: Path) -> None:
+    src = setup.source
+    tree(src, files=12)
+    (src / "d1" / "deep").mkdir()
+    (src / "d1" / "deep" / "note.txt").write_text("deep\n")
+    os.link(src / "d0" / "f000.bin", src / "d3" / "same.bin")  # a hard link, later in the walk
+    (src / "d2" / "to-note").symlink_to("../d1/deep/note.txt")
+    full = setup.backup(Level.FULL).saveset
+    for include in (None, ["d3/"], ["*.txt"], ["d1/deep/"]):
+        results = []
+        for chunk in (50_000, 2):  # all in memory; in chunks of two paths
+            target = tmp_path / f"{chunk}-{include and include[0]}".replace("/", "_")
+            restorer = Restorer(setup.catalog, setup.engine.stores,
+                                jobs=dataclasses.replace(PARALLEL, restore_chunk=chunk))
+            done = restorer.restore(full, target, include=include)
+            results.append(((done.files, done.bytes, done.warnings), snapshot(target)))
+        assert results[0] == results[1], include
+    assert (tmp_path / "2-None" / "d3" / "same.bin").stat().st_ino == (
+        tmp_path / "2-None" / "d0" / "f000.bin").stat().st_ino
+    assert (tmp_path / "2-d3_" / "d3" / "same.bin").read_bytes() == (
+        src / "d0" / "f000.bin").read_bytes()  # its file left out: a file of its content

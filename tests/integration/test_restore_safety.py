@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import tarfile
@@ -13,11 +14,12 @@ import zstandard
 
 from backstop.config import Level
 from backstop.errors import CorruptSaveset, RestoreRefused
-from backstop.model import DIR, FILE, SYMLINK, Entry, Manifest, Saveset, SavesetKey
+from backstop.model import DIR, FILE, HARDLINK, SYMLINK, Entry, Manifest, Saveset, SavesetKey
 from backstop.workers import manifest as manifests
 from backstop.workers.digest import digest_of
 from backstop.workers.engine import ARCHIVE, MANIFEST, META
-from tests.integration.conftest import Setup, snapshot
+from backstop.workers.restore import Restorer
+from tests.integration.conftest import PARALLEL, Setup, snapshot
 
 
 @pytest.fixture
@@ -105,21 +107,31 @@ def file_entry(path: str, data: bytes, holder: str = "crafted") -> Entry:
     return Entry(path, FILE, len(data), 0, 0, 0o644, digest_of(data), holder)
 
 
+@pytest.mark.parametrize("chunk", [50_000, 1], ids=["in memory", "in chunks"])
 @pytest.mark.parametrize(("members", "entries"), [
     ({"../evil": b"x"}, [file_entry("../evil", b"x")]),
     ({"/tmp/evil": b"x"}, [file_entry("/tmp/evil", b"x")]),
     ({"ok.txt": b"x", "../evil": b"x"}, [file_entry("ok.txt", b"x")]),
     ({"link/evil": b"x"}, [Entry("link", SYMLINK, 0, 0, 0, 0o777, target="/tmp"),
                            file_entry("link/evil", b"x")]),
+    ({"link/evil": b"x"}, [file_entry("link/evil", b"x"),  # the path under it first
+                           Entry("link", SYMLINK, 0, 0, 0, 0o777, target="/tmp")]),
     ({"a/../../evil": b"x"}, [Entry("a", DIR, 0, 0, 0, 0o755), file_entry("a/../../evil", b"x")]),
+    ({"ok.txt": b"x"}, [file_entry("ok.txt", b"x"),
+                        Entry("hard", HARDLINK, 0, 0, 0, 0o644, target="../../etc/passwd")]),
+    ({"ok.txt": b"x"}, [Entry("hard", HARDLINK, 0, 0, 0, 0o644, target="dir"),
+                        Entry("dir", DIR, 0, 0, 0, 0o755), file_entry("ok.txt", b"x")]),
 ])
 def test_paths_that_would_land_outside_the_target_are_refused(
-        setup: Setup, tmp_path: Path, members: dict[str, bytes], entries: list[Entry]) -> None:
+        setup: Setup, tmp_path: Path, members: dict[str, bytes], entries: list[Entry],
+        chunk: int) -> None:
     saveset = craft(setup, members, entries)
     target = tmp_path / "deep" / "target"
     before = snapshot(tmp_path)
+    restorer = Restorer(setup.catalog, setup.engine.stores,
+                        jobs=dataclasses.replace(PARALLEL, restore_chunk=chunk))
     with pytest.raises(RestoreRefused):
-        setup.restorer.restore(saveset, target)
+        restorer.restore(saveset, target)
     assert not (tmp_path / "deep" / "evil").exists()
     assert not Path("/tmp/evil").exists()
     after = snapshot(tmp_path)
@@ -150,3 +162,15 @@ def test_content_that_does_not_match_its_hash_is_refused(setup: Setup, tmp_path:
     with pytest.raises(CorruptSaveset, match="does not match its digest"):
         setup.restorer.restore(saveset, tmp_path / "target")
     assert not setup.restorer.verify(saveset).ok
+
+
+@pytest.mark.parametrize("chunk", [50_000, 1], ids=["in memory", "in chunks"])
+def test_a_hard_link_listed_before_its_file_is_made_once_the_file_is_there(
+        setup: Setup, tmp_path: Path, chunk: int) -> None:
+    saveset = craft(setup, {"ok.txt": b"x"}, [
+        Entry("hard", HARDLINK, 0, 0, 0, 0o644, target="ok.txt"), file_entry("ok.txt", b"x")])
+    restorer = Restorer(setup.catalog, setup.engine.stores,
+                        jobs=dataclasses.replace(PARALLEL, restore_chunk=chunk))
+    restorer.restore(saveset, tmp_path / "target")
+    assert (tmp_path / "target" / "hard").stat().st_ino == (
+        tmp_path / "target" / "ok.txt").stat().st_ino
