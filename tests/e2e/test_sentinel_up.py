@@ -61,6 +61,7 @@ def runs_of(config: Path) -> list[dict[str, object]]:
     return list(json.loads(done.stdout)) if done.returncode == 0 else []
 
 
+@pytest.mark.timeout(300)  # a burst through a promotion, and up to 180 s to settle
 def test_up_on_sentinels_loses_nothing_when_the_master_dies_mid_burst(
         tmp_path: Path, cluster: SentinelCluster, start_up: Callable[..., Up]) -> None:
     config = ha_config(tmp_path, cluster)
