@@ -11,7 +11,7 @@ from typing import Any
 class Receiver:
     """An HTTP server on loopback that keeps every POST: (path, JSON body)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
         self.got: list[tuple[str, dict[str, Any]]] = []
         got = self.got
 
@@ -25,7 +25,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

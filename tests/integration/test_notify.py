@@ -33,9 +33,9 @@ from tests.receiver import Receiver
 from tests.waiting import wait_for
 
 
-def free_port() -> int:
+def free_port(host: str) -> int:
     with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -46,7 +46,10 @@ def receiver() -> Iterator[Receiver]:
     found.close()
 
 
-LATE = free_port()  # nothing listens here until a test starts a receiver on it
+# Nothing listens here until a test starts a receiver on it, minutes after this port was
+# found free: on an address of its own, which no connection to 127.0.0.1 takes a port of.
+LATE_HOST = "127.0.0.9"
+LATE = free_port(LATE_HOST)
 
 
 def notify_config(port: int) -> str:
@@ -55,7 +58,7 @@ notify:
   - {{webhook: "http://127.0.0.1:{port}/hook", when: [failover]}}
   - {{url: "json://127.0.0.1:{port}/failures", when: [failure]}}
   - {{url: "json://127.0.0.1:{port}/all", when: [success, failover, missed]}}
-  - {{webhook: "http://user:s3cret-pw@127.0.0.1:{LATE}/late", when: [success]}}
+  - {{webhook: "http://user:s3cret-pw@{LATE_HOST}:{LATE}/late", when: [success]}}
 """
 
 
@@ -130,7 +133,7 @@ def test_an_unreachable_target_is_tried_again_counted_and_never_shows_its_passwo
     wait_for(lambda: redis_client.hget(METRICS_NOTIFY_FAILED_KEY, json.dumps(["3"])),
              "a failed attempt to be counted")
     # When it comes up, Then a retry reaches it, once
-    late = Receiver(LATE)
+    late = Receiver(LATE, LATE_HOST)
     try:
         [message] = wait_for(lambda: late.at("/late", occurrence) or None,
                              "the retried message", limit_s=30)
@@ -141,7 +144,7 @@ def test_an_unreachable_target_is_tried_again_counted_and_never_shows_its_passwo
         late.close()
     assert float(redis_client.hget(METRICS_NOTIFY_FAILED_KEY, json.dumps(["3"])) or 0) >= 1
     # And the target's password is in no log line
-    assert "notify[3] (http://user:***@127.0.0.1" in caplog.text
+    assert f"notify[3] (http://user:***@{LATE_HOST}" in caplog.text
     assert "s3cret-pw" not in caplog.text
 
 
