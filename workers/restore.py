@@ -333,9 +333,7 @@ class Restorer:
         with ExitStack() as stack:
             processes = None
             if self.jobs.processes > 1 and scan.holders:
-                handed = {holder_id: (self.open_at(self.holder(holder_id, saveset), ARCHIVE),
-                                      None, str(work), self.holder(holder_id, saveset))
-                          for holder_id in scan.holders}
+                handed = self._handed(saveset, dict.fromkeys(scan.holders), work)
                 processes = stack.enter_context(
                     Processes(self.jobs.processes, handed, "restore"))
             for chunk in scan.chunks(self.jobs.restore_chunk):
@@ -353,6 +351,16 @@ class Restorer:
         for entry in reversed(dirs):
             metadata.apply(work / entry.path, entry)
         return done[0], done[1]
+
+    def _handed(self, saveset: Saveset, files: Mapping[str, dict[str, Entry] | None],
+                work: Path) -> dict[str, tuple[Callable[[int], BinaryIO],
+                                               dict[str, Entry] | None, str, Saveset]]:
+        """What the engine's processes of a restore hold, by holder: how to open its
+        archive, its files (none: they travel with the work), the work directory, the
+        holder (each looked up once)."""
+        holders = {holder_id: self.holder(holder_id, saveset) for holder_id in files}
+        return {holder_id: (self.open_at(holder, ARCHIVE), files[holder_id], str(work), holder)
+                for holder_id, holder in holders.items()}
 
     def _others(self, entries: list[Entry], work: Path, metadata: Metadata) -> None:
         """Hard links, fifos and device nodes, then symlinks, of ``entries``."""
@@ -394,9 +402,7 @@ class Restorer:
             return done
         with ExitStack() as stack:
             if processes is None:
-                handed = {holder_id: (self.open_at(self.holder(holder_id, saveset), ARCHIVE),
-                                      files, str(work), self.holder(holder_id, saveset))
-                          for holder_id, files in wanted.items()}
+                handed = self._handed(saveset, wanted, work)
                 processes = stack.enter_context(Processes(jobs.processes, handed, "restore"))
                 carried = False
             else:
